@@ -1,0 +1,27 @@
+//! Engine.IO v4: the transport layer under Socket.IO.
+//!
+//! Handshake, HTTP long-polling, websocket, upgrade and heartbeat, on hyper and tokio. It delivers opaque
+//! messages (text or binary) to an [`EngineHandler`] and knows nothing of namespaces, rooms or Redis.
+//! The hot path is [`WirePacket`]: a packet is encoded once, frame header included, and shared by every
+//! recipient.
+
+mod config;
+mod cors;
+mod error;
+pub mod packet;
+mod polling;
+mod server;
+mod session;
+mod websocket;
+pub mod wire;
+pub mod ws_codec;
+
+pub use config::{AllowedOrigins, EngineConfig, Transports};
+pub use error::RequestError;
+pub use packet::{Message, Utf8Bytes};
+pub use server::{Engine, EngineHandler};
+pub use session::{CloseReason, Handshake, SendOutcome, Session, SessionHandler, TransportKind};
+pub use wire::WirePacket;
+
+/// The body type of every response the endpoint produces.
+pub type Body = http_body_util::Full<bytes::Bytes>;

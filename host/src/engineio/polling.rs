@@ -1,0 +1,171 @@
+//! HTTP long-polling: GET receives everything queued, POST delivers a batch of packets.
+//!
+//! A session has at most one GET and one POST in flight; a second one is a protocol violation that closes
+//! the session (the first GET then answers `1`). A GET is held until something is queued; while the session
+//! upgrades to websocket every GET is answered `6` at once so the client can finish the upgrade.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::error::{RequestError, status_response};
+use super::packet::decode_payload;
+use super::server::{EngineShared, set_static};
+use super::session::{ClosedAs, CloseReason, Handshake, Session, TransportKind};
+use super::wire::{WirePacket, polling_body};
+use super::Body;
+
+/// Opens a polling session; the response body is the open packet.
+pub(crate) fn handshake(engine: &Arc<EngineShared>, handshake: Handshake) -> Response<Body> {
+    let session = engine.open_session(TransportKind::Polling, handshake);
+    ok_text(engine.open_packet(session.sid(), TransportKind::Polling))
+}
+
+/// Resets the in-flight flag of a request even when hyper drops it (client went away).
+struct InFlight<'a> {
+    session: &'a Session,
+    get: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut state = self.session.state.lock();
+        if self.get {
+            state.poll_pending = false;
+        } else {
+            state.post_pending = false;
+        }
+    }
+}
+
+/// Marks a request in flight, or closes the session if one of the same kind already is.
+fn begin<'a>(session: &'a Arc<Session>, get: bool) -> Result<InFlight<'a>, RequestError> {
+    let duplicate = {
+        let mut state = session.state.lock();
+        let slot = if get {
+            &mut state.poll_pending
+        } else {
+            &mut state.post_pending
+        };
+        std::mem::replace(slot, true)
+    };
+    if duplicate {
+        session.close(CloseReason::ProtocolViolation(if get {
+            "overlapping polling GET requests"
+        } else {
+            "overlapping polling POST requests"
+        }));
+        return Err(RequestError::BadRequest);
+    }
+    Ok(InFlight { session, get })
+}
+
+/// Answers a GET with every packet queued, waiting until there is one.
+pub(crate) async fn poll(session: Arc<Session>) -> Response<Body> {
+    let _in_flight = match begin(&session, true) {
+        Ok(guard) => guard,
+        Err(err) => return err.response(),
+    };
+    let mut packets = Vec::new();
+    let mut released_for_upgrade = false;
+    loop {
+        let notified = session.writer.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut state = session.state.lock();
+            if let Some(closed_as) = state.closed {
+                if closed_as == ClosedAs::Server {
+                    Session::take_queue(&mut state, &mut packets);
+                    packets.push(WirePacket::text(b'1', b""));
+                } else {
+                    packets.push(WirePacket::text(b'6', b""));
+                }
+                break;
+            }
+            if state.upgrading || state.transport != TransportKind::Polling {
+                packets.push(WirePacket::text(b'6', b""));
+                released_for_upgrade = true;
+                break;
+            }
+            if !state.queue.is_empty() {
+                Session::take_queue(&mut state, &mut packets);
+                break;
+            }
+        }
+        notified.await;
+    }
+    if released_for_upgrade {
+        // We may have consumed a wake-up meant for the websocket writer: pass it on.
+        session.writer.notify_one();
+    }
+    ok_text(polling_body(&packets))
+}
+
+/// Reads a POST body (bounded by `maxPayload`) and applies its packets before answering `ok`.
+pub(crate) async fn post(session: Arc<Session>, req: Request<Incoming>) -> Response<Body> {
+    let _in_flight = match begin(&session, false) {
+        Ok(guard) => guard,
+        Err(err) => return err.response(),
+    };
+    if req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/octet-stream"))
+    {
+        session.close(CloseReason::ParseError(
+            "binary polling bodies are not part of Engine.IO v4".into(),
+        ));
+        return RequestError::BadRequest.response();
+    }
+    let limit = session.config().max_payload;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        session.close(CloseReason::PayloadTooLarge);
+        return status_response(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            session.close(CloseReason::PayloadTooLarge);
+            return status_response(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
+        }
+        Err(err) => {
+            session.close(CloseReason::TransportError(err.to_string()));
+            return RequestError::BadRequest.response();
+        }
+    };
+    match decode_payload(body) {
+        Ok(packets) => {
+            for packet in packets {
+                if session.is_closed() {
+                    break;
+                }
+                session.on_packet(packet);
+            }
+            let mut resp = Response::new(Body::new(Bytes::from_static(b"ok")));
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+            resp
+        }
+        Err(err) => {
+            session.close(CloseReason::ParseError(err.to_string()));
+            RequestError::BadRequest.response()
+        }
+    }
+}
+
+fn ok_text(body: Vec<u8>) -> Response<Body> {
+    let mut resp = Response::new(Body::new(Bytes::from(body)));
+    let headers = resp.headers_mut();
+    set_static(headers, header::CONTENT_TYPE, "text/plain; charset=UTF-8");
+    set_static(headers, header::CACHE_CONTROL, "no-store");
+    resp
+}

@@ -1,0 +1,221 @@
+//! The Engine.IO endpoint: verifies each request like Node's engine.io, opens sessions and hands requests
+//! to the polling or websocket transport.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use super::config::EngineConfig;
+use super::error::RequestError;
+use super::session::{Handshake, Session, SessionHandler, TransportKind};
+use super::{Body, cors, polling, websocket};
+use crate::sid::Sid;
+
+/// Receives every new session; the seam to the layer above (Socket.IO).
+pub trait EngineHandler: Send + Sync + 'static {
+    /// A session opened. The returned handler receives its messages and its close.
+    fn on_open(&self, session: &Arc<Session>) -> Arc<dyn SessionHandler>;
+}
+
+/// State shared by every request and session of one endpoint.
+pub(crate) struct EngineShared {
+    pub(crate) config: EngineConfig,
+    sessions: DashMap<Sid, Arc<Session>>,
+    handler: Arc<dyn EngineHandler>,
+}
+
+impl EngineShared {
+    pub(crate) fn session(&self, sid: Sid) -> Option<Arc<Session>> {
+        self.sessions.get(&sid).map(|s| Arc::clone(s.value()))
+    }
+
+    pub(crate) fn remove(&self, sid: Sid) {
+        self.sessions.remove(&sid);
+    }
+
+    /// Creates and registers a session, installs its handler and starts its heartbeat.
+    pub(crate) fn open_session(
+        self: &Arc<Self>,
+        transport: TransportKind,
+        handshake: Handshake,
+    ) -> Arc<Session> {
+        let session = Session::new(Arc::clone(self), transport, handshake);
+        self.sessions.insert(session.sid(), Arc::clone(&session));
+        session.set_handler(self.handler.on_open(&session));
+        tokio::spawn(Arc::clone(&session).heartbeat());
+        tracing::debug!(sid = %session.sid(), transport = transport.as_str(), "engine.io session opened");
+        session
+    }
+
+    /// The open packet (`0{...}`) announcing a session to its client.
+    pub(crate) fn open_packet(&self, sid: Sid, transport: TransportKind) -> Vec<u8> {
+        let upgrades = if transport == TransportKind::Polling && self.config.transports.websocket {
+            r#"["websocket"]"#
+        } else {
+            "[]"
+        };
+        format!(
+            r#"0{{"sid":"{sid}","upgrades":{upgrades},"pingInterval":{},"pingTimeout":{},"maxPayload":{}}}"#,
+            self.config.ping_interval.as_millis(),
+            self.config.ping_timeout.as_millis(),
+            self.config.max_payload
+        )
+        .into_bytes()
+    }
+}
+
+/// One Engine.IO endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<EngineShared>,
+}
+
+impl Engine {
+    /// An endpoint that hands every session to `handler`.
+    pub fn new(config: EngineConfig, handler: Arc<dyn EngineHandler>) -> Self {
+        Engine {
+            shared: Arc::new(EngineShared {
+                config: config.normalized(),
+                sessions: DashMap::new(),
+                handler,
+            }),
+        }
+    }
+
+    /// The endpoint's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// Whether `path` belongs to this endpoint.
+    pub fn matches(&self, path: &str) -> bool {
+        let prefix = &self.shared.config.path;
+        path.starts_with(prefix.as_str()) || path == prefix.trim_end_matches('/')
+    }
+
+    /// Number of open sessions.
+    pub fn session_count(&self) -> usize {
+        self.shared.sessions.len()
+    }
+
+    /// A session by id.
+    pub fn session(&self, sid: Sid) -> Option<Arc<Session>> {
+        self.shared.session(sid)
+    }
+
+    /// Closes every session (server shutdown).
+    pub fn close_all(&self) {
+        let sessions: Vec<_> = self.shared.sessions.iter().map(|s| Arc::clone(s.value())).collect();
+        for session in sessions {
+            session.close(super::CloseReason::ServerClose);
+        }
+    }
+
+    /// Answers one HTTP request addressed to this endpoint.
+    pub async fn handle(&self, req: Request<Incoming>, remote_addr: SocketAddr) -> Response<Body> {
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        let mut resp = if req.method() == Method::OPTIONS {
+            cors::preflight(&self.shared.config.cors, &req)
+        } else {
+            match self.route(req, remote_addr).await {
+                Ok(resp) => resp,
+                Err(err) => err.response(),
+            }
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            cors::apply(&self.shared.config.cors, origin.as_ref(), resp.headers_mut());
+        }
+        resp
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        remote_addr: SocketAddr,
+    ) -> Result<Response<Body>, RequestError> {
+        let query = Query::parse(req.uri().query().unwrap_or(""));
+        let transport = match query.transport.as_deref() {
+            Some("polling") if self.shared.config.transports.polling => TransportKind::Polling,
+            Some("websocket") if self.shared.config.transports.websocket => TransportKind::Websocket,
+            _ => return Err(RequestError::UnknownTransport),
+        };
+        let is_upgrade = websocket::is_upgrade_request(req.headers());
+        if transport == TransportKind::Websocket && !is_upgrade {
+            return Err(RequestError::BadRequest);
+        }
+
+        let Some(sid) = query.sid else {
+            if req.method() != Method::GET {
+                return Err(RequestError::BadHandshakeMethod);
+            }
+            if query.eio.as_deref() != Some("4") {
+                return Err(RequestError::UnsupportedProtocolVersion);
+            }
+            let handshake = Handshake {
+                query: req.uri().query().unwrap_or("").to_owned(),
+                headers: req.headers().clone(),
+                remote_addr,
+                issued: std::time::SystemTime::now(),
+            };
+            return match transport {
+                TransportKind::Polling => Ok(polling::handshake(&self.shared, handshake)),
+                TransportKind::Websocket => websocket::accept_new(&self.shared, req, handshake),
+            };
+        };
+
+        let session = Sid::parse(&sid)
+            .and_then(|sid| self.shared.session(sid))
+            .ok_or(RequestError::UnknownSid)?;
+        if session.ping_overdue(tokio::time::Instant::now()) {
+            session.close(super::CloseReason::PingTimeout);
+            return Err(RequestError::UnknownSid);
+        }
+        match transport {
+            TransportKind::Websocket => websocket::accept_upgrade(session, req),
+            TransportKind::Polling => {
+                if session.transport() != TransportKind::Polling {
+                    return Err(RequestError::BadRequest);
+                }
+                match *req.method() {
+                    Method::GET => Ok(polling::poll(session).await),
+                    Method::POST => Ok(polling::post(session, req).await),
+                    _ => Err(RequestError::BadRequest),
+                }
+            }
+        }
+    }
+}
+
+/// The query parameters Engine.IO reads (first occurrence wins; others are ignored).
+#[derive(Default)]
+struct Query {
+    eio: Option<String>,
+    transport: Option<String>,
+    sid: Option<String>,
+}
+
+impl Query {
+    fn parse(raw: &str) -> Self {
+        let mut q = Query::default();
+        for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+            let slot = match &*key {
+                "EIO" => &mut q.eio,
+                "transport" => &mut q.transport,
+                "sid" => &mut q.sid,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(value.into_owned());
+            }
+        }
+        q
+    }
+}
+
+/// Sets a header from a static string.
+pub(crate) fn set_static(headers: &mut HeaderMap, name: header::HeaderName, value: &'static str) {
+    headers.insert(name, HeaderValue::from_static(value));
+}

@@ -1,0 +1,381 @@
+//! One Engine.IO session: its outgoing queue, transport state and heartbeat.
+//!
+//! The session is shared between whoever currently writes to the client (a pending polling GET or the
+//! websocket task), whoever reads from it (POST handlers, the websocket task) and the upper layer that sends
+//! packets. All of that state sits behind one short, never-awaited lock. The queue is bounded: volatile packets
+//! are dropped once it is above a high-water mark, and a client that lets it overflow is disconnected.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::HeaderMap;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::config::EngineConfig;
+use super::packet::{Message, Packet};
+use super::server::EngineShared;
+use super::wire::WirePacket;
+use crate::sid::Sid;
+
+/// The transport a session currently writes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    /// HTTP long-polling.
+    Polling,
+    /// WebSocket.
+    Websocket,
+}
+
+impl TransportKind {
+    /// The name used in the `transport` query parameter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Polling => "polling",
+            TransportKind::Websocket => "websocket",
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed the transport (socket closed, websocket close frame).
+    TransportClose,
+    /// The transport failed (I/O error, write stall, broken websocket framing).
+    TransportError(String),
+    /// The client sent a `close` packet.
+    ClientClose,
+    /// The client did not answer a ping in time.
+    PingTimeout,
+    /// The client sent bytes that are not Engine.IO (or Socket.IO, reported by the upper layer).
+    ParseError(String),
+    /// The client sent a message larger than the configured maximum.
+    PayloadTooLarge,
+    /// The client broke the transport rules (e.g. two concurrent polling requests).
+    ProtocolViolation(&'static str),
+    /// The client did not read fast enough and its outgoing queue overflowed.
+    SlowClient,
+    /// The server closed it (application decision or shutdown).
+    ServerClose,
+}
+
+impl CloseReason {
+    /// Whether the client asked for the close (a pending poll then gets `6` rather than `1`).
+    fn client_initiated(&self) -> bool {
+        matches!(self, CloseReason::ClientClose)
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::TransportClose => f.write_str("transport close"),
+            CloseReason::TransportError(e) => write!(f, "transport error: {e}"),
+            CloseReason::ClientClose => f.write_str("forced close"),
+            CloseReason::PingTimeout => f.write_str("ping timeout"),
+            CloseReason::ParseError(e) => write!(f, "parse error: {e}"),
+            CloseReason::PayloadTooLarge => f.write_str("payload too large"),
+            CloseReason::ProtocolViolation(e) => write!(f, "protocol violation: {e}"),
+            CloseReason::SlowClient => f.write_str("outgoing buffer full (client too slow)"),
+            CloseReason::ServerClose => f.write_str("server close"),
+        }
+    }
+}
+
+/// What the handshake request told us about the client; kept for the session's lifetime.
+#[derive(Debug)]
+pub struct Handshake {
+    /// Query string of the handshake request (without `?`).
+    pub query: String,
+    /// Request headers of the handshake.
+    pub headers: HeaderMap,
+    /// Peer address.
+    pub remote_addr: SocketAddr,
+    /// When the session was opened.
+    pub issued: std::time::SystemTime,
+}
+
+impl Handshake {
+    /// The first value of a query parameter.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+}
+
+/// Receives what arrives on one session; installed by the upper layer when the session opens.
+pub trait SessionHandler: Send + Sync + 'static {
+    /// A message arrived. Runs on the reading task; must not block.
+    fn on_message(&self, session: &Arc<Session>, message: Message);
+    /// The session ended; called exactly once.
+    fn on_close(&self, session: &Arc<Session>, reason: &CloseReason);
+}
+
+/// The outcome of queueing packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Queued for the client.
+    Queued,
+    /// A volatile packet was dropped because the client is behind.
+    DroppedVolatile,
+    /// The session is closed (or was just closed for overflowing its queue).
+    Closed,
+}
+
+pub(crate) struct State {
+    pub(crate) queue: VecDeque<WirePacket>,
+    queued_bytes: usize,
+    pub(crate) transport: TransportKind,
+    pub(crate) upgrading: bool,
+    /// Set once the session is closed: whether a pending poll answers `6` (client close) or `1`.
+    pub(crate) closed: Option<ClosedAs>,
+    pub(crate) poll_pending: bool,
+    pub(crate) post_pending: bool,
+    ping_sent: Option<Instant>,
+    last_pong: Instant,
+    handler: Option<Arc<dyn SessionHandler>>,
+}
+
+/// How a closed session answers a pending poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ClosedAs {
+    Client,
+    Server,
+}
+
+/// A live Engine.IO session.
+pub struct Session {
+    sid: Sid,
+    handshake: Handshake,
+    pub(crate) engine: Arc<EngineShared>,
+    pub(crate) state: Mutex<State>,
+    /// Wakes the current writer (pending poll or websocket task) when packets are queued or state changes.
+    pub(crate) writer: Notify,
+    /// Wakes the heartbeat when the session closes.
+    closed_signal: Notify,
+    is_closed: AtomicBool,
+}
+
+impl Session {
+    pub(crate) fn new(
+        engine: Arc<EngineShared>,
+        transport: TransportKind,
+        handshake: Handshake,
+    ) -> Arc<Self> {
+        Arc::new(Session {
+            sid: Sid::random(),
+            handshake,
+            engine,
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                transport,
+                upgrading: false,
+                closed: None,
+                poll_pending: false,
+                post_pending: false,
+                ping_sent: None,
+                last_pong: Instant::now(),
+                handler: None,
+            }),
+            writer: Notify::new(),
+            closed_signal: Notify::new(),
+            is_closed: AtomicBool::new(false),
+        })
+    }
+
+    /// The session id.
+    pub fn sid(&self) -> Sid {
+        self.sid
+    }
+
+    /// What the handshake request carried.
+    pub fn handshake(&self) -> &Handshake {
+        &self.handshake
+    }
+
+    /// The transport the session writes through now.
+    pub fn transport(&self) -> TransportKind {
+        self.state.lock().transport
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.is_closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn config(&self) -> &EngineConfig {
+        &self.engine.config
+    }
+
+    pub(crate) fn set_handler(&self, handler: Arc<dyn SessionHandler>) {
+        self.state.lock().handler = Some(handler);
+    }
+
+    /// Queues one packet. See [`Session::send_all`].
+    pub fn send(&self, packet: WirePacket, volatile: bool) -> SendOutcome {
+        self.send_all(std::slice::from_ref(&packet), volatile)
+    }
+
+    /// Queues packets that must stay together (a Socket.IO packet and its binary attachments).
+    ///
+    /// A volatile group is dropped when the client is behind; any group that would overflow the queue
+    /// closes the session as too slow.
+    pub fn send_all(self: &Session, packets: &[WirePacket], volatile: bool) -> SendOutcome {
+        let size: usize = packets.iter().map(WirePacket::len).sum();
+        {
+            let mut state = self.state.lock();
+            if state.closed.is_some() {
+                return SendOutcome::Closed;
+            }
+            let cfg = &self.engine.config;
+            if volatile && state.queue.len() >= cfg.volatile_high_water {
+                return SendOutcome::DroppedVolatile;
+            }
+            let overflow = state.queue.len() + packets.len() > cfg.max_buffered_packets
+                || state.queued_bytes + size > cfg.max_buffered_bytes;
+            if !overflow {
+                state.queue.extend(packets.iter().cloned());
+                state.queued_bytes += size;
+                drop(state);
+                self.writer.notify_one();
+                return SendOutcome::Queued;
+            }
+        }
+        // Closing needs the session as an Arc (handlers receive it); look it up by id.
+        if let Some(me) = self.engine.session(self.sid) {
+            me.close(CloseReason::SlowClient);
+        }
+        SendOutcome::Closed
+    }
+
+    /// Takes every queued packet, for a writer that is about to send them.
+    pub(crate) fn take_queue(state: &mut State, into: &mut Vec<WirePacket>) {
+        into.extend(state.queue.drain(..));
+        state.queued_bytes = 0;
+        if state.queue.capacity() > 64 {
+            state.queue = VecDeque::new();
+        }
+    }
+
+    /// Ends the session: stops its heartbeat, releases its writer and tells the upper layer, once.
+    pub fn close(self: &Arc<Self>, reason: CloseReason) {
+        let handler = {
+            let mut state = self.state.lock();
+            if state.closed.is_some() {
+                return;
+            }
+            state.closed = Some(if reason.client_initiated() {
+                ClosedAs::Client
+            } else {
+                ClosedAs::Server
+            });
+            state.handler.take()
+        };
+        self.is_closed.store(true, Ordering::Release);
+        self.engine.remove(self.sid);
+        self.writer.notify_waiters();
+        self.writer.notify_one();
+        self.closed_signal.notify_waiters();
+        tracing::debug!(sid = %self.sid, %reason, "engine.io session closed");
+        if let Some(handler) = handler {
+            handler.on_close(self, &reason);
+        }
+    }
+
+    /// Applies one packet received on the active transport. An error closes the session.
+    pub(crate) fn on_packet(self: &Arc<Self>, packet: Packet) {
+        match packet {
+            Packet::Message(message) => {
+                let handler = self.state.lock().handler.clone();
+                if let Some(handler) = handler {
+                    handler.on_message(self, message);
+                }
+            }
+            Packet::Pong(_) => {
+                let mut state = self.state.lock();
+                state.ping_sent = None;
+                state.last_pong = Instant::now();
+            }
+            Packet::Close => self.close(CloseReason::ClientClose),
+            Packet::Ping(_) => self.close(CloseReason::ProtocolViolation(
+                "invalid heartbeat direction: clients answer pings, they do not send them",
+            )),
+            Packet::Upgrade | Packet::Noop => {}
+        }
+    }
+
+    /// Whether a ping went unanswered for longer than `pingTimeout`, even if the heartbeat task has not run yet.
+    pub(crate) fn ping_overdue(&self, now: Instant) -> bool {
+        let state = self.state.lock();
+        state
+            .ping_sent
+            .is_some_and(|sent| now >= sent + self.engine.config.ping_timeout)
+    }
+
+    /// Sends pings every `pingInterval` and closes the session when one goes unanswered for `pingTimeout`.
+    pub(crate) async fn heartbeat(self: Arc<Self>) {
+        let interval = self.engine.config.ping_interval;
+        let timeout = self.engine.config.ping_timeout;
+        let mut next_ping = Instant::now() + interval;
+        loop {
+            if !self.sleep_unless_closed(next_ping).await {
+                return;
+            }
+            let sent = Instant::now();
+            {
+                let mut state = self.state.lock();
+                if state.closed.is_some() {
+                    return;
+                }
+                state.ping_sent = Some(sent);
+                state.queue.push_back(ping_packet());
+                state.queued_bytes += 3;
+            }
+            self.writer.notify_one();
+            if !self.sleep_unless_closed(sent + timeout).await {
+                return;
+            }
+            let answered = {
+                let state = self.state.lock();
+                state.ping_sent.is_none().then_some(state.last_pong)
+            };
+            match answered {
+                Some(pong_at) => next_ping = pong_at + interval,
+                None => {
+                    self.close(CloseReason::PingTimeout);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sleeps until `deadline`; false if the session closed first.
+    async fn sleep_unless_closed(&self, deadline: Instant) -> bool {
+        let closed = self.closed_signal.notified();
+        tokio::pin!(closed);
+        closed.as_mut().enable();
+        if self.is_closed() {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => !self.is_closed(),
+            _ = closed => false,
+        }
+    }
+}
+
+fn ping_packet() -> WirePacket {
+    WirePacket::text(b'2', b"")
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("sid", &self.sid).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,441 @@
+//! The websocket transport: handshake, upgrade from polling, and the per-connection task.
+//!
+//! One task per websocket both reads and writes, so an idle connection costs one small future and no
+//! buffers. It writes pre-encoded frames straight from the session queue with vectored writes. During an
+//! upgrade the task runs in probe mode: it answers `2probe` with `3probe`, leaves the queue to polling, and
+//! switches the session over when `5` arrives; anything else before that aborts the upgrade and polling goes on.
+
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::Body;
+use super::error::RequestError;
+use super::packet::{Message, Packet, Utf8Bytes, decode_text};
+use super::server::EngineShared;
+use super::session::{CloseReason, Handshake, Session, TransportKind};
+use super::wire::WirePacket;
+use super::ws_codec::{self, FrameDecoder, WsError, WsEvent};
+
+/// Whether the request asks for a websocket (`Connection: upgrade` and `Upgrade: websocket`).
+pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
+}
+
+/// The 101 response, or `BadRequest` when the websocket handshake headers are wrong.
+fn switching_protocols(req: &Request<Incoming>) -> Result<Response<Body>, RequestError> {
+    let headers = req.headers();
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return Err(RequestError::BadRequest);
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or(RequestError::BadRequest)?;
+    let accept = HeaderValue::from_str(&ws_codec::accept_key(key.as_bytes()))
+        .map_err(|_| RequestError::BadRequest)?;
+    let mut resp = Response::new(Body::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    Ok(resp)
+}
+
+/// Waits for hyper to hand over the connection; `None` if the client went away or the I/O is not TCP.
+async fn take_stream(on_upgrade: OnUpgrade) -> Option<(TcpStream, Bytes)> {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(err) => {
+            tracing::debug!(%err, "websocket upgrade did not complete");
+            return None;
+        }
+    };
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => Some((parts.io.into_inner(), parts.read_buf)),
+        Err(_) => {
+            tracing::error!("websocket upgrade on a connection that is not plain TCP; closing it");
+            None
+        }
+    }
+}
+
+/// A websocket handshake without `sid`: a websocket-only session.
+pub(crate) fn accept_new(
+    engine: &Arc<EngineShared>,
+    mut req: Request<Incoming>,
+    handshake: Handshake,
+) -> Result<Response<Body>, RequestError> {
+    let resp = switching_protocols(&req)?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let engine = Arc::clone(engine);
+    tokio::spawn(async move {
+        let Some((mut stream, leftover)) = take_stream(on_upgrade).await else {
+            return;
+        };
+        let session = engine.open_session(TransportKind::Websocket, handshake);
+        let open = WirePacket::text_with(160, |buf| {
+            buf.extend(engine.open_packet(session.sid(), TransportKind::Websocket));
+        });
+        if stream.write_all(open.ws_frame()).await.is_err() {
+            session.close(CloseReason::TransportClose);
+            return;
+        }
+        Connection::new(session, stream, leftover, Mode::Active).run().await;
+    });
+    Ok(resp)
+}
+
+/// A websocket for an existing polling session: the upgrade.
+pub(crate) fn accept_upgrade(
+    session: Arc<Session>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, RequestError> {
+    let resp = switching_protocols(&req)?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let duplicate = {
+        let mut state = session.state.lock();
+        let busy = state.upgrading || state.transport == TransportKind::Websocket;
+        if !busy {
+            state.upgrading = true;
+        }
+        busy
+    };
+    if !duplicate {
+        // Release a pending GET with `6` so the client can complete the upgrade.
+        session.writer.notify_waiters();
+    }
+    tokio::spawn(async move {
+        let Some((mut stream, leftover)) = take_stream(on_upgrade).await else {
+            if !duplicate {
+                session.state.lock().upgrading = false;
+            }
+            return;
+        };
+        if duplicate {
+            // One websocket per session: complete the handshake, then close the newcomer.
+            let _ = stream
+                .write_all(&ws_codec::close_frame(ws_codec::CLOSE_PROTOCOL_ERROR, "session already upgraded"))
+                .await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        let deadline = Instant::now() + session.config().upgrade_timeout;
+        Connection::new(session, stream, leftover, Mode::Probing { deadline })
+            .run()
+            .await;
+    });
+    Ok(resp)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Upgrading: polling still carries the session; this socket only answers the probe.
+    Probing { deadline: Instant },
+    /// The session's transport.
+    Active,
+}
+
+/// How the connection task ends.
+enum End {
+    /// Close the websocket with this code; if active, close the session with the reason.
+    Close(u16, CloseReason),
+    /// The upgrade failed: close this websocket, leave the session on polling.
+    AbortUpgrade(&'static str),
+    /// The session was closed elsewhere; send what is queued, then a close frame.
+    SessionClosed,
+}
+
+struct Connection {
+    session: Arc<Session>,
+    stream: TcpStream,
+    decoder: FrameDecoder,
+    mode: Mode,
+    batch: Vec<WirePacket>,
+}
+
+/// Bytes read per readiness event; lives on the stack only while reading.
+const READ_CHUNK: usize = 16 * 1024;
+
+impl Connection {
+    fn new(session: Arc<Session>, stream: TcpStream, leftover: Bytes, mode: Mode) -> Self {
+        let mut decoder = FrameDecoder::new(session.config().max_payload);
+        decoder.feed(&leftover);
+        Connection {
+            session,
+            stream,
+            decoder,
+            mode,
+            batch: Vec::new(),
+        }
+    }
+
+    async fn run(mut self) {
+        let end = self.drive().await;
+        match end {
+            End::Close(code, reason) => {
+                let _ = self.write_raw(&ws_codec::close_frame(code, "")).await;
+                if self.mode == Mode::Active {
+                    self.session.close(reason);
+                } else {
+                    self.abort_upgrade("websocket closed during upgrade");
+                }
+            }
+            End::AbortUpgrade(why) => {
+                self.abort_upgrade(why);
+                let _ = self
+                    .write_raw(&ws_codec::close_frame(ws_codec::CLOSE_NORMAL, ""))
+                    .await;
+            }
+            End::SessionClosed => {
+                if self.mode == Mode::Active {
+                    let _ = self.flush().await;
+                }
+                let _ = self
+                    .write_raw(&ws_codec::close_frame(ws_codec::CLOSE_NORMAL, ""))
+                    .await;
+            }
+        }
+        let _ = self.stream.shutdown().await;
+    }
+
+    fn abort_upgrade(&self, why: &'static str) {
+        tracing::debug!(sid = %self.session.sid(), why, "websocket upgrade aborted");
+        self.session.state.lock().upgrading = false;
+    }
+
+    async fn drive(&mut self) -> End {
+        loop {
+            while let Some(event) = match self.decoder.next_event() {
+                Ok(event) => event,
+                Err(err) => return self.on_ws_error(err),
+            } {
+                if let Some(end) = self.on_event(event).await {
+                    return end;
+                }
+            }
+            self.decoder.shrink_if_idle();
+
+            if self.session.is_closed() {
+                return End::SessionClosed;
+            }
+            if self.mode == Mode::Active {
+                if let Err(err) = self.flush().await {
+                    return End::Close(ws_codec::CLOSE_NORMAL, write_failure(err));
+                }
+            }
+
+            let notified = self.session.writer.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let has_work = {
+                let state = self.session.state.lock();
+                state.closed.is_some() || (self.mode == Mode::Active && !state.queue.is_empty())
+            };
+            if has_work {
+                continue;
+            }
+            let upgrade_deadline = match self.mode {
+                Mode::Probing { deadline } => Some(deadline),
+                Mode::Active => None,
+            };
+            tokio::select! {
+                ready = self.stream.readable() => {
+                    if let Err(err) = ready {
+                        return End::Close(ws_codec::CLOSE_NORMAL, CloseReason::TransportError(err.to_string()));
+                    }
+                    match read_available(&self.stream, &mut self.decoder) {
+                        Ok(0) => return End::Close(ws_codec::CLOSE_NORMAL, CloseReason::TransportClose),
+                        Ok(_) => {}
+                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(err) => return End::Close(
+                            ws_codec::CLOSE_NORMAL,
+                            CloseReason::TransportError(err.to_string()),
+                        ),
+                    }
+                }
+                _ = notified => {}
+                _ = sleep_until_opt(upgrade_deadline) => return End::AbortUpgrade("upgrade timeout"),
+            }
+        }
+    }
+
+    fn on_ws_error(&self, err: WsError) -> End {
+        let reason = match &err {
+            WsError::TooBig { .. } => CloseReason::PayloadTooLarge,
+            other => CloseReason::ParseError(other.to_string()),
+        };
+        End::Close(err.close_code(), reason)
+    }
+
+    /// Handles one websocket event; `Some` ends the connection.
+    async fn on_event(&mut self, event: WsEvent) -> Option<End> {
+        match event {
+            WsEvent::Text(bytes) => {
+                let packet = match Utf8Bytes::try_from_bytes(bytes).and_then(decode_text) {
+                    Ok(packet) => packet,
+                    Err(err) => {
+                        return Some(match self.mode {
+                            Mode::Active => End::Close(
+                                ws_codec::CLOSE_NORMAL,
+                                CloseReason::ParseError(err.to_string()),
+                            ),
+                            Mode::Probing { .. } => End::AbortUpgrade("invalid packet during upgrade"),
+                        });
+                    }
+                };
+                match self.mode {
+                    Mode::Active => {
+                        if packet == Packet::Close {
+                            self.session.close(CloseReason::ClientClose);
+                            return Some(End::SessionClosed);
+                        }
+                        self.session.on_packet(packet);
+                        None
+                    }
+                    Mode::Probing { .. } => self.on_probe_packet(packet).await,
+                }
+            }
+            WsEvent::Binary(data) => match self.mode {
+                Mode::Active => {
+                    self.session.on_packet(Packet::Message(Message::Binary(data)));
+                    None
+                }
+                Mode::Probing { .. } => Some(End::AbortUpgrade("binary frame during upgrade")),
+            },
+            WsEvent::Ping(payload) => {
+                if let Err(err) = self.write_raw(&ws_codec::pong_frame(&payload)).await {
+                    return Some(End::Close(ws_codec::CLOSE_NORMAL, write_failure(err)));
+                }
+                None
+            }
+            WsEvent::Pong => None,
+            WsEvent::Close(_) => Some(End::Close(ws_codec::CLOSE_NORMAL, CloseReason::TransportClose)),
+        }
+    }
+
+    async fn on_probe_packet(&mut self, packet: Packet) -> Option<End> {
+        match packet {
+            Packet::Ping(payload) if payload.as_str() == "probe" => {
+                let pong = WirePacket::text(b'3', b"probe");
+                if let Err(err) = self.write_raw(pong.ws_frame()).await {
+                    return Some(End::Close(ws_codec::CLOSE_NORMAL, write_failure(err)));
+                }
+                None
+            }
+            Packet::Upgrade => {
+                {
+                    let mut state = self.session.state.lock();
+                    if state.closed.is_some() {
+                        return Some(End::SessionClosed);
+                    }
+                    state.upgrading = false;
+                    state.transport = TransportKind::Websocket;
+                }
+                self.mode = Mode::Active;
+                // A GET still pending must answer `6` now.
+                self.session.writer.notify_waiters();
+                tracing::debug!(sid = %self.session.sid(), "upgraded to websocket");
+                None
+            }
+            _ => Some(End::AbortUpgrade("unexpected packet during upgrade")),
+        }
+    }
+
+    /// Writes everything queued for the session.
+    async fn flush(&mut self) -> io::Result<()> {
+        loop {
+            {
+                let mut state = self.session.state.lock();
+                if state.queue.is_empty() {
+                    break;
+                }
+                Session::take_queue(&mut state, &mut self.batch);
+            }
+            let timeout = self.session.config().ping_interval + self.session.config().ping_timeout;
+            let result = tokio::time::timeout(timeout, write_frames(&mut self.stream, &self.batch)).await;
+            self.batch.clear();
+            match result {
+                Ok(written) => written?,
+                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")),
+            }
+        }
+        if self.batch.capacity() > 256 {
+            self.batch = Vec::new();
+        }
+        Ok(())
+    }
+
+    async fn write_raw(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.stream.write_all(frame).await
+    }
+}
+
+fn write_failure(err: io::Error) -> CloseReason {
+    if err.kind() == io::ErrorKind::TimedOut {
+        CloseReason::SlowClient
+    } else {
+        CloseReason::TransportError(err.to_string())
+    }
+}
+
+/// Reads what the socket has into the decoder without keeping a buffer across awaits.
+fn read_available(stream: &TcpStream, decoder: &mut FrameDecoder) -> io::Result<usize> {
+    let mut buf = [0u8; READ_CHUNK];
+    let n = stream.try_read(&mut buf)?;
+    decoder.feed(&buf[..n]);
+    Ok(n)
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes whole frames with vectored writes, up to 64 frames per system call.
+async fn write_frames(stream: &mut TcpStream, frames: &[WirePacket]) -> io::Result<()> {
+    let mut index = 0;
+    let mut offset = 0;
+    while index < frames.len() {
+        let mut slices = [IoSlice::new(&[]); 64];
+        let mut count = 0;
+        for (i, frame) in frames[index..].iter().take(slices.len()).enumerate() {
+            let bytes = frame.ws_frame();
+            slices[i] = IoSlice::new(if i == 0 { &bytes[offset..] } else { bytes });
+            count += 1;
+        }
+        let mut written = stream.write_vectored(&slices[..count]).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 && index < frames.len() {
+            let remaining = frames[index].ws_frame().len() - offset;
+            if written >= remaining {
+                written -= remaining;
+                index += 1;
+                offset = 0;
+            } else {
+                offset += written;
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}
+

@@ -1,0 +1,13 @@
+//! ioplex: a multi-tenant Socket.IO gateway.
+//!
+//! Layers, each depending only on those below it:
+//! - [`socketio`]: namespaces, sockets, rooms, acks and binary over Engine.IO;
+//! - [`adapter`]: where broadcasts go: the local in-memory adapter (Redis adapters plug in behind the same trait);
+//! - [`engineio`]: handshake, polling, websocket, upgrade and heartbeat on hyper and tokio;
+//! - [`serve`]: binding listeners and routing HTTP requests to an endpoint.
+
+pub mod engineio;
+pub mod serve;
+pub mod sid;
+
+pub use sid::Sid;

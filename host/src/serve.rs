@@ -1,0 +1,112 @@
+//! Binding listeners and routing HTTP requests to Engine.IO endpoints.
+//!
+//! This is the only module that accepts TCP connections. It speaks HTTP/1.1 with upgrades (websockets leave
+//! hyper here) and sends each request to the first endpoint whose path matches; everything else is 404.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::engineio::{Body, Engine};
+
+/// The endpoints served on one set of listeners.
+#[derive(Clone, Default)]
+pub struct Router {
+    engines: Arc<Vec<Engine>>,
+}
+
+impl Router {
+    /// A router over `engines`, matched in order.
+    pub fn new(engines: Vec<Engine>) -> Self {
+        Router {
+            engines: Arc::new(engines),
+        }
+    }
+
+    /// The endpoints.
+    pub fn engines(&self) -> &[Engine] {
+        &self.engines
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        let path = req.uri().path();
+        if path == "/healthz" {
+            return text(StatusCode::OK, "ok");
+        }
+        match self.engines.iter().find(|e| e.matches(path)) {
+            Some(engine) => engine.handle(req, remote).await,
+            None => text(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Accepts connections on every listener until `shutdown` resolves, then closes every session.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut accept_loops = tokio::task::JoinSet::new();
+    for listener in listeners {
+        accept_loops.spawn(accept_loop(listener, router.clone()));
+    }
+    shutdown.await;
+    accept_loops.shutdown().await;
+    for engine in router.engines() {
+        engine.close_all();
+    }
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, router: Router) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(err) => {
+                // Usually EMFILE: back off briefly instead of spinning.
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let router = router.clone();
+                async move { Ok::<_, std::convert::Infallible>(router.handle(req, remote).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(err) = conn.await {
+                tracing::debug!(%err, %remote, "http connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Binds `port` on both IPv4 and IPv6 loopback, so `localhost` works whichever address it resolves to.
+pub async fn bind_localhost(port: u16) -> std::io::Result<Vec<TcpListener>> {
+    let v4 = TcpListener::bind(("127.0.0.1", port)).await?;
+    let mut listeners = vec![v4];
+    match TcpListener::bind(("::1", port)).await {
+        Ok(v6) => listeners.push(v6),
+        Err(err) => tracing::warn!(%err, "IPv6 loopback unavailable; serving 127.0.0.1 only"),
+    }
+    Ok(listeners)
+}
