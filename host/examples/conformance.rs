@@ -12,6 +12,7 @@ use ioplex::engineio::{
     WirePacket,
 };
 use ioplex::serve::{Router, bind_localhost, serve};
+use ioplex::socketio::{Handlers, Payload, SocketIo, SocketIoConfig};
 
 struct Echo;
 
@@ -33,6 +34,22 @@ impl SessionHandler for Echo {
     fn on_close(&self, _session: &Arc<Session>, _reason: &CloseReason) {}
 }
 
+/// The suite's reference wiring: greet with the auth payload, echo `message`, acknowledge `message-with-ack`.
+fn reference_handlers() -> Handlers {
+    Handlers::new()
+        .on_connect(|socket| {
+            let _ = socket.emit("auth", &Payload::json(vec![socket.auth().clone()]));
+        })
+        .on("message", |socket, event| {
+            let _ = socket.emit("message-back", &event.payload);
+        })
+        .on("message-with-ack", |_socket, event| {
+            if let Some(ack) = event.ack {
+                ack.send(event.payload);
+            }
+        })
+}
+
 fn suite_config(path: &str) -> EngineConfig {
     EngineConfig {
         path: path.to_owned(),
@@ -52,6 +69,17 @@ async fn main() -> anyhow::Result<()> {
     let mode = std::env::args().nth(1).unwrap_or_default();
     let router = match mode.as_str() {
         "engineio" => Router::new(vec![Engine::new(suite_config("/engine.io/"), Arc::new(Echo))]),
+        "socketio" => {
+            let io = SocketIo::builder()
+                .config(SocketIoConfig {
+                    connect_timeout: Duration::from_millis(1000),
+                    ..SocketIoConfig::default()
+                })
+                .namespace("/", reference_handlers())
+                .namespace("/custom", reference_handlers())
+                .build();
+            Router::new(vec![io.engine(suite_config("/socket.io/"))])
+        }
         other => anyhow::bail!("usage: conformance engineio|socketio (got {other:?})"),
     };
     let listeners = bind_localhost(3000).await?;

@@ -6,8 +6,10 @@
 //! - [`engineio`]: handshake, polling, websocket, upgrade and heartbeat on hyper and tokio;
 //! - [`serve`]: binding listeners and routing HTTP requests to an endpoint.
 
+pub mod adapter;
 pub mod engineio;
 pub mod serve;
 pub mod sid;
+pub mod socketio;
 
 pub use sid::Sid;

@@ -5,11 +5,13 @@
 //! upgrades to websocket every GET is answered `6` at once so the client can finish the upgrade.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
 use super::error::{RequestError, status_response};
 use super::packet::decode_payload;
@@ -17,6 +19,9 @@ use super::server::{EngineShared, set_static};
 use super::session::{ClosedAs, CloseReason, Handshake, Session, TransportKind};
 use super::wire::{WirePacket, polling_body};
 use super::Body;
+
+/// How long a GET that arrives during an upgrade waits for it to finish before answering `6`.
+const UPGRADE_GRACE: Duration = Duration::from_millis(20);
 
 /// Opens a polling session; the response body is the open packet.
 pub(crate) fn handshake(engine: &Arc<EngineShared>, handshake: Handshake) -> Response<Body> {
@@ -71,6 +76,14 @@ pub(crate) async fn poll(session: Arc<Session>) -> Response<Body> {
     };
     let mut packets = Vec::new();
     let mut released_for_upgrade = false;
+    // A GET that was already waiting when the upgrade began is released at once (the client waits for it
+    // before sending `5`). One that arrives during the upgrade may have been sent after the client's `5`,
+    // which the websocket task may not have read yet: it waits a moment for the upgrade to finish first.
+    let upgrade_grace = session
+        .state
+        .lock()
+        .upgrading
+        .then(|| Instant::now() + UPGRADE_GRACE);
     loop {
         let notified = session.writer.notified();
         tokio::pin!(notified);
@@ -78,6 +91,7 @@ pub(crate) async fn poll(session: Arc<Session>) -> Response<Body> {
         {
             let mut state = session.state.lock();
             if let Some(closed_as) = state.closed {
+                session.engine.remove(session.sid());
                 if closed_as == ClosedAs::Server {
                     Session::take_queue(&mut state, &mut packets);
                     packets.push(WirePacket::text(b'1', b""));
@@ -86,7 +100,11 @@ pub(crate) async fn poll(session: Arc<Session>) -> Response<Body> {
                 }
                 break;
             }
-            if state.upgrading || state.transport != TransportKind::Polling {
+            if state.transport != TransportKind::Polling {
+                // The upgrade finished while this request waited.
+                return RequestError::BadRequest.response();
+            }
+            if state.upgrading && upgrade_grace.is_none_or(|grace| Instant::now() >= grace) {
                 packets.push(WirePacket::text(b'6', b""));
                 released_for_upgrade = true;
                 break;
@@ -96,7 +114,12 @@ pub(crate) async fn poll(session: Arc<Session>) -> Response<Body> {
                 break;
             }
         }
-        notified.await;
+        match upgrade_grace {
+            Some(deadline) => {
+                let _ = tokio::time::timeout_at(deadline, notified).await;
+            }
+            None => notified.await,
+        }
     }
     if released_for_upgrade {
         // We may have consumed a wake-up meant for the websocket writer: pass it on.

@@ -169,6 +169,13 @@ impl Engine {
         let session = Sid::parse(&sid)
             .and_then(|sid| self.shared.session(sid))
             .ok_or(RequestError::UnknownSid)?;
+        if session.is_closed() {
+            // A polling session the client just closed answers one last GET (see `Session::close`).
+            return match (transport, req.method()) {
+                (TransportKind::Polling, &Method::GET) => Ok(polling::poll(session).await),
+                _ => Err(RequestError::UnknownSid),
+            };
+        }
         if session.ping_overdue(tokio::time::Instant::now()) {
             session.close(super::CloseReason::PingTimeout);
             return Err(RequestError::UnknownSid);

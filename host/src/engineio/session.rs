@@ -265,7 +265,7 @@ impl Session {
 
     /// Ends the session: stops its heartbeat, releases its writer and tells the upper layer, once.
     pub fn close(self: &Arc<Self>, reason: CloseReason) {
-        let handler = {
+        let (handler, keep_for_next_poll) = {
             let mut state = self.state.lock();
             if state.closed.is_some() {
                 return;
@@ -275,10 +275,24 @@ impl Session {
             } else {
                 ClosedAs::Server
             });
-            state.handler.take()
+            let keep = reason.client_initiated()
+                && state.transport == TransportKind::Polling
+                && !state.poll_pending;
+            (state.handler.take(), keep)
         };
         self.is_closed.store(true, Ordering::Release);
-        self.engine.remove(self.sid);
+        if keep_for_next_poll {
+            // The client's GET may be racing its own `1` on another connection: answer that one GET
+            // `6`, as if it had arrived first; later requests get "Session ID unknown". Nobody polling:
+            // forget it after pingTimeout.
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(me.engine.config.ping_timeout).await;
+                me.engine.remove(me.sid);
+            });
+        } else {
+            self.engine.remove(self.sid);
+        }
         self.writer.notify_waiters();
         self.writer.notify_one();
         self.closed_signal.notify_waiters();

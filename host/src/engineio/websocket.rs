@@ -215,7 +215,8 @@ impl Connection {
 
     fn abort_upgrade(&self, why: &'static str) {
         tracing::debug!(sid = %self.session.sid(), why, "websocket upgrade aborted");
-        self.session.state.lock().upgrading = false;
+        let mut state = self.session.state.lock();
+        state.upgrading = false;
     }
 
     async fn drive(&mut self) -> End {
@@ -344,7 +345,7 @@ impl Connection {
                         return Some(End::SessionClosed);
                     }
                     state.upgrading = false;
-                    state.transport = TransportKind::Websocket;
+                                state.transport = TransportKind::Websocket;
                 }
                 self.mode = Mode::Active;
                 // A GET still pending must answer `6` now.
@@ -408,8 +409,25 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// Writes whole frames with vectored writes, up to 64 frames per system call.
+/// Pause after a frame marked [`WirePacket::separated`] when more frames follow it in the same flush.
+const SEPARATION_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Writes whole frames, batching them into vectored writes except across a separated frame.
 async fn write_frames(stream: &mut TcpStream, frames: &[WirePacket]) -> io::Result<()> {
+    let mut rest = frames;
+    while let Some(split) = rest.iter().position(WirePacket::is_separated) {
+        if split + 1 == rest.len() {
+            break;
+        }
+        write_vectored_all(stream, &rest[..=split]).await?;
+        tokio::time::sleep(SEPARATION_PAUSE).await;
+        rest = &rest[split + 1..];
+    }
+    write_vectored_all(stream, rest).await
+}
+
+/// Writes frames with vectored writes of up to 64 frames per system call.
+async fn write_vectored_all(stream: &mut TcpStream, frames: &[WirePacket]) -> io::Result<()> {
     let mut index = 0;
     let mut offset = 0;
     while index < frames.len() {

@@ -17,6 +17,7 @@ pub struct WirePacket {
     frame: Bytes,
     header_len: u8,
     binary: bool,
+    separated: bool,
 }
 
 impl WirePacket {
@@ -57,7 +58,22 @@ impl WirePacket {
             frame,
             header_len: header_len as u8,
             binary,
+            separated: false,
         }
+    }
+
+    /// Marks the packet to reach the client in its own TCP segment: a websocket writer pauses briefly
+    /// before the frames queued after it. Used for a Socket.IO CONNECT reply, which Node's event loop also
+    /// writes apart from what the connection handler emits; clients that read one frame per network read
+    /// (such as the official conformance suite) depend on it.
+    pub fn separated(mut self) -> Self {
+        self.separated = true;
+        self
+    }
+
+    /// Whether the packet is [`WirePacket::separated`].
+    pub fn is_separated(&self) -> bool {
+        self.separated
     }
 
     /// The whole websocket frame.

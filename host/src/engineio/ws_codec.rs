@@ -219,12 +219,6 @@ impl FrameDecoder {
             }
             n => (u64::from(n), 2),
         };
-        if buf.len() < at + 4 {
-            return Ok(None);
-        }
-        let mut mask = [0u8; 4];
-        mask.copy_from_slice(&buf[at..at + 4]);
-        at += 4;
         let is_control = opcode & 0x8 != 0;
         if is_control && (!fin || len > 125) {
             return Err(WsError::Protocol("control frames must be final and at most 125 bytes"));
@@ -236,6 +230,12 @@ impl FrameDecoder {
                 limit: self.max_message,
             });
         }
+        if buf.len() < at + 4 {
+            return Ok(None);
+        }
+        let mut mask = [0u8; 4];
+        mask.copy_from_slice(&buf[at..at + 4]);
+        at += 4;
         Ok(Some(Header {
             fin,
             opcode,

@@ -1,0 +1,311 @@
+//! The in-memory adapter: the room index of one node's namespace.
+//!
+//! Room membership is held twice (room -> sockets, socket -> rooms) so both "who is in this room" and "leave
+//! every room" are direct lookups; an emptied room is removed at once so the index shrinks with traffic.
+//! Broadcasts walk the index under a read lock and hand each recipient the same encoded frames.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Weak;
+
+use parking_lot::RwLock;
+use serde_json::Value;
+
+use super::{
+    Adapter, AdapterError, BoxFuture, BroadcastOptions, BroadcastPacket, Room, SocketInfo, SocketTable,
+};
+use crate::sid::Sid;
+
+#[derive(Default)]
+struct Index {
+    rooms: HashMap<Room, HashSet<Sid>>,
+    sockets: HashMap<Sid, HashSet<Room>>,
+}
+
+impl Index {
+    /// Calls `f` once for every socket targeted by `opts`.
+    fn for_each_target(&self, opts: &BroadcastOptions, mut f: impl FnMut(Sid)) {
+        let except: HashSet<Sid> = opts
+            .except
+            .iter()
+            .filter_map(|room| self.rooms.get(room))
+            .flatten()
+            .copied()
+            .collect();
+        let mut visit = |sid: &Sid| {
+            if !except.contains(sid) {
+                f(*sid);
+            }
+        };
+        match opts.rooms.as_slice() {
+            [] => self.sockets.keys().for_each(&mut visit),
+            [room] => self.rooms.get(room).into_iter().flatten().for_each(&mut visit),
+            rooms => {
+                let mut seen = HashSet::new();
+                for sid in rooms.iter().filter_map(|r| self.rooms.get(r)).flatten() {
+                    if seen.insert(*sid) {
+                        visit(sid);
+                    }
+                }
+            }
+        }
+    }
+
+    fn targets(&self, opts: &BroadcastOptions) -> Vec<Sid> {
+        let mut out = Vec::new();
+        self.for_each_target(opts, |sid| out.push(sid));
+        out
+    }
+
+    fn add(&mut self, sid: Sid, room: &Room) {
+        self.rooms.entry(room.clone()).or_default().insert(sid);
+        self.sockets.entry(sid).or_default().insert(room.clone());
+    }
+
+    fn remove(&mut self, sid: Sid, room: &Room) {
+        if let Some(members) = self.rooms.get_mut(room) {
+            members.remove(&sid);
+            if members.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+        if let Some(rooms) = self.sockets.get_mut(&sid) {
+            rooms.remove(room);
+        }
+    }
+}
+
+/// The room index of one namespace on one node.
+pub struct LocalAdapter {
+    index: RwLock<Index>,
+    sockets: Weak<dyn SocketTable>,
+}
+
+impl LocalAdapter {
+    /// An adapter delivering to `sockets`.
+    pub fn new(sockets: Weak<dyn SocketTable>) -> Self {
+        LocalAdapter {
+            index: RwLock::new(Index::default()),
+            sockets,
+        }
+    }
+
+    /// The local sockets targeted by `opts`.
+    pub fn local_targets(&self, opts: &BroadcastOptions) -> Vec<Sid> {
+        self.index.read().targets(opts)
+    }
+
+    /// Describes the local sockets targeted by `opts`.
+    pub fn local_socket_infos(&self, opts: &BroadcastOptions) -> Vec<SocketInfo> {
+        let Some(table) = self.sockets.upgrade() else {
+            return Vec::new();
+        };
+        let index = self.index.read();
+        let mut out = Vec::new();
+        index.for_each_target(opts, |sid| {
+            let rooms = index.sockets.get(&sid).into_iter().flatten().cloned().collect();
+            out.extend(table.socket_info(sid, rooms));
+        });
+        out
+    }
+
+    /// Every room that has a local socket.
+    pub fn local_rooms(&self) -> HashSet<Room> {
+        self.index.read().rooms.keys().cloned().collect()
+    }
+
+    /// Applies a join/leave to the local sockets targeted by `opts`.
+    pub fn local_update_rooms(&self, opts: &BroadcastOptions, rooms: &[Room], join: bool) {
+        let mut index = self.index.write();
+        for sid in index.targets(opts) {
+            for room in rooms {
+                if join {
+                    index.add(sid, room);
+                } else {
+                    index.remove(sid, room);
+                }
+            }
+        }
+    }
+
+    /// Disconnects the local sockets targeted by `opts`.
+    pub fn local_disconnect(&self, opts: &BroadcastOptions, close: bool) {
+        let targets = self.local_targets(opts);
+        if let Some(table) = self.sockets.upgrade() {
+            // The index lock is released: disconnecting edits it.
+            for sid in targets {
+                table.disconnect(sid, close);
+            }
+        }
+    }
+}
+
+impl Adapter for LocalAdapter {
+    fn add_all(&self, sid: Sid, rooms: &[Room]) {
+        let mut index = self.index.write();
+        for room in rooms {
+            index.add(sid, room);
+        }
+    }
+
+    fn del(&self, sid: Sid, room: &Room) {
+        self.index.write().remove(sid, room);
+    }
+
+    fn del_all(&self, sid: Sid) {
+        let mut index = self.index.write();
+        let Some(rooms) = index.sockets.remove(&sid) else {
+            return;
+        };
+        for room in rooms {
+            if let Some(members) = index.rooms.get_mut(&room) {
+                members.remove(&sid);
+                if members.is_empty() {
+                    index.rooms.remove(&room);
+                }
+            }
+        }
+    }
+
+    fn socket_rooms(&self, sid: Sid) -> Vec<Room> {
+        self.index
+            .read()
+            .sockets
+            .get(&sid)
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn room_size(&self, room: &Room) -> usize {
+        self.index.read().rooms.get(room).map_or(0, HashSet::len)
+    }
+
+    fn broadcast(&self, packet: &BroadcastPacket, opts: &BroadcastOptions) {
+        let Some(table) = self.sockets.upgrade() else {
+            return;
+        };
+        let encoded = packet.encoded();
+        self.index
+            .read()
+            .for_each_target(opts, |sid| table.deliver(sid, encoded, opts.volatile));
+    }
+
+    fn fetch_sockets(&self, opts: &BroadcastOptions) -> BoxFuture<'_, Result<Vec<SocketInfo>, AdapterError>> {
+        let infos = self.local_socket_infos(opts);
+        Box::pin(async move { Ok(infos) })
+    }
+
+    fn all_rooms(&self) -> BoxFuture<'_, Result<HashSet<Room>, AdapterError>> {
+        let rooms = self.local_rooms();
+        Box::pin(async move { Ok(rooms) })
+    }
+
+    fn add_sockets(&self, opts: &BroadcastOptions, rooms: &[Room]) -> BoxFuture<'_, Result<(), AdapterError>> {
+        self.local_update_rooms(opts, rooms, true);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn del_sockets(&self, opts: &BroadcastOptions, rooms: &[Room]) -> BoxFuture<'_, Result<(), AdapterError>> {
+        self.local_update_rooms(opts, rooms, false);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn disconnect_sockets(&self, opts: &BroadcastOptions, close: bool) -> BoxFuture<'_, Result<(), AdapterError>> {
+        self.local_disconnect(opts, close);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn server_side_emit(&self, _event: &str, _args: &[Value]) -> BoxFuture<'_, Result<(), AdapterError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::socketio::packet::EncodedPacket;
+
+    #[derive(Default)]
+    struct Recorder {
+        delivered: Mutex<Vec<Sid>>,
+    }
+
+    impl SocketTable for Recorder {
+        fn deliver(&self, sid: Sid, _packet: &EncodedPacket, _volatile: bool) {
+            self.delivered.lock().unwrap().push(sid);
+        }
+        fn socket_info(&self, sid: Sid, rooms: Vec<Room>) -> Option<SocketInfo> {
+            Some(SocketInfo { id: sid, rooms, data: Value::Null })
+        }
+        fn disconnect(&self, _sid: Sid, _close: bool) {}
+    }
+
+    fn setup() -> (Arc<Recorder>, LocalAdapter, [Sid; 3]) {
+        let rec = Arc::new(Recorder::default());
+        let weak: Weak<dyn SocketTable> = Arc::downgrade(&rec) as Weak<dyn SocketTable>;
+        let adapter = LocalAdapter::new(weak);
+        let ids = [Sid::random(), Sid::random(), Sid::random()];
+        for sid in ids {
+            adapter.add_all(sid, &[Room::of_socket(sid)]);
+        }
+        adapter.add_all(ids[0], &["a".into(), "b".into()]);
+        adapter.add_all(ids[1], &["a".into()]);
+        adapter.add_all(ids[2], &["b".into()]);
+        (rec, adapter, ids)
+    }
+
+    fn packet() -> BroadcastPacket {
+        BroadcastPacket::new(crate::socketio::packet::Packet {
+            kind: crate::socketio::packet::PacketKind::Event,
+            nsp: "/".into(),
+            id: None,
+            data: Some(serde_json::json!(["x"])),
+            attachments: vec![],
+        })
+    }
+
+    fn sorted(mut v: Vec<Sid>) -> Vec<Sid> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn broadcast_targets_rooms_minus_except_once_each() {
+        let (rec, adapter, ids) = setup();
+        let opts = BroadcastOptions {
+            rooms: vec!["a".into(), "b".into()],
+            except: vec![Room::of_socket(ids[1])],
+            ..Default::default()
+        };
+        adapter.broadcast(&packet(), &opts);
+        assert_eq!(sorted(rec.delivered.lock().unwrap().clone()), sorted(vec![ids[0], ids[2]]));
+
+        rec.delivered.lock().unwrap().clear();
+        adapter.broadcast(&packet(), &BroadcastOptions { except: vec!["b".into()], ..Default::default() });
+        assert_eq!(rec.delivered.lock().unwrap().clone(), vec![ids[1]]);
+    }
+
+    #[test]
+    fn emptied_rooms_disappear() {
+        let (_rec, adapter, ids) = setup();
+        adapter.del(ids[1], &"a".into());
+        assert_eq!(adapter.room_size(&"a".into()), 1);
+        adapter.del_all(ids[0]);
+        assert!(!adapter.local_rooms().contains(&Room::from("a")));
+        assert_eq!(adapter.socket_rooms(ids[0]), Vec::<Room>::new());
+        assert_eq!(adapter.room_size(&"b".into()), 1);
+    }
+
+    #[test]
+    fn fleet_operations_act_on_local_sockets() {
+        let (_rec, adapter, ids) = setup();
+        let in_a = BroadcastOptions { rooms: vec!["a".into()], ..Default::default() };
+        adapter.local_update_rooms(&in_a, &["c".into()], true);
+        assert_eq!(adapter.room_size(&"c".into()), 2);
+        let infos = adapter.local_socket_infos(&BroadcastOptions { rooms: vec!["c".into()], ..Default::default() });
+        assert_eq!(sorted(infos.iter().map(|i| i.id).collect()), sorted(vec![ids[0], ids[1]]));
+        adapter.local_update_rooms(&in_a, &["c".into()], false);
+        assert_eq!(adapter.room_size(&"c".into()), 0);
+    }
+}

@@ -1,0 +1,189 @@
+//! One Engine.IO connection seen by Socket.IO: decodes its packets and routes them to its sockets, one per
+//! joined namespace. Any protocol violation closes the whole connection, as Node does.
+
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+
+use super::decoder::PacketDecoder;
+use super::packet::{Packet, PacketKind, Payload, encode};
+use super::server::Shared;
+use super::socket::{DisconnectReason, Socket};
+use crate::engineio::{CloseReason, Message, Session, SessionHandler};
+
+/// Socket.IO state of one connection.
+pub struct Client {
+    io: Arc<Shared>,
+    me: Weak<Client>,
+    decoder: Mutex<PacketDecoder>,
+    /// Joined namespaces; almost always one or two, so a vector beats a map.
+    sockets: Mutex<Vec<Arc<Socket>>>,
+}
+
+impl Client {
+    pub(crate) fn new(io: Arc<Shared>) -> Arc<Self> {
+        let max_attachments = io.config.max_attachments;
+        Arc::new_cyclic(|me| Client {
+            io,
+            me: me.clone(),
+            decoder: Mutex::new(PacketDecoder::new(max_attachments)),
+            sockets: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Whether any namespace was joined (checked by the connect timeout).
+    pub(crate) fn has_sockets(&self) -> bool {
+        !self.sockets.lock().is_empty()
+    }
+
+    /// Drops the socket of `nsp` from this connection (it left its namespace).
+    pub(crate) fn forget(&self, nsp: &str) {
+        self.sockets.lock().retain(|s| s.namespace().name() != nsp);
+    }
+
+    pub(crate) fn release_namespace(&self, ns: &Arc<super::namespace::Namespace>) {
+        self.io.release_if_unused(ns);
+    }
+
+    fn socket_of(&self, nsp: &str) -> Option<Arc<Socket>> {
+        self.sockets
+            .lock()
+            .iter()
+            .find(|s| s.namespace().name() == nsp)
+            .cloned()
+    }
+
+    fn violation(session: &Arc<Session>, what: &str) {
+        tracing::debug!(sid = %session.sid(), what, "socket.io protocol violation; closing");
+        session.close(CloseReason::ParseError(what.to_owned()));
+    }
+
+    fn dispatch(&self, session: &Arc<Session>, packet: Packet) {
+        match packet.kind {
+            PacketKind::Connect => self.connect(session, packet),
+            PacketKind::Disconnect => match self.socket_of(&packet.nsp) {
+                Some(socket) => {
+                    self.forget(&packet.nsp);
+                    socket.leave_namespace(DisconnectReason::ClientNamespaceDisconnect);
+                }
+                None => Self::violation(session, "DISCONNECT for a namespace not joined"),
+            },
+            PacketKind::Event | PacketKind::BinaryEvent => match self.socket_of(&packet.nsp) {
+                Some(socket) => {
+                    let data = match packet.data {
+                        Some(Value::Array(items)) => items,
+                        _ => return Self::violation(session, "event without arguments"),
+                    };
+                    socket.on_event(packet.id, data, packet.attachments);
+                }
+                None => Self::violation(session, "EVENT for a namespace not joined"),
+            },
+            PacketKind::Ack | PacketKind::BinaryAck => match (self.socket_of(&packet.nsp), packet.id) {
+                (Some(socket), Some(id)) => {
+                    let args = match packet.data {
+                        Some(Value::Array(items)) => items,
+                        _ => Vec::new(),
+                    };
+                    socket.on_ack(
+                        id,
+                        Payload {
+                            args,
+                            attachments: packet.attachments,
+                        },
+                    );
+                }
+                (None, _) => Self::violation(session, "ACK for a namespace not joined"),
+                (_, None) => Self::violation(session, "ACK without an id"),
+            },
+            PacketKind::ConnectError => Self::violation(session, "CONNECT_ERROR sent by a client"),
+        }
+    }
+
+    fn connect(&self, session: &Arc<Session>, packet: Packet) {
+        if self.socket_of(&packet.nsp).is_some() {
+            return Self::violation(session, "CONNECT for a namespace already joined");
+        }
+        let auth = packet.data.unwrap_or_else(|| Value::Object(Map::new()));
+        let Some(ns) = self.io.namespace_for(&packet.nsp) else {
+            return send_connect_error(session, &packet.nsp, "Invalid namespace", None);
+        };
+        let mut data = Value::Null;
+        let mut rooms = Vec::new();
+        for authorize in &ns.handlers().authorizers {
+            let request = super::handlers::ConnectRequest {
+                nsp: &packet.nsp,
+                auth: &auth,
+                handshake: session.handshake(),
+            };
+            match authorize(&request) {
+                Ok(accept) => {
+                    if let Some(d) = accept.data {
+                        data = d;
+                    }
+                    rooms.extend(accept.rooms);
+                }
+                Err(refusal) => {
+                    self.io.release_if_unused(&ns);
+                    return send_connect_error(session, &packet.nsp, &refusal.message, refusal.data);
+                }
+            }
+        }
+        let socket = Socket::new(Arc::clone(&ns), Arc::clone(session), self.me.clone(), auth, data);
+        self.io.attach(&ns, Arc::clone(&socket), &rooms);
+        self.sockets.lock().push(Arc::clone(&socket));
+        let mut reply = Map::new();
+        reply.insert("sid".into(), Value::String(socket.id().to_string()));
+        let reply = Packet {
+            kind: PacketKind::Connect,
+            nsp: packet.nsp,
+            id: None,
+            data: Some(Value::Object(reply)),
+            attachments: Vec::new(),
+        };
+        session.send_all(encode(&reply).separated().frames(), false);
+        if let Some(on_connect) = ns.handlers().connect.clone() {
+            on_connect(&socket);
+        }
+    }
+}
+
+fn send_connect_error(session: &Session, nsp: &str, message: &str, data: Option<Value>) {
+    let mut body = Map::new();
+    body.insert("message".into(), Value::String(message.to_owned()));
+    if let Some(data) = data {
+        body.insert("data".into(), data);
+    }
+    let packet = Packet {
+        kind: PacketKind::ConnectError,
+        nsp: nsp.to_owned(),
+        id: None,
+        data: Some(Value::Object(body)),
+        attachments: Vec::new(),
+    };
+    session.send_all(encode(&packet).frames(), false);
+}
+
+impl SessionHandler for Client {
+    fn on_message(&self, session: &Arc<Session>, message: Message) {
+        let decoded = {
+            let mut decoder = self.decoder.lock();
+            match message {
+                Message::Text(text) => decoder.on_text(text.as_str()),
+                Message::Binary(data) => decoder.on_binary(data),
+            }
+        };
+        match decoded {
+            Ok(Some(packet)) => self.dispatch(session, packet),
+            Ok(None) => {}
+            Err(err) => Self::violation(session, &err.to_string()),
+        }
+    }
+
+    fn on_close(&self, _session: &Arc<Session>, reason: &CloseReason) {
+        let sockets = std::mem::take(&mut *self.sockets.lock());
+        for socket in sockets {
+            socket.leave_namespace(DisconnectReason::Transport(reason.clone()));
+        }
+    }
+}

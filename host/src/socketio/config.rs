@@ -1,0 +1,21 @@
+//! Socket.IO server settings, with Node's defaults.
+
+use std::time::Duration;
+
+/// Settings of the Socket.IO layer.
+#[derive(Clone, Debug)]
+pub struct SocketIoConfig {
+    /// Time a new connection has to join a namespace before it is closed.
+    pub connect_timeout: Duration,
+    /// Most binary attachments a client packet may carry (socket.io-parser's default).
+    pub max_attachments: usize,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        SocketIoConfig {
+            connect_timeout: Duration::from_millis(45_000),
+            max_attachments: 10,
+        }
+    }
+}

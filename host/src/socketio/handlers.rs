@@ -1,0 +1,115 @@
+//! What an application attaches to a namespace: connect authorization, connect/disconnect callbacks and
+//! event handlers. Shared by every socket of the namespace, so a socket carries no handler table of its own.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::socket::{DisconnectReason, Event, Socket};
+use crate::adapter::Room;
+use crate::engineio::Handshake;
+
+/// A client asking to join a namespace.
+pub struct ConnectRequest<'a> {
+    /// The namespace.
+    pub nsp: &'a str,
+    /// The client's `auth` object (`{}` when it sent none).
+    pub auth: &'a Value,
+    /// The Engine.IO handshake (query, headers, remote address).
+    pub handshake: &'a Handshake,
+}
+
+/// An accepted connection: data to attach and rooms to join at once.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ConnectAccept {
+    /// Application data for the socket (`null` keeps what earlier hooks set).
+    pub data: Option<Value>,
+    /// Rooms the socket joins before its connect handler runs.
+    pub rooms: Vec<Room>,
+}
+
+/// A refused connection; the client's `connect_error` handler receives `message` (and `data`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectRefusal {
+    /// Shown to the client as `err.message`.
+    pub message: String,
+    /// Shown to the client as `err.data`.
+    pub data: Option<Value>,
+}
+
+impl ConnectRefusal {
+    /// A refusal with a message only.
+    pub fn new(message: impl Into<String>) -> Self {
+        ConnectRefusal {
+            message: message.into(),
+            data: None,
+        }
+    }
+}
+
+/// Decides whether a client may join a namespace. Runs on the connection's task; must not block.
+pub type Authorizer = Arc<dyn Fn(&ConnectRequest<'_>) -> Result<ConnectAccept, ConnectRefusal> + Send + Sync>;
+/// Runs once a socket has joined (after the CONNECT reply is queued).
+pub type ConnectHandler = Arc<dyn Fn(&Arc<Socket>) + Send + Sync>;
+/// Handles one event from a client.
+pub type EventHandler = Arc<dyn Fn(&Arc<Socket>, Event) + Send + Sync>;
+/// Runs once when a socket leaves.
+pub type DisconnectHandler = Arc<dyn Fn(&Arc<Socket>, &DisconnectReason) + Send + Sync>;
+
+/// The handlers of a namespace.
+#[derive(Clone, Default)]
+pub struct Handlers {
+    pub(crate) authorizers: Vec<Authorizer>,
+    pub(crate) connect: Option<ConnectHandler>,
+    pub(crate) events: HashMap<String, EventHandler>,
+    pub(crate) any: Option<EventHandler>,
+    pub(crate) disconnect: Option<DisconnectHandler>,
+}
+
+impl Handlers {
+    /// No handlers: every connection accepted, every event ignored.
+    pub fn new() -> Self {
+        Handlers::default()
+    }
+
+    /// Adds a connect authorizer; they run in order and the first refusal wins.
+    pub fn authorize(
+        mut self,
+        f: impl Fn(&ConnectRequest<'_>) -> Result<ConnectAccept, ConnectRefusal> + Send + Sync + 'static,
+    ) -> Self {
+        self.authorizers.push(Arc::new(f));
+        self
+    }
+
+    /// Sets the connect callback.
+    pub fn on_connect(mut self, f: impl Fn(&Arc<Socket>) + Send + Sync + 'static) -> Self {
+        self.connect = Some(Arc::new(f));
+        self
+    }
+
+    /// Handles events named `event`.
+    pub fn on(mut self, event: &str, f: impl Fn(&Arc<Socket>, Event) + Send + Sync + 'static) -> Self {
+        self.events.insert(event.to_owned(), Arc::new(f));
+        self
+    }
+
+    /// Handles events no [`Handlers::on`] handler claims.
+    pub fn on_any(mut self, f: impl Fn(&Arc<Socket>, Event) + Send + Sync + 'static) -> Self {
+        self.any = Some(Arc::new(f));
+        self
+    }
+
+    /// Sets the disconnect callback.
+    pub fn on_disconnect(
+        mut self,
+        f: impl Fn(&Arc<Socket>, &DisconnectReason) + Send + Sync + 'static,
+    ) -> Self {
+        self.disconnect = Some(Arc::new(f));
+        self
+    }
+
+    pub(crate) fn event_handler(&self, name: &str) -> Option<&EventHandler> {
+        self.events.get(name).or(self.any.as_ref())
+    }
+}

@@ -1,0 +1,139 @@
+//! A namespace: its sockets on this node, its handlers and its adapter.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::broadcast::BroadcastOperator;
+use super::handlers::Handlers;
+use super::packet::{EncodedPacket, Payload};
+use super::socket::{EmitError, Socket};
+use crate::adapter::{Adapter, AdapterFactory, Room, SocketInfo, SocketTable};
+use crate::engineio::CloseReason;
+use crate::sid::Sid;
+
+/// A Socket.IO namespace on this node.
+pub struct Namespace {
+    name: String,
+    handlers: Arc<Handlers>,
+    sockets: RwLock<HashMap<Sid, Arc<Socket>>>,
+    adapter: Arc<dyn Adapter>,
+    /// Created on demand for a client (removed again when its last socket leaves).
+    pub(crate) dynamic: bool,
+}
+
+impl Namespace {
+    pub(crate) fn new(
+        name: &str,
+        handlers: Arc<Handlers>,
+        factory: &dyn AdapterFactory,
+        dynamic: bool,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me: &std::sync::Weak<Namespace>| {
+            let table: std::sync::Weak<dyn SocketTable> = me.clone();
+            Namespace {
+                name: name.to_owned(),
+                handlers,
+                sockets: RwLock::new(HashMap::new()),
+                adapter: factory.create(name, table),
+                dynamic,
+            }
+        })
+    }
+
+    /// The name, e.g. `/` or `/chat`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The adapter (rooms, broadcasts, fleet-wide operations).
+    pub fn adapter(&self) -> &Arc<dyn Adapter> {
+        &self.adapter
+    }
+
+    pub(crate) fn handlers(&self) -> &Handlers {
+        &self.handlers
+    }
+
+    /// A socket connected to this node.
+    pub fn socket(&self, sid: Sid) -> Option<Arc<Socket>> {
+        self.sockets.read().get(&sid).cloned()
+    }
+
+    /// Number of sockets connected to this node.
+    pub fn socket_count(&self) -> usize {
+        self.sockets.read().len()
+    }
+
+    pub(crate) fn insert_socket(&self, socket: Arc<Socket>, rooms: &[Room]) {
+        let sid = socket.id();
+        self.sockets.write().insert(sid, socket);
+        let mut all = Vec::with_capacity(rooms.len() + 1);
+        all.push(Room::of_socket(sid));
+        all.extend_from_slice(rooms);
+        self.adapter.add_all(sid, &all);
+    }
+
+    pub(crate) fn remove_socket(&self, sid: Sid) {
+        self.adapter.del_all(sid);
+        self.sockets.write().remove(&sid);
+    }
+
+    /// A broadcast to every socket of the namespace.
+    pub fn broadcast(self: &Arc<Self>) -> BroadcastOperator {
+        BroadcastOperator::new(Arc::clone(self))
+    }
+
+    /// A broadcast to the sockets in `room`.
+    pub fn to(self: &Arc<Self>, room: impl Into<Room>) -> BroadcastOperator {
+        self.broadcast().to(room)
+    }
+
+    /// Emits to every socket of the namespace.
+    pub fn emit(self: &Arc<Self>, event: &str, payload: Payload) -> Result<(), EmitError> {
+        self.broadcast().emit(event, payload)
+    }
+
+    /// Disconnects every socket on this node (server shutdown).
+    pub fn disconnect_all(&self, reason: CloseReason) {
+        let sockets: Vec<_> = self.sockets.read().values().cloned().collect();
+        for socket in sockets {
+            socket.leave_namespace(super::socket::DisconnectReason::Transport(reason.clone()));
+        }
+    }
+}
+
+impl SocketTable for Namespace {
+    fn deliver(&self, sid: Sid, packet: &EncodedPacket, volatile: bool) {
+        if let Some(socket) = self.sockets.read().get(&sid) {
+            socket.send_encoded(packet, volatile);
+        }
+    }
+
+    fn socket_info(&self, sid: Sid, rooms: Vec<Room>) -> Option<SocketInfo> {
+        let socket = self.sockets.read().get(&sid).cloned()?;
+        Some(SocketInfo {
+            id: sid,
+            rooms,
+            data: socket.data(),
+        })
+    }
+
+    fn disconnect(&self, sid: Sid, close: bool) {
+        let Some(socket) = self.socket(sid) else {
+            return;
+        };
+        if close {
+            socket.close_connection();
+        } else {
+            socket.disconnect();
+        }
+    }
+}
+
+impl std::fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Namespace").field("name", &self.name).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,208 @@
+//! The Socket.IO server: namespaces (static and dynamic), and the bridge from Engine.IO sessions to clients.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use parking_lot::RwLock;
+
+use super::client::Client;
+use super::config::SocketIoConfig;
+use super::handlers::Handlers;
+use super::namespace::Namespace;
+use super::socket::Socket;
+use crate::adapter::{AdapterFactory, LocalAdapterFactory, Room};
+use crate::engineio::{CloseReason, Engine, EngineConfig, EngineHandler, Session, SessionHandler};
+
+pub(crate) struct Shared {
+    pub(crate) config: SocketIoConfig,
+    namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    dynamic: Option<Arc<Handlers>>,
+    adapter: Arc<dyn AdapterFactory>,
+}
+
+impl Shared {
+    /// The namespace a CONNECT asks for: registered, or created from the dynamic handlers.
+    pub(crate) fn namespace_for(&self, name: &str) -> Option<Arc<Namespace>> {
+        if let Some(ns) = self.namespaces.read().get(name) {
+            return Some(Arc::clone(ns));
+        }
+        let handlers = self.dynamic.as_ref()?;
+        if !valid_namespace_name(name) {
+            return None;
+        }
+        let mut namespaces = self.namespaces.write();
+        let ns = namespaces
+            .entry(name.to_owned())
+            .or_insert_with(|| Namespace::new(name, Arc::clone(handlers), &*self.adapter, true));
+        Some(Arc::clone(ns))
+    }
+
+    /// Adds a socket to its namespace; holds the registry lock so a dynamic namespace cannot be removed meanwhile.
+    pub(crate) fn attach(&self, ns: &Arc<Namespace>, socket: Arc<Socket>, rooms: &[Room]) {
+        let namespaces = self.namespaces.read();
+        if ns.dynamic && !namespaces.contains_key(ns.name()) {
+            drop(namespaces);
+            // Released between our lookup and now: register it again.
+            self.namespaces
+                .write()
+                .entry(ns.name().to_owned())
+                .or_insert_with(|| Arc::clone(ns));
+            ns.insert_socket(socket, rooms);
+            return;
+        }
+        ns.insert_socket(socket, rooms);
+    }
+
+    /// Forgets a dynamic namespace that has no socket left, so client-chosen names cannot grow the registry.
+    pub(crate) fn release_if_unused(&self, ns: &Arc<Namespace>) {
+        if !ns.dynamic || ns.socket_count() > 0 {
+            return;
+        }
+        let mut namespaces = self.namespaces.write();
+        if ns.socket_count() == 0
+            && namespaces.get(ns.name()).is_some_and(|n| Arc::ptr_eq(n, ns))
+        {
+            namespaces.remove(ns.name());
+        }
+    }
+}
+
+/// Namespace names clients may create dynamically: `/` then at most 128 printable characters.
+fn valid_namespace_name(name: &str) -> bool {
+    name.starts_with('/') && name.len() <= 129 && !name.chars().any(char::is_control)
+}
+
+/// The Socket.IO server. Cheap to clone.
+#[derive(Clone)]
+pub struct SocketIo {
+    shared: Arc<Shared>,
+}
+
+/// Builds a [`SocketIo`].
+pub struct SocketIoBuilder {
+    config: SocketIoConfig,
+    namespaces: Vec<(String, Handlers)>,
+    dynamic: Option<Handlers>,
+    adapter: Arc<dyn AdapterFactory>,
+}
+
+impl SocketIo {
+    /// Starts building a server.
+    pub fn builder() -> SocketIoBuilder {
+        SocketIoBuilder {
+            config: SocketIoConfig::default(),
+            namespaces: Vec::new(),
+            dynamic: None,
+            adapter: Arc::new(LocalAdapterFactory),
+        }
+    }
+
+    /// A namespace by name, if it exists.
+    pub fn of(&self, name: &str) -> Option<Arc<Namespace>> {
+        self.shared.namespaces.read().get(name).cloned()
+    }
+
+    /// Registers (or replaces the handlers of) a namespace at run time.
+    pub fn add_namespace(&self, name: &str, handlers: Handlers) -> Arc<Namespace> {
+        let ns = Namespace::new(name, Arc::new(handlers), &*self.shared.adapter, false);
+        self.shared
+            .namespaces
+            .write()
+            .insert(name.to_owned(), Arc::clone(&ns));
+        ns
+    }
+
+    /// The Engine.IO handler to mount this server on an [`Engine`].
+    pub fn engine_handler(&self) -> Arc<dyn EngineHandler> {
+        Arc::new(SessionBridge {
+            shared: Arc::clone(&self.shared),
+        })
+    }
+
+    /// An Engine.IO endpoint serving this server.
+    pub fn engine(&self, config: EngineConfig) -> Engine {
+        Engine::new(config, self.engine_handler())
+    }
+
+    /// Disconnects every socket on this node.
+    pub fn disconnect_all(&self) {
+        let namespaces: Vec<_> = self.shared.namespaces.read().values().cloned().collect();
+        for ns in namespaces {
+            ns.disconnect_all(CloseReason::ServerClose);
+        }
+    }
+}
+
+impl SocketIoBuilder {
+    /// Sets the Socket.IO settings.
+    pub fn config(mut self, config: SocketIoConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Registers a namespace.
+    pub fn namespace(mut self, name: &str, handlers: Handlers) -> Self {
+        self.namespaces.push((name.to_owned(), handlers));
+        self
+    }
+
+    /// Accepts any namespace a client asks for, with these handlers (registered namespaces take precedence).
+    pub fn dynamic_namespaces(mut self, handlers: Handlers) -> Self {
+        self.dynamic = Some(handlers);
+        self
+    }
+
+    /// Sets how each namespace's adapter is made (local by default).
+    pub fn adapter(mut self, factory: Arc<dyn AdapterFactory>) -> Self {
+        self.adapter = factory;
+        self
+    }
+
+    /// The server.
+    pub fn build(self) -> SocketIo {
+        let shared = Arc::new(Shared {
+            config: self.config,
+            namespaces: RwLock::new(HashMap::new()),
+            dynamic: self.dynamic.map(Arc::new),
+            adapter: self.adapter,
+        });
+        {
+            let mut namespaces = shared.namespaces.write();
+            for (name, handlers) in self.namespaces {
+                let ns = Namespace::new(&name, Arc::new(handlers), &*shared.adapter, false);
+                namespaces.insert(name, ns);
+            }
+        }
+        SocketIo { shared }
+    }
+}
+
+struct SessionBridge {
+    shared: Arc<Shared>,
+}
+
+impl EngineHandler for SessionBridge {
+    fn on_open(&self, session: &Arc<Session>) -> Arc<dyn SessionHandler> {
+        let client = Client::new(Arc::clone(&self.shared));
+        spawn_connect_timeout(
+            Arc::downgrade(session),
+            Arc::downgrade(&client),
+            self.shared.config.connect_timeout,
+        );
+        client
+    }
+}
+
+/// Closes a connection that joined no namespace within `connectTimeout`.
+fn spawn_connect_timeout(session: Weak<Session>, client: Weak<Client>, timeout: std::time::Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(timeout).await;
+        let (Some(session), Some(client)) = (session.upgrade(), client.upgrade()) else {
+            return;
+        };
+        if !client.has_sockets() && !session.is_closed() {
+            tracing::debug!(sid = %session.sid(), "no namespace joined within connectTimeout; closing");
+            session.close(CloseReason::ServerClose);
+        }
+    });
+}

@@ -1,0 +1,333 @@
+//! One client's membership of one namespace: emitting, acknowledgements, rooms and disconnection.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::broadcast::BroadcastOperator;
+use super::client::Client;
+use super::namespace::Namespace;
+use super::packet::{EncodedPacket, Packet, PacketKind, Payload, RESERVED_EVENTS, encode, encode_ack, encode_event};
+use crate::adapter::Room;
+use crate::engineio::{CloseReason, Handshake, SendOutcome, Session, TransportKind};
+use crate::sid::Sid;
+
+/// Why a socket left its namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client sent DISCONNECT for this namespace.
+    ClientNamespaceDisconnect,
+    /// The server disconnected the socket.
+    ServerNamespaceDisconnect,
+    /// The whole connection ended.
+    Transport(CloseReason),
+}
+
+impl std::fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DisconnectReason::ClientNamespaceDisconnect => f.write_str("client namespace disconnect"),
+            DisconnectReason::ServerNamespaceDisconnect => f.write_str("server namespace disconnect"),
+            DisconnectReason::Transport(reason) => reason.fmt(f),
+        }
+    }
+}
+
+/// An emit that could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EmitError {
+    /// The name is reserved by Socket.IO; clients would close the connection on receiving it.
+    #[error("\"{0}\" is a reserved event name")]
+    ReservedEvent(String),
+    /// The socket is disconnected.
+    #[error("socket disconnected")]
+    Disconnected,
+}
+
+/// An acknowledgement that did not come.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    /// The emit itself failed.
+    #[error(transparent)]
+    Emit(#[from] EmitError),
+    /// The client did not answer in time.
+    #[error("no acknowledgement within {0:?}")]
+    Timeout(Duration),
+    /// The socket disconnected before answering.
+    #[error("socket disconnected before acknowledging")]
+    Disconnected,
+}
+
+/// An event received from a client.
+pub struct Event {
+    /// The event name (numeric names as their decimal text).
+    pub name: String,
+    /// The arguments after the name.
+    pub payload: Payload,
+    /// Present when the client waits for an acknowledgement.
+    pub ack: Option<AckResponder>,
+}
+
+/// Answers a client's event exactly once (consumed by [`AckResponder::send`]).
+pub struct AckResponder {
+    socket: Arc<Socket>,
+    id: u64,
+}
+
+impl AckResponder {
+    /// Sends the acknowledgement.
+    pub fn send(self, payload: Payload) {
+        let packet = encode_ack(self.socket.ns.name(), self.id, &payload);
+        self.socket.send_encoded(&packet, false);
+    }
+}
+
+#[derive(Default)]
+struct PendingAcks {
+    next_id: u64,
+    waiting: HashMap<u64, oneshot::Sender<Payload>>,
+}
+
+/// A client connected to a namespace.
+pub struct Socket {
+    id: Sid,
+    pub(crate) ns: Arc<Namespace>,
+    session: Arc<Session>,
+    client: Weak<Client>,
+    auth: Value,
+    data: Mutex<Value>,
+    acks: Mutex<PendingAcks>,
+    connected: AtomicBool,
+}
+
+impl Socket {
+    pub(crate) fn new(
+        ns: Arc<Namespace>,
+        session: Arc<Session>,
+        client: Weak<Client>,
+        auth: Value,
+        data: Value,
+    ) -> Arc<Self> {
+        Arc::new(Socket {
+            id: Sid::random(),
+            ns,
+            session,
+            client,
+            auth,
+            data: Mutex::new(data),
+            acks: Mutex::new(PendingAcks::default()),
+            connected: AtomicBool::new(true),
+        })
+    }
+
+    /// The socket id (not the Engine.IO session id).
+    pub fn id(&self) -> Sid {
+        self.id
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &Arc<Namespace> {
+        &self.ns
+    }
+
+    /// The `auth` object the client sent with CONNECT.
+    pub fn auth(&self) -> &Value {
+        &self.auth
+    }
+
+    /// The Engine.IO handshake of the connection.
+    pub fn handshake(&self) -> &Handshake {
+        self.session.handshake()
+    }
+
+    /// The Engine.IO session id of the connection.
+    pub fn session_id(&self) -> Sid {
+        self.session.sid()
+    }
+
+    /// The transport the connection uses now.
+    pub fn transport(&self) -> TransportKind {
+        self.session.transport()
+    }
+
+    /// Application data attached to the socket.
+    pub fn data(&self) -> Value {
+        self.data.lock().clone()
+    }
+
+    /// Replaces the application data.
+    pub fn set_data(&self, data: Value) {
+        *self.data.lock() = data;
+    }
+
+    /// Whether the socket is still in its namespace.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Emits an event to this client.
+    pub fn emit(&self, event: &str, payload: &Payload) -> Result<(), EmitError> {
+        check_event_name(event)?;
+        if !self.connected() {
+            return Err(EmitError::Disconnected);
+        }
+        self.send_encoded(&encode_event(self.ns.name(), event, payload, None), false);
+        Ok(())
+    }
+
+    /// Emits an event and waits for the client's acknowledgement.
+    pub async fn emit_with_ack(&self, event: &str, payload: &Payload, timeout: Duration) -> Result<Payload, AckError> {
+        check_event_name(event)?;
+        if !self.connected() {
+            return Err(EmitError::Disconnected.into());
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut acks = self.acks.lock();
+            let id = acks.next_id;
+            acks.next_id += 1;
+            acks.waiting.insert(id, tx);
+            id
+        };
+        self.send_encoded(&encode_event(self.ns.name(), event, payload, Some(id)), false);
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(payload)) => Ok(payload),
+            Ok(Err(_)) => Err(AckError::Disconnected),
+            Err(_) => {
+                let mut acks = self.acks.lock();
+                acks.waiting.remove(&id);
+                if acks.waiting.is_empty() && acks.waiting.capacity() > 16 {
+                    acks.waiting = HashMap::new();
+                }
+                Err(AckError::Timeout(timeout))
+            }
+        }
+    }
+
+    pub(crate) fn send_encoded(&self, packet: &EncodedPacket, volatile: bool) -> SendOutcome {
+        self.session.send_all(packet.frames(), volatile)
+    }
+
+    /// Joins rooms.
+    pub fn join(&self, rooms: &[Room]) {
+        self.ns.adapter().add_all(self.id, rooms);
+    }
+
+    /// Leaves a room.
+    pub fn leave(&self, room: &Room) {
+        self.ns.adapter().del(self.id, room);
+    }
+
+    /// The rooms the socket is in (its own id room included).
+    pub fn rooms(&self) -> Vec<Room> {
+        self.ns.adapter().socket_rooms(self.id)
+    }
+
+    /// Targets `room` for a broadcast that excludes this socket.
+    pub fn to(&self, room: impl Into<Room>) -> BroadcastOperator {
+        self.broadcast().to(room)
+    }
+
+    /// A broadcast to the whole namespace that excludes this socket.
+    pub fn broadcast(&self) -> BroadcastOperator {
+        BroadcastOperator::new(Arc::clone(&self.ns)).except(Room::of_socket(self.id))
+    }
+
+    /// Disconnects the socket from its namespace; the client does not reconnect to it on its own.
+    pub fn disconnect(self: &Arc<Self>) {
+        if !self.connected() {
+            return;
+        }
+        let packet = Packet {
+            kind: PacketKind::Disconnect,
+            nsp: self.ns.name().to_owned(),
+            id: None,
+            data: None,
+            attachments: Vec::new(),
+        };
+        self.send_encoded(&encode(&packet), false);
+        if let Some(client) = self.client.upgrade() {
+            client.forget(self.ns.name());
+        }
+        self.leave_namespace(DisconnectReason::ServerNamespaceDisconnect);
+    }
+
+    /// Disconnects the socket and closes the whole connection (every namespace of the client).
+    pub fn close_connection(self: &Arc<Self>) {
+        self.disconnect();
+        self.session.close(CloseReason::ServerClose);
+    }
+
+    /// Resolves an acknowledgement the client sent for one of our emits.
+    pub(crate) fn on_ack(&self, id: u64, payload: Payload) {
+        let waiting = self.acks.lock().waiting.remove(&id);
+        if let Some(tx) = waiting {
+            let _ = tx.send(payload);
+        }
+    }
+
+    /// Delivers a client event to the namespace's handler.
+    pub(crate) fn on_event(self: &Arc<Self>, id: Option<u64>, data: Vec<Value>, attachments: Vec<bytes::Bytes>) {
+        let mut args = data.into_iter();
+        let name = match args.next() {
+            Some(Value::String(name)) => name,
+            Some(other) => other.to_string(),
+            None => return,
+        };
+        let handlers = self.ns.handlers();
+        let Some(handler) = handlers.event_handler(&name) else {
+            return;
+        };
+        let event = Event {
+            name,
+            payload: Payload {
+                args: args.collect(),
+                attachments,
+            },
+            ack: id.map(|id| AckResponder {
+                socket: Arc::clone(self),
+                id,
+            }),
+        };
+        handler(self, event);
+    }
+
+    /// Removes the socket from its namespace and rooms and runs the disconnect handler, once.
+    pub(crate) fn leave_namespace(self: &Arc<Self>, reason: DisconnectReason) {
+        if !self.connected.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        // Waiting emit_with_ack calls fail with `Disconnected`.
+        self.acks.lock().waiting.clear();
+        if let Some(handler) = self.ns.handlers().disconnect.clone() {
+            handler(self, &reason);
+        }
+        self.ns.remove_socket(self.id);
+        if self.ns.dynamic {
+            if let Some(client) = self.client.upgrade() {
+                client.release_namespace(&self.ns);
+            }
+        }
+    }
+}
+
+fn check_event_name(event: &str) -> Result<(), EmitError> {
+    if RESERVED_EVENTS.contains(&event) {
+        return Err(EmitError::ReservedEvent(event.to_owned()));
+    }
+    Ok(())
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket")
+            .field("id", &self.id)
+            .field("nsp", &self.ns.name())
+            .finish_non_exhaustive()
+    }
+}
