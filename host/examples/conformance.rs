@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ioplex::engineio::{
-    AllowedOrigins, CloseReason, Engine, EngineConfig, EngineHandler, Message, Session, SessionHandler,
-    WirePacket,
+    AllowedOrigins, CloseReason, Engine, EngineConfig, EngineHandler, Message, Session,
+    SessionHandler, WirePacket,
 };
 use ioplex::serve::{Router, bind_localhost, serve};
 use ioplex::socketio::{Handlers, Payload, SocketIo, SocketIoConfig};
@@ -68,7 +68,10 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let mode = std::env::args().nth(1).unwrap_or_default();
     let router = match mode.as_str() {
-        "engineio" => Router::new(vec![Engine::new(suite_config("/engine.io/"), Arc::new(Echo))]),
+        "engineio" => Router::new(vec![Engine::new(
+            suite_config("/engine.io/"),
+            Arc::new(Echo),
+        )]),
         "socketio" => {
             let io = SocketIo::builder()
                 .config(SocketIoConfig {

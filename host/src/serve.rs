@@ -4,7 +4,7 @@
 //! hyper here) and sends each request to the first endpoint whose path matches; everything else is 404.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -100,11 +100,38 @@ async fn accept_loop(listener: TcpListener, router: Router) {
     }
 }
 
+/// Binds `host:port`. An unspecified IPv4 host (`0.0.0.0`) also gets `[::]` (IPv6 only), so clients
+/// reach the server over either family; a missing IPv6 stack is not an error.
+pub async fn bind(host: IpAddr, port: u16) -> std::io::Result<Vec<TcpListener>> {
+    let mut listeners = vec![listen(SocketAddr::new(host, port))?];
+    if host == IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
+        match listen(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)) {
+            Ok(v6) => listeners.push(v6),
+            Err(err) => tracing::debug!(%err, "IPv6 unavailable; serving IPv4 only"),
+        }
+    }
+    Ok(listeners)
+}
+
+/// A non-blocking listener with address reuse; IPv6 sockets are IPv6-only so they coexist with IPv4 ones.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// Binds `port` on both IPv4 and IPv6 loopback, so `localhost` works whichever address it resolves to.
 pub async fn bind_localhost(port: u16) -> std::io::Result<Vec<TcpListener>> {
-    let v4 = TcpListener::bind(("127.0.0.1", port)).await?;
+    let v4 = listen(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))?;
     let mut listeners = vec![v4];
-    match TcpListener::bind(("::1", port)).await {
+    match listen(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)) {
         Ok(v6) => listeners.push(v6),
         Err(err) => tracing::warn!(%err, "IPv6 loopback unavailable; serving 127.0.0.1 only"),
     }

@@ -11,7 +11,8 @@ use parking_lot::RwLock;
 use serde_json::Value;
 
 use super::{
-    Adapter, AdapterError, BoxFuture, BroadcastOptions, BroadcastPacket, Room, SocketInfo, SocketTable,
+    Adapter, AdapterError, BoxFuture, BroadcastOptions, BroadcastPacket, Room, SocketInfo,
+    SocketTable,
 };
 use crate::sid::Sid;
 
@@ -38,7 +39,12 @@ impl Index {
         };
         match opts.rooms.as_slice() {
             [] => self.sockets.keys().for_each(&mut visit),
-            [room] => self.rooms.get(room).into_iter().flatten().for_each(&mut visit),
+            [room] => self
+                .rooms
+                .get(room)
+                .into_iter()
+                .flatten()
+                .for_each(&mut visit),
             rooms => {
                 let mut seen = HashSet::new();
                 for sid in rooms.iter().filter_map(|r| self.rooms.get(r)).flatten() {
@@ -102,7 +108,13 @@ impl LocalAdapter {
         let index = self.index.read();
         let mut out = Vec::new();
         index.for_each_target(opts, |sid| {
-            let rooms = index.sockets.get(&sid).into_iter().flatten().cloned().collect();
+            let rooms = index
+                .sockets
+                .get(&sid)
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
             out.extend(table.socket_info(sid, rooms));
         });
         out
@@ -189,7 +201,10 @@ impl Adapter for LocalAdapter {
             .for_each_target(opts, |sid| table.deliver(sid, encoded, opts.volatile));
     }
 
-    fn fetch_sockets(&self, opts: &BroadcastOptions) -> BoxFuture<'_, Result<Vec<SocketInfo>, AdapterError>> {
+    fn fetch_sockets(
+        &self,
+        opts: &BroadcastOptions,
+    ) -> BoxFuture<'_, Result<Vec<SocketInfo>, AdapterError>> {
         let infos = self.local_socket_infos(opts);
         Box::pin(async move { Ok(infos) })
     }
@@ -199,22 +214,38 @@ impl Adapter for LocalAdapter {
         Box::pin(async move { Ok(rooms) })
     }
 
-    fn add_sockets(&self, opts: &BroadcastOptions, rooms: &[Room]) -> BoxFuture<'_, Result<(), AdapterError>> {
+    fn add_sockets(
+        &self,
+        opts: &BroadcastOptions,
+        rooms: &[Room],
+    ) -> BoxFuture<'_, Result<(), AdapterError>> {
         self.local_update_rooms(opts, rooms, true);
         Box::pin(async { Ok(()) })
     }
 
-    fn del_sockets(&self, opts: &BroadcastOptions, rooms: &[Room]) -> BoxFuture<'_, Result<(), AdapterError>> {
+    fn del_sockets(
+        &self,
+        opts: &BroadcastOptions,
+        rooms: &[Room],
+    ) -> BoxFuture<'_, Result<(), AdapterError>> {
         self.local_update_rooms(opts, rooms, false);
         Box::pin(async { Ok(()) })
     }
 
-    fn disconnect_sockets(&self, opts: &BroadcastOptions, close: bool) -> BoxFuture<'_, Result<(), AdapterError>> {
+    fn disconnect_sockets(
+        &self,
+        opts: &BroadcastOptions,
+        close: bool,
+    ) -> BoxFuture<'_, Result<(), AdapterError>> {
         self.local_disconnect(opts, close);
         Box::pin(async { Ok(()) })
     }
 
-    fn server_side_emit(&self, _event: &str, _args: &[Value]) -> BoxFuture<'_, Result<(), AdapterError>> {
+    fn server_side_emit(
+        &self,
+        _event: &str,
+        _args: &[Value],
+    ) -> BoxFuture<'_, Result<(), AdapterError>> {
         Box::pin(async { Ok(()) })
     }
 }
@@ -236,7 +267,11 @@ mod tests {
             self.delivered.lock().unwrap().push(sid);
         }
         fn socket_info(&self, sid: Sid, rooms: Vec<Room>) -> Option<SocketInfo> {
-            Some(SocketInfo { id: sid, rooms, data: Value::Null })
+            Some(SocketInfo {
+                id: sid,
+                rooms,
+                data: Value::Null,
+            })
         }
         fn disconnect(&self, _sid: Sid, _close: bool) {}
     }
@@ -279,10 +314,19 @@ mod tests {
             ..Default::default()
         };
         adapter.broadcast(&packet(), &opts);
-        assert_eq!(sorted(rec.delivered.lock().unwrap().clone()), sorted(vec![ids[0], ids[2]]));
+        assert_eq!(
+            sorted(rec.delivered.lock().unwrap().clone()),
+            sorted(vec![ids[0], ids[2]])
+        );
 
         rec.delivered.lock().unwrap().clear();
-        adapter.broadcast(&packet(), &BroadcastOptions { except: vec!["b".into()], ..Default::default() });
+        adapter.broadcast(
+            &packet(),
+            &BroadcastOptions {
+                except: vec!["b".into()],
+                ..Default::default()
+            },
+        );
         assert_eq!(rec.delivered.lock().unwrap().clone(), vec![ids[1]]);
     }
 
@@ -300,11 +344,20 @@ mod tests {
     #[test]
     fn fleet_operations_act_on_local_sockets() {
         let (_rec, adapter, ids) = setup();
-        let in_a = BroadcastOptions { rooms: vec!["a".into()], ..Default::default() };
+        let in_a = BroadcastOptions {
+            rooms: vec!["a".into()],
+            ..Default::default()
+        };
         adapter.local_update_rooms(&in_a, &["c".into()], true);
         assert_eq!(adapter.room_size(&"c".into()), 2);
-        let infos = adapter.local_socket_infos(&BroadcastOptions { rooms: vec!["c".into()], ..Default::default() });
-        assert_eq!(sorted(infos.iter().map(|i| i.id).collect()), sorted(vec![ids[0], ids[1]]));
+        let infos = adapter.local_socket_infos(&BroadcastOptions {
+            rooms: vec!["c".into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            sorted(infos.iter().map(|i| i.id).collect()),
+            sorted(vec![ids[0], ids[1]])
+        );
         adapter.local_update_rooms(&in_a, &["c".into()], false);
         assert_eq!(adapter.room_size(&"c".into()), 0);
     }

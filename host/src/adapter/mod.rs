@@ -159,17 +159,36 @@ pub trait Adapter: Send + Sync + 'static {
     /// Delivers to every targeted socket, here and (unless `opts.local`) on other nodes.
     fn broadcast(&self, packet: &BroadcastPacket, opts: &BroadcastOptions);
     /// Describes every targeted socket of the fleet.
-    fn fetch_sockets(&self, opts: &BroadcastOptions) -> BoxFuture<'_, Result<Vec<SocketInfo>, AdapterError>>;
+    fn fetch_sockets(
+        &self,
+        opts: &BroadcastOptions,
+    ) -> BoxFuture<'_, Result<Vec<SocketInfo>, AdapterError>>;
     /// Every room of the namespace across the fleet.
     fn all_rooms(&self) -> BoxFuture<'_, Result<HashSet<Room>, AdapterError>>;
     /// Makes every targeted socket of the fleet join `rooms`.
-    fn add_sockets(&self, opts: &BroadcastOptions, rooms: &[Room]) -> BoxFuture<'_, Result<(), AdapterError>>;
+    fn add_sockets(
+        &self,
+        opts: &BroadcastOptions,
+        rooms: &[Room],
+    ) -> BoxFuture<'_, Result<(), AdapterError>>;
     /// Makes every targeted socket of the fleet leave `rooms`.
-    fn del_sockets(&self, opts: &BroadcastOptions, rooms: &[Room]) -> BoxFuture<'_, Result<(), AdapterError>>;
+    fn del_sockets(
+        &self,
+        opts: &BroadcastOptions,
+        rooms: &[Room],
+    ) -> BoxFuture<'_, Result<(), AdapterError>>;
     /// Disconnects every targeted socket of the fleet.
-    fn disconnect_sockets(&self, opts: &BroadcastOptions, close: bool) -> BoxFuture<'_, Result<(), AdapterError>>;
+    fn disconnect_sockets(
+        &self,
+        opts: &BroadcastOptions,
+        close: bool,
+    ) -> BoxFuture<'_, Result<(), AdapterError>>;
     /// Emits to the other servers of the fleet (not to clients); a single node has no one to tell.
-    fn server_side_emit(&self, event: &str, args: &[Value]) -> BoxFuture<'_, Result<(), AdapterError>>;
+    fn server_side_emit(
+        &self,
+        event: &str,
+        args: &[Value],
+    ) -> BoxFuture<'_, Result<(), AdapterError>>;
 }
 
 /// Creates the adapter of each namespace.

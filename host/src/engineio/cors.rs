@@ -13,7 +13,9 @@ use super::server::set_static;
 /// Adds CORS headers to a response when the request's origin is allowed.
 pub fn apply(cors: &AllowedOrigins, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
     let Some(origin) = origin else { return };
-    let Ok(origin_str) = origin.to_str() else { return };
+    let Ok(origin_str) = origin.to_str() else {
+        return;
+    };
     if !cors.allows(origin_str) {
         return;
     }
@@ -33,7 +35,11 @@ pub fn preflight<B>(cors: &AllowedOrigins, req: &Request<B>) -> Response<Body> {
         .is_some_and(|o| cors.allows(o));
     if allowed {
         let headers = resp.headers_mut();
-        set_static(headers, header::ACCESS_CONTROL_ALLOW_METHODS, "GET,POST,OPTIONS");
+        set_static(
+            headers,
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            "GET,POST,OPTIONS",
+        );
         if let Some(requested) = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
             headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested.clone());
         }
@@ -51,7 +57,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         let origin = HeaderValue::from_static("https://a.example");
         apply(&AllowedOrigins::Any, Some(&origin), &mut headers);
-        assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://a.example");
+        assert_eq!(
+            headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://a.example"
+        );
         assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
 
         let mut headers = HeaderMap::new();
@@ -72,6 +81,9 @@ mod tests {
             .unwrap();
         let resp = preflight(&AllowedOrigins::Any, &req);
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-        assert_eq!(resp.headers()[header::ACCESS_CONTROL_ALLOW_HEADERS], "x-token");
+        assert_eq!(
+            resp.headers()[header::ACCESS_CONTROL_ALLOW_HEADERS],
+            "x-token"
+        );
     }
 }

@@ -80,7 +80,10 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], br#"{"code":1,"message":"Session ID unknown"}"#);
-        assert_eq!(RequestError::Forbidden.response().status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            RequestError::Forbidden.response().status(),
+            StatusCode::FORBIDDEN
+        );
         assert_eq!(RequestError::UnsupportedProtocolVersion.code(), 5);
     }
 }

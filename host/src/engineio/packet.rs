@@ -162,7 +162,10 @@ mod tests {
         assert_eq!(decode_text(text("abc")), Err(PacketError::UnknownType('a')));
         assert_eq!(decode_text(text("0{}")), Err(PacketError::UnknownType('0')));
         assert_eq!(decode_text(text("7")), Err(PacketError::UnknownType('7')));
-        assert_eq!(decode_text(text("é")), Err(PacketError::UnknownType('\u{c3}')));
+        assert_eq!(
+            decode_text(text("é")),
+            Err(PacketError::UnknownType('\u{c3}'))
+        );
     }
 
     #[test]
@@ -209,7 +212,9 @@ mod tests {
         assert_eq!(packets.len(), 2);
         assert_eq!(
             packets[1],
-            Packet::Message(Message::Text(Utf8Bytes::try_from_bytes(Bytes::from("wörld")).unwrap()))
+            Packet::Message(Message::Text(
+                Utf8Bytes::try_from_bytes(Bytes::from("wörld")).unwrap()
+            ))
         );
     }
 }

@@ -13,12 +13,12 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::Body;
 use super::error::{RequestError, status_response};
 use super::packet::decode_payload;
 use super::server::{EngineShared, set_static};
-use super::session::{ClosedAs, CloseReason, Handshake, Session, TransportKind};
+use super::session::{CloseReason, ClosedAs, Handshake, Session, TransportKind};
 use super::wire::{WirePacket, polling_body};
-use super::Body;
 
 /// How long a GET that arrives during an upgrade waits for it to finish before answering `6`.
 const UPGRADE_GRACE: Duration = Duration::from_millis(20);
@@ -154,7 +154,10 @@ pub(crate) async fn post(session: Arc<Session>, req: Request<Incoming>) -> Respo
         session.close(CloseReason::PayloadTooLarge);
         return status_response(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
     }
-    let body = match http_body_util::Limited::new(req.into_body(), limit).collect().await {
+    let body = match http_body_util::Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
             session.close(CloseReason::PayloadTooLarge);

@@ -108,7 +108,12 @@ impl Engine {
 
     /// Closes every session (server shutdown).
     pub fn close_all(&self) {
-        let sessions: Vec<_> = self.shared.sessions.iter().map(|s| Arc::clone(s.value())).collect();
+        let sessions: Vec<_> = self
+            .shared
+            .sessions
+            .iter()
+            .map(|s| Arc::clone(s.value()))
+            .collect();
         for session in sessions {
             session.close(super::CloseReason::ServerClose);
         }
@@ -126,7 +131,11 @@ impl Engine {
             }
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            cors::apply(&self.shared.config.cors, origin.as_ref(), resp.headers_mut());
+            cors::apply(
+                &self.shared.config.cors,
+                origin.as_ref(),
+                resp.headers_mut(),
+            );
         }
         resp
     }
@@ -139,7 +148,9 @@ impl Engine {
         let query = Query::parse(req.uri().query().unwrap_or(""));
         let transport = match query.transport.as_deref() {
             Some("polling") if self.shared.config.transports.polling => TransportKind::Polling,
-            Some("websocket") if self.shared.config.transports.websocket => TransportKind::Websocket,
+            Some("websocket") if self.shared.config.transports.websocket => {
+                TransportKind::Websocket
+            }
             _ => return Err(RequestError::UnknownTransport),
         };
         let is_upgrade = websocket::is_upgrade_request(req.headers());

@@ -390,6 +390,8 @@ fn ping_packet() -> WirePacket {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("sid", &self.sid).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("sid", &self.sid)
+            .finish_non_exhaustive()
     }
 }

@@ -39,7 +39,11 @@ pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
 /// The 101 response, or `BadRequest` when the websocket handshake headers are wrong.
 fn switching_protocols(req: &Request<Incoming>) -> Result<Response<Body>, RequestError> {
     let headers = req.headers();
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
         return Err(RequestError::BadRequest);
     }
     let key = headers
@@ -95,7 +99,9 @@ pub(crate) fn accept_new(
             session.close(CloseReason::TransportClose);
             return;
         }
-        Connection::new(session, stream, leftover, Mode::Active).run().await;
+        Connection::new(session, stream, leftover, Mode::Active)
+            .run()
+            .await;
     });
     Ok(resp)
 }
@@ -129,7 +135,10 @@ pub(crate) fn accept_upgrade(
         if duplicate {
             // One websocket per session: complete the handshake, then close the newcomer.
             let _ = stream
-                .write_all(&ws_codec::close_frame(ws_codec::CLOSE_PROTOCOL_ERROR, "session already upgraded"))
+                .write_all(&ws_codec::close_frame(
+                    ws_codec::CLOSE_PROTOCOL_ERROR,
+                    "session already upgraded",
+                ))
                 .await;
             let _ = stream.shutdown().await;
             return;
@@ -234,10 +243,10 @@ impl Connection {
             if self.session.is_closed() {
                 return End::SessionClosed;
             }
-            if self.mode == Mode::Active {
-                if let Err(err) = self.flush().await {
-                    return End::Close(ws_codec::CLOSE_NORMAL, write_failure(err));
-                }
+            if self.mode == Mode::Active
+                && let Err(err) = self.flush().await
+            {
+                return End::Close(ws_codec::CLOSE_NORMAL, write_failure(err));
             }
 
             let notified = self.session.writer.notified();
@@ -295,7 +304,9 @@ impl Connection {
                                 ws_codec::CLOSE_NORMAL,
                                 CloseReason::ParseError(err.to_string()),
                             ),
-                            Mode::Probing { .. } => End::AbortUpgrade("invalid packet during upgrade"),
+                            Mode::Probing { .. } => {
+                                End::AbortUpgrade("invalid packet during upgrade")
+                            }
                         });
                     }
                 };
@@ -313,7 +324,8 @@ impl Connection {
             }
             WsEvent::Binary(data) => match self.mode {
                 Mode::Active => {
-                    self.session.on_packet(Packet::Message(Message::Binary(data)));
+                    self.session
+                        .on_packet(Packet::Message(Message::Binary(data)));
                     None
                 }
                 Mode::Probing { .. } => Some(End::AbortUpgrade("binary frame during upgrade")),
@@ -325,7 +337,10 @@ impl Connection {
                 None
             }
             WsEvent::Pong => None,
-            WsEvent::Close(_) => Some(End::Close(ws_codec::CLOSE_NORMAL, CloseReason::TransportClose)),
+            WsEvent::Close(_) => Some(End::Close(
+                ws_codec::CLOSE_NORMAL,
+                CloseReason::TransportClose,
+            )),
         }
     }
 
@@ -345,7 +360,7 @@ impl Connection {
                         return Some(End::SessionClosed);
                     }
                     state.upgrading = false;
-                                state.transport = TransportKind::Websocket;
+                    state.transport = TransportKind::Websocket;
                 }
                 self.mode = Mode::Active;
                 // A GET still pending must answer `6` now.
@@ -368,11 +383,17 @@ impl Connection {
                 Session::take_queue(&mut state, &mut self.batch);
             }
             let timeout = self.session.config().ping_interval + self.session.config().ping_timeout;
-            let result = tokio::time::timeout(timeout, write_frames(&mut self.stream, &self.batch)).await;
+            let result =
+                tokio::time::timeout(timeout, write_frames(&mut self.stream, &self.batch)).await;
             self.batch.clear();
             match result {
                 Ok(written) => written?,
-                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")),
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "client stopped reading",
+                    ));
+                }
             }
         }
         if self.batch.capacity() > 256 {
@@ -456,4 +477,3 @@ async fn write_vectored_all(stream: &mut TcpStream, frames: &[WirePacket]) -> io
     }
     Ok(())
 }
-

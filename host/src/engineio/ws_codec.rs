@@ -196,7 +196,9 @@ impl FrameDecoder {
         }
         let fin = buf[0] & 0x80 != 0;
         if buf[0] & 0x70 != 0 {
-            return Err(WsError::Protocol("reserved bits set without a negotiated extension"));
+            return Err(WsError::Protocol(
+                "reserved bits set without a negotiated extension",
+            ));
         }
         let opcode = buf[0] & 0x0F;
         if buf[1] & 0x80 == 0 {
@@ -221,9 +223,14 @@ impl FrameDecoder {
         };
         let is_control = opcode & 0x8 != 0;
         if is_control && (!fin || len > 125) {
-            return Err(WsError::Protocol("control frames must be final and at most 125 bytes"));
+            return Err(WsError::Protocol(
+                "control frames must be final and at most 125 bytes",
+            ));
         }
-        let so_far = self.fragments.as_ref().map_or(0, |(_, data)| data.len() as u64);
+        let so_far = self
+            .fragments
+            .as_ref()
+            .map_or(0, |(_, data)| data.len() as u64);
         if !is_control && len.saturating_add(so_far) > self.max_message as u64 {
             return Err(WsError::TooBig {
                 size: len.saturating_add(so_far),
@@ -255,7 +262,9 @@ impl FrameDecoder {
         match opcode {
             OPCODE_TEXT | OPCODE_BINARY => {
                 if self.fragments.is_some() {
-                    return Err(WsError::Protocol("new message before the previous one finished"));
+                    return Err(WsError::Protocol(
+                        "new message before the previous one finished",
+                    ));
                 }
                 if fin {
                     return finish_message(opcode, payload).map(Some);
@@ -278,7 +287,8 @@ impl FrameDecoder {
             OPCODE_PING => Ok(Some(WsEvent::Ping(payload.freeze()))),
             OPCODE_PONG => Ok(Some(WsEvent::Pong)),
             OPCODE_CLOSE => {
-                let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                let code =
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
                 Ok(Some(WsEvent::Close(code)))
             }
             _ => Err(WsError::Protocol("unknown opcode")),
@@ -332,7 +342,10 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc_example() {
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -363,8 +376,14 @@ mod tests {
         dec.feed(&client_frame(false, OPCODE_TEXT, b"4he"));
         dec.feed(&client_frame(true, OPCODE_PING, b"p"));
         dec.feed(&client_frame(true, OPCODE_CONTINUATION, b"llo"));
-        assert_eq!(dec.next_event(), Ok(Some(WsEvent::Ping(Bytes::from_static(b"p")))));
-        assert_eq!(dec.next_event(), Ok(Some(WsEvent::Text(Bytes::from_static(b"4hello")))));
+        assert_eq!(
+            dec.next_event(),
+            Ok(Some(WsEvent::Ping(Bytes::from_static(b"p"))))
+        );
+        assert_eq!(
+            dec.next_event(),
+            Ok(Some(WsEvent::Text(Bytes::from_static(b"4hello"))))
+        );
         assert_eq!(dec.next_event(), Ok(None));
     }
 
@@ -376,7 +395,10 @@ mod tests {
         let mut dec = FrameDecoder::new(10);
         dec.feed(&client_frame(false, OPCODE_TEXT, &[b'a'; 6]));
         dec.feed(&client_frame(true, OPCODE_CONTINUATION, &[b'a'; 6]));
-        assert!(matches!(dec.next_event(), Err(WsError::TooBig { size: 12, .. })));
+        assert!(matches!(
+            dec.next_event(),
+            Err(WsError::TooBig { size: 12, .. })
+        ));
         let mut dec = FrameDecoder::new(100);
         let mut huge = vec![0x82, 0xFF];
         huge.extend_from_slice(&u64::MAX.to_be_bytes());
@@ -387,13 +409,13 @@ mod tests {
     #[test]
     fn refuses_protocol_violations() {
         let cases: Vec<Vec<u8>> = vec![
-            vec![0x81, 0x01, b'a'],                                 // unmasked
-            vec![0xC1, 0x80, 0, 0, 0, 0],                           // RSV1
-            client_frame(true, OPCODE_CONTINUATION, b"x"),          // stray continuation
-            client_frame(false, OPCODE_PING, b"x"),                 // fragmented control
-            client_frame(true, OPCODE_PING, &[0; 126]),             // long control
-            client_frame(true, 0x3, b"x"),                          // reserved opcode
-            client_frame(true, OPCODE_TEXT, &[0xff, 0xfe]),         // not UTF-8
+            vec![0x81, 0x01, b'a'],                         // unmasked
+            vec![0xC1, 0x80, 0, 0, 0, 0],                   // RSV1
+            client_frame(true, OPCODE_CONTINUATION, b"x"),  // stray continuation
+            client_frame(false, OPCODE_PING, b"x"),         // fragmented control
+            client_frame(true, OPCODE_PING, &[0; 126]),     // long control
+            client_frame(true, 0x3, b"x"),                  // reserved opcode
+            client_frame(true, OPCODE_TEXT, &[0xff, 0xfe]), // not UTF-8
         ];
         for case in cases {
             let mut dec = FrameDecoder::new(1000);
@@ -405,7 +427,9 @@ mod tests {
         dec.feed(&client_frame(true, OPCODE_TEXT, b"b"));
         assert_eq!(
             dec.next_event(),
-            Err(WsError::Protocol("new message before the previous one finished"))
+            Err(WsError::Protocol(
+                "new message before the previous one finished"
+            ))
         );
     }
 
@@ -416,6 +440,9 @@ mod tests {
         dec.feed(&client_frame(true, OPCODE_CLOSE, b""));
         assert_eq!(dec.next_event(), Ok(Some(WsEvent::Close(Some(1001)))));
         assert_eq!(dec.next_event(), Ok(Some(WsEvent::Close(None))));
-        assert_eq!(close_frame(1009, "big"), vec![0x88, 5, 0x03, 0xF1, b'b', b'i', b'g']);
+        assert_eq!(
+            close_frame(1009, "big"),
+            vec![0x88, 5, 0x03, 0xF1, b'b', b'i', b'g']
+        );
     }
 }

@@ -91,7 +91,10 @@ impl BroadcastOperator {
 
     /// Disconnects every targeted socket (`close` ends their whole connection).
     pub async fn disconnect_sockets(&self, close: bool) -> Result<(), AdapterError> {
-        self.ns.adapter().disconnect_sockets(&self.opts, close).await
+        self.ns
+            .adapter()
+            .disconnect_sockets(&self.opts, close)
+            .await
     }
 
     /// Every room of the namespace across the fleet.

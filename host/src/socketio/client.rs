@@ -79,23 +79,25 @@ impl Client {
                 }
                 None => Self::violation(session, "EVENT for a namespace not joined"),
             },
-            PacketKind::Ack | PacketKind::BinaryAck => match (self.socket_of(&packet.nsp), packet.id) {
-                (Some(socket), Some(id)) => {
-                    let args = match packet.data {
-                        Some(Value::Array(items)) => items,
-                        _ => Vec::new(),
-                    };
-                    socket.on_ack(
-                        id,
-                        Payload {
-                            args,
-                            attachments: packet.attachments,
-                        },
-                    );
+            PacketKind::Ack | PacketKind::BinaryAck => {
+                match (self.socket_of(&packet.nsp), packet.id) {
+                    (Some(socket), Some(id)) => {
+                        let args = match packet.data {
+                            Some(Value::Array(items)) => items,
+                            _ => Vec::new(),
+                        };
+                        socket.on_ack(
+                            id,
+                            Payload {
+                                args,
+                                attachments: packet.attachments,
+                            },
+                        );
+                    }
+                    (None, _) => Self::violation(session, "ACK for a namespace not joined"),
+                    (_, None) => Self::violation(session, "ACK without an id"),
                 }
-                (None, _) => Self::violation(session, "ACK for a namespace not joined"),
-                (_, None) => Self::violation(session, "ACK without an id"),
-            },
+            }
             PacketKind::ConnectError => Self::violation(session, "CONNECT_ERROR sent by a client"),
         }
     }
@@ -125,11 +127,22 @@ impl Client {
                 }
                 Err(refusal) => {
                     self.io.release_if_unused(&ns);
-                    return send_connect_error(session, &packet.nsp, &refusal.message, refusal.data);
+                    return send_connect_error(
+                        session,
+                        &packet.nsp,
+                        &refusal.message,
+                        refusal.data,
+                    );
                 }
             }
         }
-        let socket = Socket::new(Arc::clone(&ns), Arc::clone(session), self.me.clone(), auth, data);
+        let socket = Socket::new(
+            Arc::clone(&ns),
+            Arc::clone(session),
+            self.me.clone(),
+            auth,
+            data,
+        );
         self.io.attach(&ns, Arc::clone(&socket), &rooms);
         self.sockets.lock().push(Arc::clone(&socket));
         let mut reply = Map::new();

@@ -49,7 +49,11 @@ impl PacketDecoder {
 fn finish(packet: Packet) -> Result<Option<Packet>, DecodeError> {
     if packet.kind.is_binary() {
         let count = packet.attachments.len();
-        if !packet.data.as_ref().is_none_or(|d| placeholders_valid(d, count)) {
+        if !packet
+            .data
+            .as_ref()
+            .is_none_or(|d| placeholders_valid(d, count))
+        {
             return Err(DecodeError::IllegalAttachments);
         }
     }
@@ -67,9 +71,18 @@ mod tests {
         let head = r#"52-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#;
         assert_eq!(d.on_text(head), Ok(None));
         assert_eq!(d.on_binary(Bytes::from_static(&[1, 2, 3])), Ok(None));
-        let p = d.on_binary(Bytes::from_static(&[4, 5, 6])).unwrap().unwrap();
+        let p = d
+            .on_binary(Bytes::from_static(&[4, 5, 6]))
+            .unwrap()
+            .unwrap();
         assert_eq!(p.kind, PacketKind::BinaryEvent);
-        assert_eq!(p.attachments, vec![Bytes::from_static(&[1, 2, 3]), Bytes::from_static(&[4, 5, 6])]);
+        assert_eq!(
+            p.attachments,
+            vec![
+                Bytes::from_static(&[1, 2, 3]),
+                Bytes::from_static(&[4, 5, 6])
+            ]
+        );
         // Ready for the next packet.
         assert!(d.on_text(r#"2["x"]"#).unwrap().is_some());
     }
@@ -83,15 +96,23 @@ mod tests {
     #[test]
     fn refuses_out_of_order_messages() {
         let mut d = PacketDecoder::new(10);
-        assert_eq!(d.on_binary(Bytes::from_static(b"x")), Err(DecodeError::UnexpectedBinary));
-        d.on_text(r#"51-["a",{"_placeholder":true,"num":0}]"#).unwrap();
+        assert_eq!(
+            d.on_binary(Bytes::from_static(b"x")),
+            Err(DecodeError::UnexpectedBinary)
+        );
+        d.on_text(r#"51-["a",{"_placeholder":true,"num":0}]"#)
+            .unwrap();
         assert_eq!(d.on_text(r#"2["a"]"#), Err(DecodeError::UnexpectedText));
     }
 
     #[test]
     fn refuses_placeholders_out_of_range() {
         let mut d = PacketDecoder::new(10);
-        d.on_text(r#"51-["a",{"_placeholder":true,"num":1}]"#).unwrap();
-        assert_eq!(d.on_binary(Bytes::from_static(b"x")), Err(DecodeError::IllegalAttachments));
+        d.on_text(r#"51-["a",{"_placeholder":true,"num":1}]"#)
+            .unwrap();
+        assert_eq!(
+            d.on_binary(Bytes::from_static(b"x")),
+            Err(DecodeError::IllegalAttachments)
+        );
     }
 }

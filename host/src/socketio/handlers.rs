@@ -49,7 +49,8 @@ impl ConnectRefusal {
 }
 
 /// Decides whether a client may join a namespace. Runs on the connection's task; must not block.
-pub type Authorizer = Arc<dyn Fn(&ConnectRequest<'_>) -> Result<ConnectAccept, ConnectRefusal> + Send + Sync>;
+pub type Authorizer =
+    Arc<dyn Fn(&ConnectRequest<'_>) -> Result<ConnectAccept, ConnectRefusal> + Send + Sync>;
 /// Runs once a socket has joined (after the CONNECT reply is queued).
 pub type ConnectHandler = Arc<dyn Fn(&Arc<Socket>) + Send + Sync>;
 /// Handles one event from a client.
@@ -89,7 +90,11 @@ impl Handlers {
     }
 
     /// Handles events named `event`.
-    pub fn on(mut self, event: &str, f: impl Fn(&Arc<Socket>, Event) + Send + Sync + 'static) -> Self {
+    pub fn on(
+        mut self,
+        event: &str,
+        f: impl Fn(&Arc<Socket>, Event) + Send + Sync + 'static,
+    ) -> Self {
         self.events.insert(event.to_owned(), Arc::new(f));
         self
     }

@@ -232,11 +232,13 @@ fn payload_valid(kind: PacketKind, value: &Value) -> bool {
         PacketKind::Connect => value.is_object(),
         PacketKind::Disconnect => false,
         PacketKind::ConnectError => value.is_object() || value.is_string(),
-        PacketKind::Event | PacketKind::BinaryEvent => match value.as_array().and_then(|a| a.first()) {
-            Some(Value::String(name)) => !RESERVED_EVENTS.contains(&name.as_str()),
-            Some(Value::Number(_)) => true,
-            _ => false,
-        },
+        PacketKind::Event | PacketKind::BinaryEvent => {
+            match value.as_array().and_then(|a| a.first()) {
+                Some(Value::String(name)) => !RESERVED_EVENTS.contains(&name.as_str()),
+                Some(Value::Number(_)) => true,
+                _ => false,
+            }
+        }
         PacketKind::Ack | PacketKind::BinaryAck => value.is_array(),
     }
 }
@@ -312,11 +314,17 @@ pub fn encode_with(
 
 /// Encodes a packet.
 pub fn encode(packet: &Packet) -> EncodedPacket {
-    encode_with(packet.kind, &packet.nsp, packet.id, &packet.attachments, |buf| {
-        if let Some(data) = &packet.data {
-            write_json(buf, data);
-        }
-    })
+    encode_with(
+        packet.kind,
+        &packet.nsp,
+        packet.id,
+        &packet.attachments,
+        |buf| {
+            if let Some(data) = &packet.data {
+                write_json(buf, data);
+            }
+        },
+    )
 }
 
 /// Encodes an event `[name, ...args]`.
@@ -334,9 +342,15 @@ pub fn encode_event(nsp: &str, event: &str, payload: &Payload, id: Option<u64>) 
 
 /// Encodes an acknowledgement `[...args]`.
 pub fn encode_ack(nsp: &str, id: u64, payload: &Payload) -> EncodedPacket {
-    encode_with(PacketKind::Ack, nsp, Some(id), &payload.attachments, |buf| {
-        write_json(buf, &payload.args);
-    })
+    encode_with(
+        PacketKind::Ack,
+        nsp,
+        Some(id),
+        &payload.attachments,
+        |buf| {
+            write_json(buf, &payload.args);
+        },
+    )
 }
 
 /// Appends compact JSON. Serialising a `Value` or `&str` into a `Vec` cannot fail.
@@ -373,7 +387,10 @@ mod tests {
     #[test]
     fn decodes_the_suite_packets() {
         let (p, n) = decode_text("0", 10).unwrap();
-        assert_eq!((p.kind, p.nsp.as_str(), p.data, n), (PacketKind::Connect, "/", None, 0));
+        assert_eq!(
+            (p.kind, p.nsp.as_str(), p.data, n),
+            (PacketKind::Connect, "/", None, 0)
+        );
 
         let (p, _) = decode_text(r#"0/custom,{"token":"abc"}"#, 10).unwrap();
         assert_eq!(p.nsp, "/custom");
@@ -384,7 +401,10 @@ mod tests {
 
         let (p, _) = decode_text(r#"2456["message-with-ack",1,"2",{"3":[false]}]"#, 10).unwrap();
         assert_eq!(p.id, Some(456));
-        assert_eq!(p.data, Some(json!(["message-with-ack", 1, "2", {"3": [false]}])));
+        assert_eq!(
+            p.data,
+            Some(json!(["message-with-ack", 1, "2", {"3": [false]}]))
+        );
 
         let (p, n) = decode_text(
             r#"52-789["message-with-ack",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#,
@@ -435,8 +455,14 @@ mod tests {
         let v = json!(["a", {"_placeholder": true, "num": 1}, [{"_placeholder": true, "num": 0}]]);
         assert!(placeholders_valid(&v, 2));
         assert!(!placeholders_valid(&v, 1));
-        assert!(!placeholders_valid(&json!([{"_placeholder": true, "num": "0"}]), 1));
-        assert!(!placeholders_valid(&json!([{"_placeholder": true, "num": -1}]), 1));
+        assert!(!placeholders_valid(
+            &json!([{"_placeholder": true, "num": "0"}]),
+            1
+        ));
+        assert!(!placeholders_valid(
+            &json!([{"_placeholder": true, "num": -1}]),
+            1
+        ));
     }
 
     #[test]
@@ -451,7 +477,12 @@ mod tests {
             "43456[1]"
         );
         assert_eq!(
-            head(&encode_event("/custom", "auth", &Payload::json(vec![json!({})]), None)),
+            head(&encode_event(
+                "/custom",
+                "auth",
+                &Payload::json(vec![json!({})]),
+                None
+            )),
             r#"42/custom,["auth",{}]"#
         );
 
@@ -484,7 +515,10 @@ mod tests {
         let text = head(&enc);
         let (p, n) = decode_text(&text[1..], 10).unwrap();
         assert_eq!(n, 1);
-        assert_eq!((p.kind, p.nsp.as_str(), p.id), (PacketKind::BinaryEvent, "/chat", Some(7)));
+        assert_eq!(
+            (p.kind, p.nsp.as_str(), p.id),
+            (PacketKind::BinaryEvent, "/chat", Some(7))
+        );
         let mut expected = vec![json!("ev")];
         expected.extend(payload.args.clone());
         assert_eq!(p.data, Some(Value::Array(expected)));

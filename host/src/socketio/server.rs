@@ -60,7 +60,9 @@ impl Shared {
         }
         let mut namespaces = self.namespaces.write();
         if ns.socket_count() == 0
-            && namespaces.get(ns.name()).is_some_and(|n| Arc::ptr_eq(n, ns))
+            && namespaces
+                .get(ns.name())
+                .is_some_and(|n| Arc::ptr_eq(n, ns))
         {
             namespaces.remove(ns.name());
         }
@@ -194,7 +196,11 @@ impl EngineHandler for SessionBridge {
 }
 
 /// Closes a connection that joined no namespace within `connectTimeout`.
-fn spawn_connect_timeout(session: Weak<Session>, client: Weak<Client>, timeout: std::time::Duration) {
+fn spawn_connect_timeout(
+    session: Weak<Session>,
+    client: Weak<Client>,
+    timeout: std::time::Duration,
+) {
     tokio::spawn(async move {
         tokio::time::sleep(timeout).await;
         let (Some(session), Some(client)) = (session.upgrade(), client.upgrade()) else {

@@ -1,8 +1,8 @@
 //! One client's membership of one namespace: emitting, acknowledgements, rooms and disconnection.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -12,7 +12,9 @@ use tokio::sync::oneshot;
 use super::broadcast::BroadcastOperator;
 use super::client::Client;
 use super::namespace::Namespace;
-use super::packet::{EncodedPacket, Packet, PacketKind, Payload, RESERVED_EVENTS, encode, encode_ack, encode_event};
+use super::packet::{
+    EncodedPacket, Packet, PacketKind, Payload, RESERVED_EVENTS, encode, encode_ack, encode_event,
+};
 use crate::adapter::Room;
 use crate::engineio::{CloseReason, Handshake, SendOutcome, Session, TransportKind};
 use crate::sid::Sid;
@@ -31,8 +33,12 @@ pub enum DisconnectReason {
 impl std::fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DisconnectReason::ClientNamespaceDisconnect => f.write_str("client namespace disconnect"),
-            DisconnectReason::ServerNamespaceDisconnect => f.write_str("server namespace disconnect"),
+            DisconnectReason::ClientNamespaceDisconnect => {
+                f.write_str("client namespace disconnect")
+            }
+            DisconnectReason::ServerNamespaceDisconnect => {
+                f.write_str("server namespace disconnect")
+            }
             DisconnectReason::Transport(reason) => reason.fmt(f),
         }
     }
@@ -181,7 +187,12 @@ impl Socket {
     }
 
     /// Emits an event and waits for the client's acknowledgement.
-    pub async fn emit_with_ack(&self, event: &str, payload: &Payload, timeout: Duration) -> Result<Payload, AckError> {
+    pub async fn emit_with_ack(
+        &self,
+        event: &str,
+        payload: &Payload,
+        timeout: Duration,
+    ) -> Result<Payload, AckError> {
         check_event_name(event)?;
         if !self.connected() {
             return Err(EmitError::Disconnected.into());
@@ -194,7 +205,10 @@ impl Socket {
             acks.waiting.insert(id, tx);
             id
         };
-        self.send_encoded(&encode_event(self.ns.name(), event, payload, Some(id)), false);
+        self.send_encoded(
+            &encode_event(self.ns.name(), event, payload, Some(id)),
+            false,
+        );
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(payload)) => Ok(payload),
             Ok(Err(_)) => Err(AckError::Disconnected),
@@ -272,7 +286,12 @@ impl Socket {
     }
 
     /// Delivers a client event to the namespace's handler.
-    pub(crate) fn on_event(self: &Arc<Self>, id: Option<u64>, data: Vec<Value>, attachments: Vec<bytes::Bytes>) {
+    pub(crate) fn on_event(
+        self: &Arc<Self>,
+        id: Option<u64>,
+        data: Vec<Value>,
+        attachments: Vec<bytes::Bytes>,
+    ) {
         let mut args = data.into_iter();
         let name = match args.next() {
             Some(Value::String(name)) => name,
@@ -308,10 +327,10 @@ impl Socket {
             handler(self, &reason);
         }
         self.ns.remove_socket(self.id);
-        if self.ns.dynamic {
-            if let Some(client) = self.client.upgrade() {
-                client.release_namespace(&self.ns);
-            }
+        if self.ns.dynamic
+            && let Some(client) = self.client.upgrade()
+        {
+            client.release_namespace(&self.ns);
         }
     }
 }

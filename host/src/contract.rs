@@ -1,0 +1,361 @@
+//! The client contract: what a client can do with no application server behind the gateway.
+//!
+//! Clients join and leave rooms, publish events to rooms they are in (relayed to every member across the
+//! fleet, the sender excluded unless it asks), and send a request to one socket and get its
+//! acknowledgement back. Every answer goes through the client's ack as `{"ok":true,...}` or
+//! `{"ok":false,"code":...,"message":...}` with a stable `code`, so an app can tell refusals apart.
+//! Event names are settings, so a tenant whose app already uses `join` can pick others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::adapter::Room;
+use crate::sid::Sid;
+use crate::socketio::packet::RESERVED_EVENTS;
+use crate::socketio::{AckError, AckResponder, Event, Handlers, Payload, Socket};
+
+/// Settings of the client contract.
+#[derive(Clone, Debug)]
+pub struct ContractConfig {
+    /// Event that joins a room: `emit("join", "room", ack)`.
+    pub join_event: String,
+    /// Event that leaves a room: `emit("leave", "room", ack)`.
+    pub leave_event: String,
+    /// Event that publishes to rooms: `emit("publish", {room, event, args}, ack)`.
+    pub publish_event: String,
+    /// Event that asks one socket and returns its ack: `emit("request", {to, event, args}, ack)`.
+    pub request_event: String,
+    /// Rooms a socket may be in, its own id room not counted.
+    pub max_rooms_per_socket: usize,
+    /// Longest room name, in bytes.
+    pub max_room_name_len: usize,
+    /// Longest a request waits for the target's ack (a request may ask for less).
+    pub max_request_timeout: Duration,
+}
+
+impl Default for ContractConfig {
+    fn default() -> Self {
+        ContractConfig {
+            join_event: "join".into(),
+            leave_event: "leave".into(),
+            publish_event: "publish".into(),
+            request_event: "request".into(),
+            max_rooms_per_socket: 1000,
+            max_room_name_len: 256,
+            max_request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A refusal sent back through the client's ack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+fn ok(extra: Map<String, Value>) -> Value {
+    let mut body = Map::with_capacity(1 + extra.len());
+    body.insert("ok".into(), Value::Bool(true));
+    body.extend(extra);
+    Value::Object(body)
+}
+
+fn answer(ack: Option<AckResponder>, result: Result<Value, Refusal>) {
+    let Some(ack) = ack else { return };
+    let body =
+        result.unwrap_or_else(|r| json!({"ok": false, "code": r.code, "message": r.message}));
+    ack.send(Payload::json(vec![body]));
+}
+
+/// Handlers implementing the contract for a namespace.
+pub fn handlers(config: ContractConfig) -> Handlers {
+    let config = Arc::new(config);
+    let (join, leave, publish, request) = (
+        Arc::clone(&config),
+        Arc::clone(&config),
+        Arc::clone(&config),
+        Arc::clone(&config),
+    );
+    Handlers::new()
+        .on(&config.join_event, move |socket, event| {
+            let result = join_room(&join, socket, &event).map(|()| ok(Map::new()));
+            answer(event.ack, result);
+        })
+        .on(&config.leave_event, move |socket, event| {
+            let result = room_arg(&leave, &event).map(|room| {
+                socket.leave(&room);
+                ok(Map::new())
+            });
+            answer(event.ack, result);
+        })
+        .on(&config.publish_event, move |socket, event| {
+            let result =
+                publish_to_rooms(&publish, socket, event.payload.clone()).map(|()| ok(Map::new()));
+            answer(event.ack, result);
+        })
+        .on(&config.request_event, move |socket, event| {
+            forward_request(&request, socket, event);
+        })
+}
+
+/// Checks a room name a client gave.
+fn parse_room(config: &ContractConfig, value: Option<&Value>) -> Result<Room, Refusal> {
+    let Some(Value::String(name)) = value else {
+        return Err(Refusal::new("invalid_room", "room must be a string"));
+    };
+    if name.is_empty() || name.len() > config.max_room_name_len {
+        return Err(Refusal::new(
+            "invalid_room",
+            format!(
+                "room names are 1 to {} bytes long",
+                config.max_room_name_len
+            ),
+        ));
+    }
+    if Sid::parse(name).is_some() {
+        // Every socket has a private room named after its id; clients must not join someone else's.
+        return Err(Refusal::new(
+            "invalid_room",
+            "room names shaped like a socket id (20 base64url characters) are reserved",
+        ));
+    }
+    Ok(Room::from(name.as_str()))
+}
+
+fn room_arg(config: &ContractConfig, event: &Event) -> Result<Room, Refusal> {
+    parse_room(config, event.payload.args.first())
+}
+
+fn join_room(config: &ContractConfig, socket: &Arc<Socket>, event: &Event) -> Result<(), Refusal> {
+    let room = room_arg(config, event)?;
+    let rooms = socket.rooms();
+    if rooms.contains(&room) {
+        return Ok(());
+    }
+    // The socket's own id room does not count.
+    if rooms.len().saturating_sub(1) >= config.max_rooms_per_socket {
+        return Err(Refusal::new(
+            "too_many_rooms",
+            format!(
+                "a socket may be in at most {} rooms",
+                config.max_rooms_per_socket
+            ),
+        ));
+    }
+    socket.join(&[room]);
+    Ok(())
+}
+
+/// The event name a client wants relayed.
+fn relayed_event(spec: &Map<String, Value>) -> Result<String, Refusal> {
+    match spec.get("event") {
+        Some(Value::String(name))
+            if !name.is_empty() && !RESERVED_EVENTS.contains(&name.as_str()) =>
+        {
+            Ok(name.clone())
+        }
+        _ => Err(Refusal::new(
+            "invalid_event",
+            "event must be a non-empty string and not a reserved name",
+        )),
+    }
+}
+
+/// The arguments a client wants relayed, with the binary attachments they refer to.
+fn relayed_args(
+    spec: &mut Map<String, Value>,
+    attachments: Vec<bytes::Bytes>,
+) -> Result<Payload, Refusal> {
+    let args = match spec.remove("args") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(args)) => args,
+        Some(_) => return Err(Refusal::new("invalid_args", "args must be an array")),
+    };
+    Ok(Payload { args, attachments })
+}
+
+fn string_list(
+    config: &ContractConfig,
+    spec: &Map<String, Value>,
+    key: &str,
+) -> Result<Vec<Room>, Refusal> {
+    match spec.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items.iter().map(|v| parse_room(config, Some(v))).collect(),
+        Some(one) => Ok(vec![parse_room(config, Some(one))?]),
+    }
+}
+
+fn publish_to_rooms(
+    config: &ContractConfig,
+    socket: &Arc<Socket>,
+    payload: Payload,
+) -> Result<(), Refusal> {
+    let Payload { args, attachments } = payload;
+    let Some(Value::Object(mut spec)) = args.into_iter().next() else {
+        return Err(Refusal::new(
+            "invalid_publish",
+            "publish takes an object: {room, event, args}",
+        ));
+    };
+    let mut rooms = string_list(config, &spec, "room")?;
+    rooms.extend(string_list(config, &spec, "rooms")?);
+    if rooms.is_empty() {
+        return Err(Refusal::new(
+            "invalid_publish",
+            "publish needs a room (or rooms)",
+        ));
+    }
+    let joined = socket.rooms();
+    if let Some(outside) = rooms.iter().find(|r| !joined.contains(r)) {
+        return Err(Refusal::new(
+            "not_in_room",
+            format!("join \"{outside}\" before publishing to it"),
+        ));
+    }
+    let except = string_list(config, &spec, "except")?;
+    let include_self = spec.get("self").and_then(Value::as_bool).unwrap_or(false);
+    let volatile = spec
+        .get("volatile")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let event = relayed_event(&spec)?;
+    let payload = relayed_args(&mut spec, attachments)?;
+
+    let mut op = socket.namespace().broadcast();
+    for room in rooms {
+        op = op.to(room);
+    }
+    for room in except {
+        op = op.except(room);
+    }
+    if !include_self {
+        op = op.except(Room::of_socket(socket.id()));
+    }
+    if volatile {
+        op = op.volatile();
+    }
+    op.emit(&event, payload)
+        .map_err(|e| Refusal::new("invalid_event", e.to_string()))
+}
+
+fn forward_request(config: &ContractConfig, socket: &Arc<Socket>, event: Event) {
+    let Event { payload, ack, .. } = event;
+    let Payload { args, attachments } = payload;
+    let prepared = (|| {
+        let Some(Value::Object(mut spec)) = args.into_iter().next() else {
+            return Err(Refusal::new(
+                "invalid_request",
+                "request takes an object: {to, event, args}",
+            ));
+        };
+        let target = spec
+            .get("to")
+            .and_then(Value::as_str)
+            .and_then(Sid::parse)
+            .and_then(|sid| socket.namespace().socket(sid))
+            .ok_or_else(|| {
+                Refusal::new(
+                    "unknown_socket",
+                    "no socket with that id in this namespace on this node",
+                )
+            })?;
+        let timeout = spec
+            .get("timeout")
+            .and_then(Value::as_u64)
+            .map(Duration::from_millis)
+            .unwrap_or(config.max_request_timeout)
+            .min(config.max_request_timeout);
+        let name = relayed_event(&spec)?;
+        let payload = relayed_args(&mut spec, attachments)?;
+        Ok((target, name, payload, timeout))
+    })();
+    let (target, name, payload, timeout) = match prepared {
+        Ok(p) => p,
+        Err(refusal) => return answer(ack, Err(refusal)),
+    };
+    tokio::spawn(async move {
+        let result = target.emit_with_ack(&name, &payload, timeout).await;
+        let Some(ack) = ack else { return };
+        match result {
+            Ok(response) => {
+                let mut extra = Map::new();
+                extra.insert("args".into(), Value::Array(response.args));
+                ack.send(Payload {
+                    args: vec![ok(extra)],
+                    attachments: response.attachments,
+                });
+            }
+            Err(err) => {
+                let code = match err {
+                    AckError::Timeout(_) => "timeout",
+                    AckError::Disconnected => "disconnected",
+                    AckError::Emit(_) => "invalid_event",
+                };
+                answer(Some(ack), Err(Refusal::new(code, err.to_string())));
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_are_checked() {
+        let cfg = ContractConfig::default();
+        assert_eq!(
+            parse_room(&cfg, Some(&json!("company:42"))),
+            Ok(Room::from("company:42"))
+        );
+        assert_eq!(
+            parse_room(&cfg, Some(&json!(""))).unwrap_err().code,
+            "invalid_room"
+        );
+        assert_eq!(
+            parse_room(&cfg, Some(&json!(42))).unwrap_err().code,
+            "invalid_room"
+        );
+        assert_eq!(parse_room(&cfg, None).unwrap_err().code, "invalid_room");
+        let long = "x".repeat(257);
+        assert_eq!(
+            parse_room(&cfg, Some(&json!(long))).unwrap_err().code,
+            "invalid_room"
+        );
+        let sid = Sid::random().to_string();
+        assert_eq!(
+            parse_room(&cfg, Some(&json!(sid))).unwrap_err().code,
+            "invalid_room"
+        );
+    }
+
+    #[test]
+    fn relayed_event_names_are_checked() {
+        let spec = |v: Value| v.as_object().cloned().unwrap();
+        assert_eq!(
+            relayed_event(&spec(json!({"event": "message"}))),
+            Ok("message".into())
+        );
+        assert!(relayed_event(&spec(json!({"event": "disconnect"}))).is_err());
+        assert!(relayed_event(&spec(json!({"event": ""}))).is_err());
+        assert!(relayed_event(&spec(json!({}))).is_err());
+        let mut s = spec(json!({"args": "nope"}));
+        assert_eq!(
+            relayed_args(&mut s, vec![]).unwrap_err().code,
+            "invalid_args"
+        );
+    }
+}

@@ -1,0 +1,75 @@
+// Starts a freshly built ioplex binary (or example) on a free port and stops it after the test.
+import { spawn } from "node:child_process";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const targetDir = process.env.CARGO_TARGET_DIR
+  ? path.resolve(repo, process.env.CARGO_TARGET_DIR)
+  : path.join(repo, "target");
+const profileDir = path.join(targetDir, process.env.IOPLEX_PROFILE ?? "debug");
+
+/** Path of a built binary: "ioplex", or "examples/<name>". */
+export function binaryPath(name) {
+  return path.join(profileDir, name);
+}
+
+export async function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForPort(port, child, logs, timeoutMs = 15000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) {
+      throw new Error(`server exited with ${child.exitCode}:\n${logs.join("")}`);
+    }
+    const ok = await new Promise((resolve) => {
+      const s = net.connect(port, "127.0.0.1");
+      s.once("connect", () => { s.destroy(); resolve(true); });
+      s.once("error", () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`server did not listen on ${port} within ${timeoutMs} ms:\n${logs.join("")}`);
+}
+
+/**
+ * Starts `name` (default the ioplex binary) with extra CLI args and env; returns { url, port, stop, logs }.
+ */
+export async function startServer({ name = "ioplex", args = [], env = {} } = {}) {
+  const port = await freePort();
+  const logs = [];
+  const child = spawn(binaryPath(name), args, {
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn", PORT: String(port), ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  child.stdout.on("data", (d) => logs.push(d.toString()));
+  child.stderr.on("data", (d) => logs.push(d.toString()));
+  await waitForPort(port, child, logs);
+  return {
+    port,
+    url: `http://127.0.0.1:${port}`,
+    logs,
+    child,
+    async stop() {
+      if (child.exitCode !== null) return child.exitCode;
+      const exited = new Promise((resolve) => child.once("exit", (code) => resolve(code)));
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+  };
+}
