@@ -116,3 +116,43 @@ describe("limits and heartbeat", () => {
     assert.equal(reply.code, "unknown_socket");
   });
 });
+
+describe("slow readers", () => {
+  let server;
+  before(async () => {
+    server = await startServer({ args: ["--max-buffered-bytes", "2000000", "--max-http-buffer-size", "200000"] });
+  });
+  after(async () => { await server.stop(); });
+  afterEach(closeAll);
+
+  test("a client that stops reading is disconnected past its queue limit; others get everything", async () => {
+    const join = async () => {
+      const s = await connected(server.url, { transports: ["websocket"] });
+      assert.deepEqual(await s.timeout(2000).emitWithAck("join", "firehose"), { ok: true });
+      return s;
+    };
+    const [slow, fast, publisher] = [await join(), await join(), await join()];
+    let slowGot = 0;
+    let fastGot = 0;
+    slow.on("chunk", () => slowGot++);
+    fast.on("chunk", () => fastGot++);
+    const slowGone = once(slow, "disconnect", 20000);
+    // Stop reading from the TCP socket: the kernel buffers fill, then the server's queue.
+    slow.io.engine.transport.ws._socket.pause();
+    const chunk = "z".repeat(100_000);
+    const total = 300;
+    for (let i = 0; i < total; i++) {
+      const ack = await publisher.timeout(5000).emitWithAck("publish", { room: "firehose", event: "chunk", args: [chunk] });
+      assert.equal(ack.ok, true);
+    }
+    const deadline = Date.now() + 10000;
+    while (fastGot < total && Date.now() < deadline) await sleep(20);
+    assert.equal(fastGot, total, "a reading client receives every message");
+    slow.io.engine.transport.ws._socket.resume();
+    const [reason] = await slowGone;
+    assert.equal(reason, "transport close");
+    assert.ok(slowGot < total, `the slow client was cut off (got ${slowGot} of ${total})`);
+    assert.deepEqual(await publisher.timeout(2000).emitWithAck("join", "still-serving"), { ok: true });
+  });
+});
+

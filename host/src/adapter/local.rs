@@ -23,8 +23,11 @@ struct Index {
 }
 
 impl Index {
-    /// Calls `f` once for every socket targeted by `opts`.
-    fn for_each_target(&self, opts: &BroadcastOptions, mut f: impl FnMut(Sid)) {
+    /// Every socket targeted by `opts`, each once. One allocation per call, none per socket.
+    fn targets_iter<'a>(
+        &'a self,
+        opts: &'a BroadcastOptions,
+    ) -> Box<dyn Iterator<Item = Sid> + 'a> {
         let except: HashSet<Sid> = opts
             .except
             .iter()
@@ -32,28 +35,35 @@ impl Index {
             .flatten()
             .copied()
             .collect();
-        let mut visit = |sid: &Sid| {
-            if !except.contains(sid) {
-                f(*sid);
-            }
-        };
+        let included = move |sid: &Sid| !except.contains(sid);
         match opts.rooms.as_slice() {
-            [] => self.sockets.keys().for_each(&mut visit),
-            [room] => self
-                .rooms
-                .get(room)
-                .into_iter()
-                .flatten()
-                .for_each(&mut visit),
+            [] => Box::new(self.sockets.keys().copied().filter(included)),
+            [room] => Box::new(
+                self.rooms
+                    .get(room)
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .filter(included),
+            ),
             rooms => {
                 let mut seen = HashSet::new();
-                for sid in rooms.iter().filter_map(|r| self.rooms.get(r)).flatten() {
-                    if seen.insert(*sid) {
-                        visit(sid);
-                    }
-                }
+                Box::new(
+                    rooms
+                        .iter()
+                        .filter_map(|r| self.rooms.get(r))
+                        .flatten()
+                        .copied()
+                        .filter(move |sid| seen.insert(*sid))
+                        .filter(included),
+                )
             }
         }
+    }
+
+    /// Calls `f` once for every socket targeted by `opts`.
+    fn for_each_target(&self, opts: &BroadcastOptions, f: impl FnMut(Sid)) {
+        self.targets_iter(opts).for_each(f);
     }
 
     fn targets(&self, opts: &BroadcastOptions) -> Vec<Sid> {
@@ -195,10 +205,12 @@ impl Adapter for LocalAdapter {
         let Some(table) = self.sockets.upgrade() else {
             return;
         };
-        let encoded = packet.encoded();
-        self.index
-            .read()
-            .for_each_target(opts, |sid| table.deliver(sid, encoded, opts.volatile));
+        let index = self.index.read();
+        table.deliver(
+            &mut index.targets_iter(opts),
+            packet.encoded(),
+            opts.volatile,
+        );
     }
 
     fn fetch_sockets(
@@ -263,8 +275,13 @@ mod tests {
     }
 
     impl SocketTable for Recorder {
-        fn deliver(&self, sid: Sid, _packet: &EncodedPacket, _volatile: bool) {
-            self.delivered.lock().unwrap().push(sid);
+        fn deliver(
+            &self,
+            targets: &mut dyn Iterator<Item = Sid>,
+            _packet: &EncodedPacket,
+            _volatile: bool,
+        ) {
+            self.delivered.lock().unwrap().extend(targets);
         }
         fn socket_info(&self, sid: Sid, rooms: Vec<Room>) -> Option<SocketInfo> {
             Some(SocketInfo {

@@ -135,8 +135,14 @@ pub enum AdapterError {
 
 /// The local sockets of one namespace, as the adapter sees them.
 pub trait SocketTable: Send + Sync + 'static {
-    /// Queues an encoded packet for socket `sid`; unknown ids are ignored.
-    fn deliver(&self, sid: Sid, packet: &EncodedPacket, volatile: bool);
+    /// Queues an encoded packet for every socket in `targets`; unknown ids are ignored. Called once per
+    /// broadcast so the table is locked once, not once per recipient.
+    fn deliver(
+        &self,
+        targets: &mut dyn Iterator<Item = Sid>,
+        packet: &EncodedPacket,
+        volatile: bool,
+    );
     /// Describes socket `sid` if it is connected here.
     fn socket_info(&self, sid: Sid, rooms: Vec<Room>) -> Option<SocketInfo>;
     /// Disconnects socket `sid` (sending DISCONNECT; `close` also ends its Engine.IO session).

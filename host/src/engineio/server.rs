@@ -28,6 +28,15 @@ pub(crate) struct EngineShared {
 }
 
 impl EngineShared {
+    #[cfg(test)]
+    pub(crate) fn for_tests(config: EngineConfig, handler: Arc<dyn EngineHandler>) -> Arc<Self> {
+        Arc::new(EngineShared {
+            config,
+            sessions: DashMap::new(),
+            handler,
+        })
+    }
+
     pub(crate) fn session(&self, sid: Sid) -> Option<Arc<Session>> {
         self.sessions.get(&sid).map(|s| Arc::clone(s.value()))
     }

@@ -159,6 +159,8 @@ pub struct Session {
     /// Wakes the heartbeat when the session closes.
     closed_signal: Notify,
     is_closed: AtomicBool,
+    /// The outgoing queue overflowed; a close is on its way.
+    overflowed: AtomicBool,
 }
 
 impl Session {
@@ -186,6 +188,7 @@ impl Session {
             writer: Notify::new(),
             closed_signal: Notify::new(),
             is_closed: AtomicBool::new(false),
+            overflowed: AtomicBool::new(false),
         })
     }
 
@@ -230,7 +233,7 @@ impl Session {
         let size: usize = packets.iter().map(WirePacket::len).sum();
         {
             let mut state = self.state.lock();
-            if state.closed.is_some() {
+            if state.closed.is_some() || self.overflowed.load(Ordering::Acquire) {
                 return SendOutcome::Closed;
             }
             let cfg = &self.engine.config;
@@ -247,9 +250,13 @@ impl Session {
                 return SendOutcome::Queued;
             }
         }
-        // Closing needs the session as an Arc (handlers receive it); look it up by id.
-        if let Some(me) = self.engine.session(self.sid) {
-            me.close(CloseReason::SlowClient);
+        // The sender may hold room or socket-table locks that closing takes (a broadcast does), so the
+        // close runs on its own task; until then the session refuses further packets.
+        if !self.overflowed.swap(true, Ordering::AcqRel) {
+            tracing::debug!(sid = %self.sid, "outgoing queue full; closing the session");
+            if let Some(me) = self.engine.session(self.sid) {
+                tokio::spawn(async move { me.close(CloseReason::SlowClient) });
+            }
         }
         SendOutcome::Closed
     }
@@ -393,5 +400,133 @@ impl std::fmt::Debug for Session {
         f.debug_struct("Session")
             .field("sid", &self.sid)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engineio::server::EngineShared;
+    use crate::engineio::{EngineHandler, Message};
+
+    struct Recorder(Mutex<Vec<CloseReason>>);
+
+    impl SessionHandler for Recorder {
+        fn on_message(&self, _session: &Arc<Session>, _message: Message) {}
+        fn on_close(&self, _session: &Arc<Session>, reason: &CloseReason) {
+            self.0.lock().push(reason.clone());
+        }
+    }
+
+    struct Opener(Arc<Recorder>);
+
+    impl EngineHandler for Opener {
+        fn on_open(&self, _session: &Arc<Session>) -> Arc<dyn SessionHandler> {
+            self.0.clone()
+        }
+    }
+
+    fn open(config: EngineConfig) -> (Arc<Session>, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder(Mutex::new(Vec::new())));
+        let engine = EngineShared::for_tests(config, Arc::new(Opener(recorder.clone())));
+        let handshake = Handshake {
+            query: String::new(),
+            headers: HeaderMap::new(),
+            remote_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)),
+            issued: std::time::SystemTime::now(),
+        };
+        (
+            engine.open_session(TransportKind::Websocket, handshake),
+            recorder,
+        )
+    }
+
+    #[tokio::test]
+    async fn volatile_packets_are_dropped_above_the_high_water_mark() {
+        let (session, _) = open(EngineConfig {
+            volatile_high_water: 2,
+            ..EngineConfig::default()
+        });
+        let packet = WirePacket::text(b'4', b"x");
+        assert_eq!(session.send(packet.clone(), true), SendOutcome::Queued);
+        assert_eq!(session.send(packet.clone(), false), SendOutcome::Queued);
+        assert_eq!(
+            session.send(packet.clone(), true),
+            SendOutcome::DroppedVolatile
+        );
+        assert_eq!(session.send(packet, false), SendOutcome::Queued);
+        assert_eq!(session.state.lock().queue.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_overflowing_queue_closes_the_session_as_too_slow() {
+        let (session, recorder) = open(EngineConfig {
+            max_buffered_packets: 3,
+            ..EngineConfig::default()
+        });
+        let packet = WirePacket::text(b'4', b"x");
+        for _ in 0..3 {
+            assert_eq!(session.send(packet.clone(), false), SendOutcome::Queued);
+        }
+        assert_eq!(session.send(packet.clone(), false), SendOutcome::Closed);
+        assert_eq!(session.send(packet, false), SendOutcome::Closed);
+        // The close runs on its own task.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(session.is_closed());
+        assert_eq!(*recorder.0.lock(), vec![CloseReason::SlowClient]);
+    }
+
+    #[tokio::test]
+    async fn byte_limit_counts_too() {
+        let (session, _) = open(EngineConfig {
+            max_buffered_bytes: 100,
+            ..EngineConfig::default()
+        });
+        let big = WirePacket::text(b'4', &[b'x'; 60]);
+        assert_eq!(session.send(big.clone(), false), SendOutcome::Queued);
+        assert_eq!(session.send(big, false), SendOutcome::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_ping_closes_the_session() {
+        let (session, recorder) = open(EngineConfig {
+            ping_interval: Duration::from_millis(300),
+            ping_timeout: Duration::from_millis(200),
+            ..EngineConfig::default()
+        });
+        tokio::time::sleep(Duration::from_millis(310)).await;
+        assert_eq!(
+            session
+                .state
+                .lock()
+                .queue
+                .back()
+                .map(|p| p.payload().to_vec()),
+            Some(b"2".to_vec())
+        );
+        assert!(!session.is_closed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(session.is_closed());
+        assert_eq!(*recorder.0.lock(), vec![CloseReason::PingTimeout]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answered_ping_keeps_the_session() {
+        let (session, _) = open(EngineConfig {
+            ping_interval: Duration::from_millis(300),
+            ping_timeout: Duration::from_millis(200),
+            ..EngineConfig::default()
+        });
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(310)).await;
+            session.on_packet(Packet::Pong(crate::engineio::Utf8Bytes::from_static("")));
+        }
+        assert!(!session.is_closed());
     }
 }

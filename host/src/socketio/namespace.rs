@@ -105,9 +105,17 @@ impl Namespace {
 }
 
 impl SocketTable for Namespace {
-    fn deliver(&self, sid: Sid, packet: &EncodedPacket, volatile: bool) {
-        if let Some(socket) = self.sockets.read().get(&sid) {
-            socket.send_encoded(packet, volatile);
+    fn deliver(
+        &self,
+        targets: &mut dyn Iterator<Item = Sid>,
+        packet: &EncodedPacket,
+        volatile: bool,
+    ) {
+        let sockets = self.sockets.read();
+        for sid in targets {
+            if let Some(socket) = sockets.get(&sid) {
+                socket.send_encoded(packet, volatile);
+            }
         }
     }
 

@@ -1,0 +1,360 @@
+//! `ioplex-bench`: a load generator speaking Engine.IO v4 / Socket.IO v5 over raw websockets.
+//!
+//! Scenarios (each prints a table):
+//! - `connect`: opens N clients (handshake + namespace CONNECT) and reports connections per second, then
+//!   holds them open and reports the server's resident memory per connection (`--server-pid`).
+//! - `fanout`: N clients in rooms of R; one member of each room publishes through the client contract at a
+//!   fixed total rate; reports deliveries per second and delivery latency p50/p99/max, and the server's CPU
+//!   time per delivery (`--server-pid`).
+//!
+//! Clients spread their source addresses over 127.0.0.x so one run can go past one address's port range.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+#[derive(Parser)]
+#[command(about = "Load generator for Socket.IO v4 servers (ioplex or Node)")]
+struct Cli {
+    /// Server port on 127.0.0.1.
+    #[arg(long, default_value_t = 3000)]
+    port: u16,
+    /// Pid of the server, to report its memory and CPU.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Connection rate and idle memory per connection.
+    Connect {
+        /// Clients to open.
+        #[arg(long, default_value_t = 5000)]
+        clients: usize,
+        /// Handshakes in flight at once.
+        #[arg(long, default_value_t = 200)]
+        concurrency: usize,
+        /// Seconds to hold the connections before measuring memory.
+        #[arg(long, default_value_t = 2)]
+        hold: u64,
+    },
+    /// Broadcast fan-out through rooms.
+    Fanout {
+        /// Receiving clients.
+        #[arg(long, default_value_t = 2000)]
+        clients: usize,
+        /// Clients per room.
+        #[arg(long, default_value_t = 100)]
+        room_size: usize,
+        /// Messages published per second, over all rooms (each reaches room_size - 1 clients).
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Seconds of measured load.
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+    },
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens a websocket from 127.0.0.(1 + n % 200) and joins the main namespace.
+async fn connect_client(port: u16, n: usize) -> anyhow::Result<Ws> {
+    let local = Ipv4Addr::new(127, 0, 0, 1 + (n % 200) as u8);
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((local, 0)))?;
+    let stream = socket
+        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await?;
+    stream.set_nodelay(true)?;
+    let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
+    expect_prefix(&mut ws, "0").await?;
+    ws.send(Message::text("40")).await?;
+    expect_prefix(&mut ws, "40").await?;
+    Ok(ws)
+}
+
+/// Reads until a text frame starting with `prefix`, answering pings on the way.
+async fn expect_prefix(ws: &mut Ws, prefix: &str) -> anyhow::Result<String> {
+    while let Some(msg) = ws.next().await {
+        if let Message::Text(text) = msg? {
+            if text.as_str() == "2" {
+                ws.send(Message::text("3")).await?;
+                continue;
+            }
+            if text.starts_with(prefix) {
+                return Ok(text.to_string());
+            }
+        }
+    }
+    bail!("connection closed while waiting for {prefix:?}")
+}
+
+/// Resident memory and CPU time (user + system) of a process, from /proc.
+fn process_usage(pid: u32) -> Option<(u64, Duration)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux reports CPU time in clock ticks of 1/100 s on every platform we run on.
+    Some((rss_kib * 1024, Duration::from_millis(ticks * 10)))
+}
+
+async fn open_many(
+    port: u16,
+    clients: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Vec<Ws>, Duration)> {
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let opened = Arc::new(Mutex::new(Vec::with_capacity(clients)));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (next, opened) = (Arc::clone(&next), Arc::clone(&opened));
+        workers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if n >= clients {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let ws = connect_client(port, n)
+                    .await
+                    .with_context(|| format!("client {n}"))?;
+                opened.lock().await.push(ws);
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    let elapsed = started.elapsed();
+    let opened = std::mem::take(&mut *opened.lock().await);
+    Ok((opened, elapsed))
+}
+
+async fn connect_scenario(
+    cli: &Cli,
+    clients: usize,
+    concurrency: usize,
+    hold: u64,
+) -> anyhow::Result<()> {
+    let before = cli.server_pid.and_then(process_usage);
+    let (conns, elapsed) = open_many(cli.port, clients, concurrency).await?;
+    // Keep them alive (answer pings) while memory settles.
+    let mut keepers = Vec::new();
+    for mut ws in conns {
+        keepers.push(tokio::spawn(async move {
+            while let Some(Ok(msg)) = ws.next().await {
+                if matches!(&msg, Message::Text(t) if t.as_str() == "2")
+                    && ws.send(Message::text("3")).await.is_err()
+                {
+                    break;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(hold)).await;
+    let after = cli.server_pid.and_then(process_usage);
+    println!(
+        "| scenario | clients | concurrency | seconds | connections/s | server RSS per connection |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let per_conn = match (before, after) {
+        (Some((b, _)), Some((a, _))) => format!(
+            "{:.2} KiB",
+            (a.saturating_sub(b)) as f64 / 1024.0 / clients as f64
+        ),
+        _ => "n/a (pass --server-pid)".into(),
+    };
+    println!(
+        "| connect | {clients} | {concurrency} | {:.2} | {:.0} | {per_conn} |",
+        elapsed.as_secs_f64(),
+        clients as f64 / elapsed.as_secs_f64()
+    );
+    for k in keepers {
+        k.abort();
+    }
+    Ok(())
+}
+
+async fn fanout_scenario(
+    cli: &Cli,
+    clients: usize,
+    room_size: usize,
+    rate: u64,
+    duration: u64,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        room_size >= 2,
+        "rooms need at least a publisher and a receiver"
+    );
+    let (mut conns, _) = open_many(cli.port, clients, 200).await?;
+    let rooms = clients / room_size;
+    anyhow::ensure!(rooms > 0, "fewer clients than one room");
+    // Join rooms, waiting for each ack.
+    for (i, ws) in conns.iter_mut().enumerate() {
+        ws.send(Message::text(format!(
+            "420[\"join\",\"room-{}\"]",
+            i / room_size % rooms
+        )))
+        .await?;
+        expect_prefix(ws, "430").await?;
+    }
+    let origin = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut publishers = Vec::new();
+    let mut readers = Vec::new();
+    for (i, ws) in conns.into_iter().enumerate() {
+        let (mut sink, mut stream) = ws.split();
+        if i % room_size == 0 && i / room_size < rooms {
+            publishers.push((i / room_size, sink));
+            continue;
+        }
+        let (received, histogram, measuring, stopping) = (
+            Arc::clone(&received),
+            Arc::clone(&histogram),
+            Arc::clone(&measuring),
+            Arc::clone(&stopping),
+        );
+        readers.push(tokio::spawn(async move {
+            let mut local =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut count = 0u64;
+            loop {
+                let msg =
+                    match tokio::time::timeout(Duration::from_millis(100), stream.next()).await {
+                        Ok(Some(Ok(msg))) => msg,
+                        Ok(_) => break,
+                        Err(_) if stopping.load(Ordering::Relaxed) => break,
+                        Err(_) => continue,
+                    };
+                let Message::Text(text) = msg else { continue };
+                if text.as_str() == "2" {
+                    if sink.send(Message::text("3")).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                // 42["m",<micros since origin>]
+                if let Some(rest) = text.strip_prefix("42[\"m\",") {
+                    if let Ok(sent) = rest.trim_end_matches(']').parse::<u64>() {
+                        let now = origin.elapsed().as_micros() as u64;
+                        if measuring.load(Ordering::Relaxed) {
+                            let _ = local.record(now.saturating_sub(sent).max(1));
+                            received.fetch_add(1, Ordering::Relaxed);
+                            count += 1;
+                        }
+                    }
+                }
+            }
+            if count > 0
+                && let Ok(mut h) = histogram.lock()
+            {
+                let _ = h.add(&local);
+            }
+        }));
+    }
+    // Publish at `rate` messages/s, round-robin over rooms, from one task.
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let warmup = Duration::from_secs(1);
+    let total = warmup + Duration::from_secs(duration);
+    let start = Instant::now();
+    let mut cpu_before = None;
+    let mut sent = 0u64;
+    let mut ticker = tokio::time::interval(interval.max(Duration::from_micros(50)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let per_tick = ((rate as f64) * ticker.period().as_secs_f64()).max(1.0) as u64;
+    while start.elapsed() < total {
+        ticker.tick().await;
+        if !measuring.load(Ordering::Relaxed) && start.elapsed() >= warmup {
+            measuring.store(true, Ordering::Relaxed);
+            received.store(0, Ordering::Relaxed);
+            cpu_before = cli.server_pid.and_then(process_usage);
+        }
+        for _ in 0..per_tick {
+            let (room, sink) = &mut publishers[(sent as usize) % rooms];
+            let now = origin.elapsed().as_micros() as u64;
+            let frame = format!(
+                "42[\"publish\",{{\"room\":\"room-{room}\",\"event\":\"m\",\"args\":[{now}]}}]"
+            );
+            sink.send(Message::text(frame)).await?;
+            sent += 1;
+        }
+    }
+    let measured = start.elapsed() - warmup;
+    let cpu_after = cli.server_pid.and_then(process_usage);
+    // Deliveries of messages published in the window that arrive shortly after it still count.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    measuring.store(false, Ordering::Relaxed);
+    for (_, mut sink) in publishers {
+        let _ = sink.close().await;
+    }
+    stopping.store(true, Ordering::Relaxed);
+    for r in readers {
+        let _ = r.await;
+    }
+    let deliveries = received.load(Ordering::Relaxed);
+    let h = histogram
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+    let cpu = match (cpu_before, cpu_after) {
+        (Some((_, b)), Some((_, a))) if deliveries > 0 => {
+            format!("{:.2} µs", (a - b).as_secs_f64() * 1e6 / deliveries as f64)
+        }
+        _ => "n/a".into(),
+    };
+    println!(
+        "| scenario | clients | room size | publishes/s | deliveries/s | p50 | p99 | max | server CPU per delivery |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| fanout | {clients} | {room_size} | {rate} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {cpu} |",
+        deliveries as f64 / measured.as_secs_f64(),
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0,
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.scenario {
+        Scenario::Connect {
+            clients,
+            concurrency,
+            hold,
+        } => connect_scenario(&cli, clients, concurrency, hold).await,
+        Scenario::Fanout {
+            clients,
+            room_size,
+            rate,
+            duration,
+        } => fanout_scenario(&cli, clients, room_size, rate, duration).await,
+    }
+}
