@@ -260,15 +260,14 @@ async fn fanout_scenario(
                     continue;
                 }
                 // 42["m",<micros since origin>]
-                if let Some(rest) = text.strip_prefix("42[\"m\",") {
-                    if let Ok(sent) = rest.trim_end_matches(']').parse::<u64>() {
-                        let now = origin.elapsed().as_micros() as u64;
-                        if measuring.load(Ordering::Relaxed) {
-                            let _ = local.record(now.saturating_sub(sent).max(1));
-                            received.fetch_add(1, Ordering::Relaxed);
-                            count += 1;
-                        }
-                    }
+                if let Some(rest) = text.strip_prefix("42[\"m\",")
+                    && let Ok(sent) = rest.trim_end_matches(']').parse::<u64>()
+                    && measuring.load(Ordering::Relaxed)
+                {
+                    let now = origin.elapsed().as_micros() as u64;
+                    let _ = local.record(now.saturating_sub(sent).max(1));
+                    received.fetch_add(1, Ordering::Relaxed);
+                    count += 1;
                 }
             }
             if count > 0
