@@ -2,10 +2,12 @@
 //! every namespace open, the client contract) on 0.0.0.0:3000.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use ioplex::adapter::redis::{RedisAdapterFactory, RedisConfig};
 use ioplex::contract::{self, ContractConfig};
 use ioplex::engineio::{AllowedOrigins, EngineConfig, Transports};
 use ioplex::serve::{Router, bind, serve};
@@ -62,6 +64,27 @@ struct Cli {
     /// Rooms a client may join through the client contract.
     #[arg(long, env = "IOPLEX_MAX_ROOMS_PER_SOCKET", default_value_t = 1000)]
     max_rooms_per_socket: usize,
+    /// Redis to share rooms and broadcasts with the rest of the fleet (ioplex and Node socket.io servers
+    /// using `@socket.io/redis-adapter`): `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    /// Without it the node serves alone with an in-memory adapter.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// Channel prefix shared with the fleet (the Node adapter's `key` option).
+    #[arg(long, env = "IOPLEX_REDIS_KEY", default_value = "socket.io")]
+    redis_key: String,
+    /// Milliseconds fleet requests (fetchSockets, allRooms, ...) wait for every node (`requestsTimeout`).
+    #[arg(long, env = "IOPLEX_REDIS_REQUESTS_TIMEOUT", default_value_t = 5000)]
+    redis_requests_timeout: u64,
+    /// Longest wait between Redis reconnect attempts, in ms; the delay grows by
+    /// --redis-reconnect-step per attempt up to it, and attempts never stop.
+    #[arg(long, env = "IOPLEX_REDIS_RECONNECT_MAX", default_value_t = 500)]
+    redis_reconnect_max: u64,
+    /// Growth of the delay between Redis reconnect attempts, in ms.
+    #[arg(long, env = "IOPLEX_REDIS_RECONNECT_STEP", default_value_t = 50)]
+    redis_reconnect_step: u64,
+    /// Broadcasts held while Redis is unreachable, sent after it returns; older ones are dropped past this.
+    #[arg(long, env = "IOPLEX_REDIS_OUTAGE_BUFFER", default_value_t = 10_000)]
+    redis_outage_buffer: usize,
     /// Log format.
     #[arg(long, env = "IOPLEX_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -158,7 +181,22 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     let engine_config = cli.engine_config()?;
 
-    let io = SocketIo::builder()
+    let mut builder = SocketIo::builder();
+    let mode = match &cli.redis_url {
+        Some(url) => {
+            let mut config = RedisConfig::new(url.clone());
+            config.key = cli.redis_key.clone();
+            config.requests_timeout = Duration::from_millis(cli.redis_requests_timeout);
+            config.reconnect_max = Duration::from_millis(cli.redis_reconnect_max.max(1));
+            config.reconnect_step = Duration::from_millis(cli.redis_reconnect_step.max(1));
+            config.outage.max_messages = cli.redis_outage_buffer.max(1);
+            let factory = RedisAdapterFactory::start(config).await?;
+            builder = builder.adapter(Arc::new(factory));
+            "fleet: Redis adapter"
+        }
+        None => "embedded default: single node, in-memory adapter",
+    };
+    let io = builder
         .config(SocketIoConfig {
             connect_timeout: Duration::from_millis(cli.connect_timeout),
             ..SocketIoConfig::default()
@@ -176,7 +214,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}:{}", cli.host, cli.port))?;
     for listener in &listeners {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, %path, "ioplex listening (embedded default: single node, in-memory adapter)");
+            tracing::info!(%addr, %path, mode, "ioplex listening");
         }
     }
     serve(listeners, Router::new(vec![engine]), shutdown_signal()).await?;

@@ -27,7 +27,7 @@ export async function freePort() {
   });
 }
 
-async function waitForPort(port, child, logs, timeoutMs = 15000) {
+export async function waitForPort(port, child, logs, timeoutMs = 15000) {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) {

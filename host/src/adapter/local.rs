@@ -10,11 +10,14 @@ use std::sync::Weak;
 use parking_lot::RwLock;
 use serde_json::Value;
 
+use std::time::Duration;
+
 use super::{
-    Adapter, AdapterError, BoxFuture, BroadcastOptions, BroadcastPacket, Room, SocketInfo,
-    SocketTable,
+    AckSink, Adapter, AdapterError, BoxFuture, BroadcastAcks, BroadcastOptions, BroadcastPacket,
+    Room, SocketInfo, SocketTable,
 };
 use crate::sid::Sid;
+use crate::socketio::packet::Payload;
 
 #[derive(Default)]
 struct Index {
@@ -161,6 +164,53 @@ impl LocalAdapter {
     }
 }
 
+/// Waits for `expected` acknowledgements (or `timeout`).
+pub(crate) async fn collect_acks(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Payload>,
+    expected: usize,
+    timeout: Duration,
+) -> BroadcastAcks {
+    let mut acks = BroadcastAcks::default();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while acks.responses.len() < expected {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(payload)) => acks.responses.push(payload),
+            Ok(None) | Err(_) => {
+                acks.timed_out = true;
+                break;
+            }
+        }
+    }
+    acks
+}
+
+impl LocalAdapter {
+    /// Emits with acks to the local targets; returns how many sockets were asked.
+    pub fn local_broadcast_with_ack(
+        &self,
+        packet: &BroadcastPacket,
+        opts: &BroadcastOptions,
+        timeout: Duration,
+        acks: &AckSink,
+    ) -> usize {
+        let Some(table) = self.sockets.upgrade() else {
+            return 0;
+        };
+        let index = self.index.read();
+        table.deliver_with_ack(
+            &mut index.targets_iter(opts),
+            packet.packet(),
+            timeout,
+            acks,
+        )
+    }
+
+    /// The socket table this adapter delivers to.
+    pub fn socket_table(&self) -> Option<std::sync::Arc<dyn SocketTable>> {
+        self.sockets.upgrade()
+    }
+}
+
 impl Adapter for LocalAdapter {
     fn add_all(&self, sid: Sid, rooms: &[Room]) {
         let mut index = self.index.write();
@@ -253,12 +303,28 @@ impl Adapter for LocalAdapter {
         Box::pin(async { Ok(()) })
     }
 
-    fn server_side_emit(
+    fn broadcast_with_ack(
         &self,
-        _event: &str,
-        _args: &[Value],
-    ) -> BoxFuture<'_, Result<(), AdapterError>> {
+        packet: &BroadcastPacket,
+        opts: &BroadcastOptions,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<BroadcastAcks, AdapterError>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let expected = self.local_broadcast_with_ack(packet, opts, timeout, &tx);
+        drop(tx);
+        Box::pin(async move { Ok(collect_acks(rx, expected, timeout).await) })
+    }
+
+    fn server_side_emit(&self, _data: Vec<Value>) -> BoxFuture<'_, Result<(), AdapterError>> {
         Box::pin(async { Ok(()) })
+    }
+
+    fn server_side_emit_with_ack(
+        &self,
+        _data: Vec<Value>,
+        _timeout: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Value>, AdapterError>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 }
 
@@ -288,9 +354,20 @@ mod tests {
                 id: sid,
                 rooms,
                 data: Value::Null,
+                handshake: Value::Null,
             })
         }
         fn disconnect(&self, _sid: Sid, _close: bool) {}
+        fn deliver_with_ack(
+            &self,
+            _targets: &mut dyn Iterator<Item = Sid>,
+            _packet: &crate::socketio::packet::Packet,
+            _timeout: Duration,
+            _acks: &AckSink,
+        ) -> usize {
+            0
+        }
+        fn server_side_emit(&self, _data: Vec<Value>, _ack: Option<super::super::ServerAck>) {}
     }
 
     fn setup() -> (Arc<Recorder>, LocalAdapter, [Sid; 3]) {

@@ -7,19 +7,21 @@
 //! reference to the same frames.
 
 mod local;
+pub mod redis;
 
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
 pub use local::LocalAdapter;
 
 use crate::sid::Sid;
-use crate::socketio::packet::{EncodedPacket, Packet, encode};
+use crate::socketio::packet::{EncodedPacket, Packet, Payload, encode};
 
 /// A boxed future, for the fleet-wide operations of the object-safe [`Adapter`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -117,6 +119,9 @@ pub struct SocketInfo {
     pub rooms: Vec<Room>,
     /// Application data attached to it.
     pub data: Value,
+    /// The handshake as Node describes it (`headers`, `time`, `address`, `xdomain`, `secure`, `issued`,
+    /// `url`, `query`, `auth`).
+    pub handshake: Value,
 }
 
 /// A fleet-wide operation failed.
@@ -126,11 +131,35 @@ pub enum AdapterError {
     #[error("namespace closed")]
     Closed,
     /// Other nodes did not answer in time.
-    #[error("fleet request timed out after {0} ms; some nodes did not answer")]
-    Timeout(u64),
+    #[error(
+        "timeout reached after {waited_ms} ms: only {received} responses received out of {expected}"
+    )]
+    Timeout {
+        /// How long we waited.
+        waited_ms: u64,
+        /// Answers received.
+        received: usize,
+        /// Answers expected.
+        expected: usize,
+    },
     /// The bus (e.g. Redis) is unreachable; retry when it is back.
     #[error("fleet bus unavailable: {0}")]
     Unavailable(String),
+}
+
+/// Receives the acknowledgements of a broadcast with acks (each client's arguments).
+pub type AckSink = tokio::sync::mpsc::UnboundedSender<Payload>;
+
+/// Answers a server-side emit from another server (first argument only, as Node's adapters do).
+pub type ServerAck = Box<dyn FnOnce(Value) + Send>;
+
+/// The acknowledgements a broadcast with acks collected.
+#[derive(Debug, Default)]
+pub struct BroadcastAcks {
+    /// One entry per client that answered.
+    pub responses: Vec<Payload>,
+    /// Some clients (or nodes) had not answered when the timeout passed.
+    pub timed_out: bool,
 }
 
 /// The local sockets of one namespace, as the adapter sees them.
@@ -147,6 +176,17 @@ pub trait SocketTable: Send + Sync + 'static {
     fn socket_info(&self, sid: Sid, rooms: Vec<Room>) -> Option<SocketInfo>;
     /// Disconnects socket `sid` (sending DISCONNECT; `close` also ends its Engine.IO session).
     fn disconnect(&self, sid: Sid, close: bool);
+    /// Emits `packet` to every target with an ack id of its own; each answer goes to `acks` until `timeout`.
+    /// Returns how many sockets it was sent to.
+    fn deliver_with_ack(
+        &self,
+        targets: &mut dyn Iterator<Item = Sid>,
+        packet: &Packet,
+        timeout: Duration,
+        acks: &AckSink,
+    ) -> usize;
+    /// Runs the namespace's server-side event handler for an emit from another server.
+    fn server_side_emit(&self, data: Vec<Value>, ack: Option<ServerAck>);
 }
 
 /// Rooms and broadcasts of one namespace. Every method is non-blocking; the fleet-wide ones return futures
@@ -189,12 +229,22 @@ pub trait Adapter: Send + Sync + 'static {
         opts: &BroadcastOptions,
         close: bool,
     ) -> BoxFuture<'_, Result<(), AdapterError>>;
-    /// Emits to the other servers of the fleet (not to clients); a single node has no one to tell.
-    fn server_side_emit(
+    /// Emits to every targeted socket of the fleet and collects their acknowledgements until `timeout`.
+    fn broadcast_with_ack(
         &self,
-        event: &str,
-        args: &[Value],
-    ) -> BoxFuture<'_, Result<(), AdapterError>>;
+        packet: &BroadcastPacket,
+        opts: &BroadcastOptions,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<BroadcastAcks, AdapterError>>;
+    /// Emits `[event, ...args]` to the other servers of the fleet (not to clients); alone, there is no one
+    /// to tell.
+    fn server_side_emit(&self, data: Vec<Value>) -> BoxFuture<'_, Result<(), AdapterError>>;
+    /// Like [`Adapter::server_side_emit`], collecting one answer per other server until `timeout`.
+    fn server_side_emit_with_ack(
+        &self,
+        data: Vec<Value>,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Value>, AdapterError>>;
 }
 
 /// Creates the adapter of each namespace.

@@ -175,6 +175,7 @@ impl Engine {
                 return Err(RequestError::UnsupportedProtocolVersion);
             }
             let handshake = Handshake {
+                path: req.uri().path().to_owned(),
                 query: req.uri().query().unwrap_or("").to_owned(),
                 headers: req.headers().clone(),
                 remote_addr,

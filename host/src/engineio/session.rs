@@ -89,6 +89,8 @@ impl std::fmt::Display for CloseReason {
 /// What the handshake request told us about the client; kept for the session's lifetime.
 #[derive(Debug)]
 pub struct Handshake {
+    /// Path of the handshake request.
+    pub path: String,
     /// Query string of the handshake request (without `?`).
     pub query: String,
     /// Request headers of the handshake.
@@ -434,6 +436,7 @@ mod tests {
         let recorder = Arc::new(Recorder(Mutex::new(Vec::new())));
         let engine = EngineShared::for_tests(config, Arc::new(Opener(recorder.clone())));
         let handshake = Handshake {
+            path: "/socket.io/".into(),
             query: String::new(),
             headers: HeaderMap::new(),
             remote_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)),

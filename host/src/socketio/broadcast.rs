@@ -9,7 +9,20 @@ use serde_json::Value;
 use super::namespace::Namespace;
 use super::packet::{Packet, PacketKind, Payload};
 use super::socket::EmitError;
-use crate::adapter::{AdapterError, BroadcastOptions, BroadcastPacket, Room, SocketInfo};
+use crate::adapter::{
+    AdapterError, BroadcastAcks, BroadcastOptions, BroadcastPacket, Room, SocketInfo,
+};
+
+/// A broadcast with acks that could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BroadcastAckError {
+    /// The emit itself was refused.
+    #[error(transparent)]
+    Emit(#[from] EmitError),
+    /// The fleet could not be asked.
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
+}
 
 /// A broadcast being built.
 #[derive(Clone, Debug)]
@@ -60,18 +73,40 @@ impl BroadcastOperator {
         if super::packet::RESERVED_EVENTS.contains(&event) {
             return Err(EmitError::ReservedEvent(event.to_owned()));
         }
+        let packet = self.event_packet(event, payload);
+        self.ns.adapter().broadcast(&packet, &self.opts);
+        Ok(())
+    }
+
+    /// Emits an event to every targeted socket and collects their acknowledgements until `timeout`.
+    pub async fn emit_with_ack(
+        self,
+        event: &str,
+        payload: Payload,
+        timeout: std::time::Duration,
+    ) -> Result<BroadcastAcks, BroadcastAckError> {
+        if super::packet::RESERVED_EVENTS.contains(&event) {
+            return Err(EmitError::ReservedEvent(event.to_owned()).into());
+        }
+        let packet = self.event_packet(event, payload);
+        Ok(self
+            .ns
+            .adapter()
+            .broadcast_with_ack(&packet, &self.opts, timeout)
+            .await?)
+    }
+
+    fn event_packet(&self, event: &str, payload: Payload) -> BroadcastPacket {
         let mut data = Vec::with_capacity(1 + payload.args.len());
         data.push(Value::String(event.to_owned()));
         data.extend(payload.args);
-        let packet = BroadcastPacket::new(Packet {
+        BroadcastPacket::new(Packet {
             kind: PacketKind::Event,
             nsp: self.ns.name().to_owned(),
             id: None,
             data: Some(Value::Array(data)),
             attachments: payload.attachments,
-        });
-        self.ns.adapter().broadcast(&packet, &self.opts);
-        Ok(())
+        })
     }
 
     /// Describes every targeted socket of the fleet.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::socket::{DisconnectReason, Event, Socket};
-use crate::adapter::Room;
+use crate::adapter::{Room, ServerAck};
 use crate::engineio::Handshake;
 
 /// A client asking to join a namespace.
@@ -55,6 +55,8 @@ pub type Authorizer =
 pub type ConnectHandler = Arc<dyn Fn(&Arc<Socket>) + Send + Sync>;
 /// Handles one event from a client.
 pub type EventHandler = Arc<dyn Fn(&Arc<Socket>, Event) + Send + Sync>;
+/// Handles an emit from another server of the fleet: `[event, ...args]`, and the ack to answer if it wants one.
+pub type ServerSideHandler = Arc<dyn Fn(Vec<Value>, Option<ServerAck>) + Send + Sync>;
 /// Runs once when a socket leaves.
 pub type DisconnectHandler = Arc<dyn Fn(&Arc<Socket>, &DisconnectReason) + Send + Sync>;
 
@@ -66,6 +68,7 @@ pub struct Handlers {
     pub(crate) events: HashMap<String, EventHandler>,
     pub(crate) any: Option<EventHandler>,
     pub(crate) disconnect: Option<DisconnectHandler>,
+    pub(crate) server_side: Option<ServerSideHandler>,
 }
 
 impl Handlers {
@@ -111,6 +114,15 @@ impl Handlers {
         f: impl Fn(&Arc<Socket>, &DisconnectReason) + Send + Sync + 'static,
     ) -> Self {
         self.disconnect = Some(Arc::new(f));
+        self
+    }
+
+    /// Handles emits from other servers (`serverSideEmit` in Node).
+    pub fn on_server_side_emit(
+        mut self,
+        f: impl Fn(Vec<Value>, Option<ServerAck>) + Send + Sync + 'static,
+    ) -> Self {
+        self.server_side = Some(Arc::new(f));
         self
     }
 

@@ -14,7 +14,7 @@ pub mod packet;
 mod server;
 mod socket;
 
-pub use broadcast::BroadcastOperator;
+pub use broadcast::{BroadcastAckError, BroadcastOperator};
 pub use config::SocketIoConfig;
 pub use handlers::{ConnectAccept, ConnectRefusal, ConnectRequest, Handlers};
 pub use namespace::Namespace;

@@ -4,12 +4,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use serde_json::Value;
+use std::time::Duration;
 
 use super::broadcast::BroadcastOperator;
 use super::handlers::Handlers;
-use super::packet::{EncodedPacket, Payload};
+use super::packet::{EncodedPacket, Packet, Payload};
 use super::socket::{EmitError, Socket};
-use crate::adapter::{Adapter, AdapterFactory, Room, SocketInfo, SocketTable};
+use crate::adapter::{
+    AckSink, Adapter, AdapterError, AdapterFactory, Room, ServerAck, SocketInfo, SocketTable,
+};
 use crate::engineio::CloseReason;
 use crate::sid::Sid;
 
@@ -95,6 +99,31 @@ impl Namespace {
         self.broadcast().emit(event, payload)
     }
 
+    /// Emits `event` to the other servers of the fleet (their [`Handlers::on_server_side_emit`]).
+    pub async fn server_side_emit(
+        &self,
+        event: &str,
+        args: Vec<Value>,
+    ) -> Result<(), AdapterError> {
+        let mut data = Vec::with_capacity(1 + args.len());
+        data.push(Value::String(event.to_owned()));
+        data.extend(args);
+        self.adapter.server_side_emit(data).await
+    }
+
+    /// Like [`Namespace::server_side_emit`], returning each other server's answer.
+    pub async fn server_side_emit_with_ack(
+        &self,
+        event: &str,
+        args: Vec<Value>,
+        timeout: Duration,
+    ) -> Result<Vec<Value>, AdapterError> {
+        let mut data = Vec::with_capacity(1 + args.len());
+        data.push(Value::String(event.to_owned()));
+        data.extend(args);
+        self.adapter.server_side_emit_with_ack(data, timeout).await
+    }
+
     /// Disconnects every socket on this node (server shutdown).
     pub fn disconnect_all(&self, reason: CloseReason) {
         let sockets: Vec<_> = self.sockets.read().values().cloned().collect();
@@ -105,6 +134,32 @@ impl Namespace {
 }
 
 impl SocketTable for Namespace {
+    fn deliver_with_ack(
+        &self,
+        targets: &mut dyn Iterator<Item = Sid>,
+        packet: &Packet,
+        timeout: Duration,
+        acks: &AckSink,
+    ) -> usize {
+        let sockets = self.sockets.read();
+        targets
+            .filter_map(|sid| sockets.get(&sid))
+            .filter(|socket| socket.send_with_ack_sink(packet, timeout, acks))
+            .count()
+    }
+
+    fn server_side_emit(&self, data: Vec<Value>, ack: Option<ServerAck>) {
+        match &self.handlers.server_side {
+            Some(handler) => handler(data, ack),
+            // Nobody listens here: answer anyway so the emitting server is not left waiting.
+            None => {
+                if let Some(ack) = ack {
+                    ack(Value::Null);
+                }
+            }
+        }
+    }
+
     fn deliver(
         &self,
         targets: &mut dyn Iterator<Item = Sid>,
@@ -125,6 +180,7 @@ impl SocketTable for Namespace {
             id: sid,
             rooms,
             data: socket.data(),
+            handshake: socket.handshake_json(),
         })
     }
 

@@ -15,7 +15,7 @@ use super::namespace::Namespace;
 use super::packet::{
     EncodedPacket, Packet, PacketKind, Payload, RESERVED_EVENTS, encode, encode_ack, encode_event,
 };
-use crate::adapter::Room;
+use crate::adapter::{AckSink, Room};
 use crate::engineio::{CloseReason, Handshake, SendOutcome, Session, TransportKind};
 use crate::sid::Sid;
 
@@ -96,7 +96,28 @@ impl AckResponder {
 #[derive(Default)]
 struct PendingAcks {
     next_id: u64,
-    waiting: HashMap<u64, oneshot::Sender<Payload>>,
+    waiting: HashMap<u64, AckWaiter>,
+}
+
+/// Who waits for one acknowledgement.
+enum AckWaiter {
+    /// A single emit (`emit_with_ack`), which removes its entry on timeout.
+    Once(oneshot::Sender<Payload>),
+    /// One recipient of a broadcast with acks; swept once past its deadline.
+    Broadcast(AckSink, tokio::time::Instant),
+}
+
+impl PendingAcks {
+    fn register(&mut self, waiter: AckWaiter) -> u64 {
+        // Broadcast waiters remove nothing themselves: drop the expired ones as new ones arrive.
+        let now = tokio::time::Instant::now();
+        self.waiting
+            .retain(|_, w| !matches!(w, AckWaiter::Broadcast(_, deadline) if *deadline <= now));
+        let id = self.next_id;
+        self.next_id += 1;
+        self.waiting.insert(id, waiter);
+        id
+    }
 }
 
 /// A client connected to a namespace.
@@ -151,6 +172,42 @@ impl Socket {
         self.session.handshake()
     }
 
+    /// The handshake as Node's `socket.handshake` describes it (for fleet-wide `fetchSockets`).
+    pub fn handshake_json(&self) -> Value {
+        let hs = self.session.handshake();
+        let headers: serde_json::Map<String, Value> = hs
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((
+                    name.as_str().to_owned(),
+                    Value::String(value.to_str().ok()?.to_owned()),
+                ))
+            })
+            .collect();
+        let query: serde_json::Map<String, Value> = form_urlencoded::parse(hs.query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+            .collect();
+        let issued = hs
+            .issued
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let time = chrono::DateTime::<chrono::Utc>::from(hs.issued)
+            .format("%a %b %d %Y %H:%M:%S GMT+0000 (Coordinated Universal Time)")
+            .to_string();
+        serde_json::json!({
+            "headers": headers,
+            "time": time,
+            "address": hs.remote_addr.ip().to_string(),
+            "xdomain": hs.headers.contains_key(http::header::ORIGIN),
+            "secure": false,
+            "issued": issued,
+            "url": format!("{}?{}", hs.path, hs.query),
+            "query": query,
+            "auth": self.auth,
+        })
+    }
+
     /// The Engine.IO session id of the connection.
     pub fn session_id(&self) -> Sid {
         self.session.sid()
@@ -198,13 +255,7 @@ impl Socket {
             return Err(EmitError::Disconnected.into());
         }
         let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut acks = self.acks.lock();
-            let id = acks.next_id;
-            acks.next_id += 1;
-            acks.waiting.insert(id, tx);
-            id
-        };
+        let id = self.acks.lock().register(AckWaiter::Once(tx));
         self.send_encoded(
             &encode_event(self.ns.name(), event, payload, Some(id)),
             false,
@@ -221,6 +272,27 @@ impl Socket {
                 Err(AckError::Timeout(timeout))
             }
         }
+    }
+
+    /// Sends one recipient's copy of a broadcast with acks: its own ack id, so its own encoding.
+    pub(crate) fn send_with_ack_sink(
+        &self,
+        packet: &Packet,
+        timeout: Duration,
+        sink: &AckSink,
+    ) -> bool {
+        if !self.connected() {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let id = self
+            .acks
+            .lock()
+            .register(AckWaiter::Broadcast(sink.clone(), deadline));
+        let mut own = packet.clone();
+        own.id = Some(id);
+        own.nsp = self.ns.name().to_owned();
+        self.send_encoded(&encode(&own), false) == SendOutcome::Queued
     }
 
     pub(crate) fn send_encoded(&self, packet: &EncodedPacket, volatile: bool) -> SendOutcome {
@@ -280,8 +352,16 @@ impl Socket {
     /// Resolves an acknowledgement the client sent for one of our emits.
     pub(crate) fn on_ack(&self, id: u64, payload: Payload) {
         let waiting = self.acks.lock().waiting.remove(&id);
-        if let Some(tx) = waiting {
-            let _ = tx.send(payload);
+        match waiting {
+            Some(AckWaiter::Once(tx)) => {
+                let _ = tx.send(payload);
+            }
+            Some(AckWaiter::Broadcast(sink, deadline))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                let _ = sink.send(payload);
+            }
+            _ => {}
         }
     }
 

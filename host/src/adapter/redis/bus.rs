@@ -1,0 +1,389 @@
+//! The node's connection to Redis: one publishing and one subscribing connection shared by every namespace.
+//!
+//! Redis is never on the path of local traffic. Messages are published by one task, in order; while Redis is
+//! unreachable they wait in a bounded outage buffer (count, bytes, age) and go out after the reconnect, so a
+//! short outage loses nothing and a long one costs a counted, bounded drop. Reconnects use a capped linear
+//! backoff and never give up; every channel and pattern is subscribed again after each reconnect. Incoming
+//! messages are read by one task and handed to the namespace adapter whose channels they belong to.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::types::Builder;
+use fred::types::config::Options;
+use fred::types::config::{Config, ReconnectPolicy};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+
+use super::RedisConfig;
+use super::classic::RedisAdapter;
+use crate::adapter::AdapterError;
+
+/// Counters of the bus, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct BusStats {
+    /// Messages published.
+    pub published: AtomicU64,
+    /// Messages received.
+    pub received: AtomicU64,
+    /// Messages dropped: outage buffer full or too old, or publish queue full.
+    pub dropped: AtomicU64,
+    /// Reconnections to Redis.
+    pub reconnects: AtomicU64,
+}
+
+struct Outgoing {
+    channel: String,
+    payload: Vec<u8>,
+    queued_at: Instant,
+}
+
+/// Messages waiting for Redis to come back.
+struct OutageBuffer {
+    messages: VecDeque<Outgoing>,
+    bytes: usize,
+}
+
+/// A shared connection to Redis for every namespace adapter of a node.
+pub struct RedisBus {
+    pub(crate) config: RedisConfig,
+    publisher: Client,
+    subscriber: SubscriberClient,
+    adapters: RwLock<Vec<Weak<RedisAdapter>>>,
+    queue: mpsc::Sender<Outgoing>,
+    outage: Mutex<OutageBuffer>,
+    reconnected: Notify,
+    connected: AtomicBool,
+    /// Counters.
+    pub stats: BusStats,
+}
+
+/// Redis could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The URL or options are invalid.
+    #[error("invalid Redis configuration: {0}")]
+    Config(#[from] fred::error::Error),
+}
+
+impl RedisBus {
+    /// Connects to Redis in the background and starts the publishing and receiving tasks. Returns at once
+    /// when Redis is reachable within a few seconds, and in any case after that: the node then serves
+    /// locally and keeps reconnecting.
+    pub async fn start(config: RedisConfig) -> Result<Arc<Self>, BusError> {
+        let mut fred_config = Config::from_url(&config.url)?;
+        // Keep retrying an unreachable Redis at start-up too, instead of failing.
+        fred_config.fail_fast = false;
+        let step = config.reconnect_step.as_millis().max(1) as u32;
+        let cap = config.reconnect_max.as_millis().max(1) as u32;
+        let mut builder = Builder::from_config(fred_config);
+        builder
+            .set_policy(ReconnectPolicy::new_linear(0, cap, step))
+            .with_performance_config(|perf| {
+                perf.broadcast_channel_capacity = 16 * 1024;
+                perf.default_command_timeout = Duration::from_secs(5);
+            })
+            .with_connection_config(|conn| {
+                conn.connection_timeout = Duration::from_secs(2);
+                conn.internal_command_timeout = Duration::from_secs(2);
+            });
+        let publisher = builder.build()?;
+        let subscriber = builder.build_subscriber_client()?;
+        let (queue, queue_rx) = mpsc::channel(config.outage.max_messages.max(1));
+        let bus = Arc::new(RedisBus {
+            config,
+            publisher,
+            subscriber,
+            adapters: RwLock::new(Vec::new()),
+            queue,
+            outage: Mutex::new(OutageBuffer {
+                messages: VecDeque::new(),
+                bytes: 0,
+            }),
+            reconnected: Notify::new(),
+            connected: AtomicBool::new(false),
+            stats: BusStats::default(),
+        });
+        bus.publisher.connect();
+        bus.subscriber.connect();
+        tokio::spawn(Arc::clone(&bus).receive_loop());
+        tokio::spawn(Arc::clone(&bus).publish_loop(queue_rx));
+        tokio::spawn(Arc::clone(&bus).watch_connections());
+        let waited = tokio::time::timeout(Duration::from_secs(3), async {
+            let _ = bus.publisher.wait_for_connect().await;
+            let _ = bus.subscriber.wait_for_connect().await;
+        })
+        .await;
+        if waited.is_err() || !bus.is_connected() {
+            tracing::warn!(url = %redact(&bus.config.url), "Redis unreachable; serving this node alone and retrying");
+        } else {
+            tracing::info!(url = %redact(&bus.config.url), "connected to Redis");
+        }
+        Ok(bus)
+    }
+
+    /// Whether both connections to Redis are up.
+    pub fn is_connected(&self) -> bool {
+        self.publisher.is_connected() && self.subscriber.is_connected()
+    }
+
+    /// Adds a namespace adapter and subscribes to its channels.
+    pub(crate) fn register(self: &Arc<Self>, adapter: &Arc<RedisAdapter>) {
+        self.adapters.write().push(Arc::downgrade(adapter));
+        let (bus, adapter) = (Arc::clone(self), Arc::clone(adapter));
+        tokio::spawn(async move { bus.subscribe(&adapter).await });
+    }
+
+    /// Removes a namespace adapter (its namespace is gone) and unsubscribes.
+    pub(crate) fn unregister(self: &Arc<Self>, pattern: String, channels: Vec<String>) {
+        self.adapters.write().retain(|a| a.strong_count() > 0);
+        let bus = Arc::clone(self);
+        tokio::spawn(async move {
+            let _ = bus.subscriber.punsubscribe(pattern).await;
+            let _ = bus.subscriber.unsubscribe(channels).await;
+        });
+    }
+
+    async fn subscribe(&self, adapter: &RedisAdapter) {
+        let (pattern, channels) = adapter.subscriptions();
+        if let Err(err) = self.subscriber.psubscribe(pattern).await {
+            tracing::warn!(%err, "Redis PSUBSCRIBE failed; retried after the next reconnect");
+        }
+        if let Err(err) = self.subscriber.subscribe(channels).await {
+            tracing::warn!(%err, "Redis SUBSCRIBE failed; retried after the next reconnect");
+        }
+    }
+
+    /// Queues a message for publishing; never waits. Dropped (and counted) when the queue is full.
+    pub(crate) fn publish_nowait(&self, channel: String, payload: Vec<u8>) {
+        let message = Outgoing {
+            channel,
+            payload,
+            queued_at: Instant::now(),
+        };
+        if self.queue.try_send(message).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes now, failing fast while Redis is unreachable (fleet requests must not hang).
+    pub(crate) async fn publish_now(
+        &self,
+        channel: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), AdapterError> {
+        self.ensure_connected()?;
+        self.publisher
+            .with_options(&fail_fast())
+            .publish::<i64, _, _>(channel, payload)
+            .await
+            .map_err(|e| AdapterError::Unavailable(e.to_string()))?;
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `PUBSUB NUMSUB`: how many connections listen on `channel` (every node of the fleet, ourselves included).
+    pub(crate) async fn numsub(&self, channel: &str) -> Result<usize, AdapterError> {
+        self.ensure_connected()?;
+        let reply: Vec<fred::types::Value> = self
+            .publisher
+            .with_options(&fail_fast())
+            .pubsub_numsub(channel)
+            .await
+            .map_err(|e| AdapterError::Unavailable(e.to_string()))?;
+        Ok(reply.get(1).and_then(|v| v.as_i64()).unwrap_or(0).max(0) as usize)
+    }
+
+    fn ensure_connected(&self) -> Result<(), AdapterError> {
+        if self.is_connected() {
+            Ok(())
+        } else {
+            Err(AdapterError::Unavailable(
+                "Redis is unreachable; this node is serving alone until it reconnects".into(),
+            ))
+        }
+    }
+
+    /// Publishes queued messages in order; holds them in the outage buffer while Redis is down.
+    async fn publish_loop(self: Arc<Self>, mut queue: mpsc::Receiver<Outgoing>) {
+        loop {
+            tokio::select! {
+                message = queue.recv() => {
+                    let Some(message) = message else { return };
+                    if !self.is_connected() || !self.outage.lock().messages.is_empty() {
+                        self.hold(message);
+                        continue;
+                    }
+                    if let Err(message) = self.send(message).await {
+                        self.hold(message);
+                    }
+                }
+                _ = self.reconnected.notified() => {
+                    if !self.outage.lock().messages.is_empty() {
+                        // The other nodes reconnect within their own backoff cap: give them that long to
+                        // subscribe again before sending what waited, or they would miss it.
+                        tokio::time::sleep(self.config.reconnect_max).await;
+                    }
+                    self.flush_outage().await;
+                }
+            }
+        }
+    }
+
+    async fn send(&self, message: Outgoing) -> Result<(), Outgoing> {
+        match self
+            .publisher
+            .publish::<i64, _, _>(message.channel.as_str(), message.payload.as_slice())
+            .await
+        {
+            Ok(_) => {
+                self.stats.published.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(err) => {
+                tracing::debug!(%err, "publish failed; holding the message until Redis is back");
+                Err(message)
+            }
+        }
+    }
+
+    /// Keeps a message for after the outage, dropping the oldest beyond the bounds.
+    fn hold(&self, message: Outgoing) {
+        let limits = &self.config.outage;
+        let mut outage = self.outage.lock();
+        outage.bytes += message.payload.len();
+        outage.messages.push_back(message);
+        while outage.messages.len() > limits.max_messages || outage.bytes > limits.max_bytes {
+            let Some(dropped) = outage.messages.pop_front() else {
+                break;
+            };
+            outage.bytes -= dropped.payload.len();
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends what the outage buffer holds, oldest first, skipping messages past their age limit.
+    async fn flush_outage(&self) {
+        let max_age = self.config.outage.max_age;
+        loop {
+            let next = {
+                let mut outage = self.outage.lock();
+                let next = outage.messages.pop_front();
+                if let Some(m) = &next {
+                    outage.bytes -= m.payload.len();
+                }
+                next
+            };
+            let Some(message) = next else { return };
+            if message.queued_at.elapsed() > max_age {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if let Err(message) = self.send(message).await {
+                // Down again: put it back in front and wait for the next reconnect.
+                let mut outage = self.outage.lock();
+                outage.bytes += message.payload.len();
+                outage.messages.push_front(message);
+                return;
+            }
+        }
+    }
+
+    /// Follows both connections: logs state changes, resubscribes and flushes the outage buffer on reconnect.
+    async fn watch_connections(self: Arc<Self>) {
+        let mut sub_reconnects = self.subscriber.reconnect_rx();
+        let mut pub_reconnects = self.publisher.reconnect_rx();
+        let mut probe = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                r = sub_reconnects.recv() => {
+                    if r.is_err() && !self.subscriber.is_connected() { tokio::time::sleep(Duration::from_millis(100)).await; }
+                    self.resubscribe_all().await;
+                }
+                _ = pub_reconnects.recv() => {}
+                _ = probe.tick() => {}
+            }
+            let now = self.is_connected();
+            let was = self.connected.swap(now, Ordering::AcqRel);
+            if now && !was {
+                self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("Redis connection up; fleet traffic resumes");
+                self.reconnected.notify_one();
+            } else if was && !now {
+                tracing::warn!("Redis connection lost; serving locally and buffering broadcasts");
+            }
+        }
+    }
+
+    async fn resubscribe_all(&self) {
+        let adapters: Vec<_> = self
+            .adapters
+            .read()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for adapter in adapters {
+            self.subscribe(&adapter).await;
+        }
+    }
+
+    /// Hands every received message to the adapter owning its channel.
+    async fn receive_loop(self: Arc<Self>) {
+        let mut messages = self.subscriber.message_rx();
+        loop {
+            let message = match messages.recv().await {
+                Ok(message) => message,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                    tracing::warn!(
+                        lost = n,
+                        "Redis messages arrived faster than they were handled; some were lost"
+                    );
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            self.stats.received.fetch_add(1, Ordering::Relaxed);
+            let payload: Bytes = match message.value.as_bytes() {
+                Some(bytes) => Bytes::copy_from_slice(bytes),
+                None => continue,
+            };
+            let channel: &str = &message.channel;
+            let adapters: Vec<_> = self
+                .adapters
+                .read()
+                .iter()
+                .filter_map(Weak::upgrade)
+                .collect();
+            for adapter in adapters {
+                if adapter.on_message(channel, &payload) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn fail_fast() -> Options {
+    Options {
+        fail_fast: true,
+        timeout: Some(Duration::from_secs(2)),
+        ..Options::default()
+    }
+}
+
+/// The URL without its password, for logs.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,99 @@
+//! Redis adapters, wire-compatible with Node's `@socket.io/redis-adapter` 8.x and `@socket.io/redis-emitter` 5.x.
+//!
+//! [`RedisAdapterFactory`] gives every namespace a [`classic::RedisAdapter`] sharing one [`bus::RedisBus`]
+//! (two Redis connections per node). ioplex nodes and Node servers on the same Redis and key prefix form
+//! one fleet: same channels, same msgpack and JSON messages, same request types.
+
+pub mod bus;
+pub mod classic;
+pub mod msgpack;
+pub mod wire;
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::{Adapter, AdapterFactory, SocketTable};
+
+pub use bus::{BusError, RedisBus};
+
+/// Bounds of the buffer that holds broadcasts while Redis is unreachable.
+#[derive(Clone, Debug)]
+pub struct OutageLimits {
+    /// Most messages held; the oldest are dropped beyond it.
+    pub max_messages: usize,
+    /// Most bytes held; the oldest are dropped beyond it.
+    pub max_bytes: usize,
+    /// Messages older than this when Redis returns are dropped instead of sent late.
+    pub max_age: Duration,
+}
+
+impl Default for OutageLimits {
+    fn default() -> Self {
+        OutageLimits {
+            max_messages: 10_000,
+            max_bytes: 16 << 20,
+            max_age: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Settings of the Redis adapter (Node's option names in parentheses).
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS.
+    pub url: String,
+    /// Channel prefix (`key`), `socket.io` by default so Node servers with default options share the channels.
+    pub key: String,
+    /// How long fleet requests wait for every node (`requestsTimeout`).
+    pub requests_timeout: Duration,
+    /// Answer requests on the requester's own channel (`publishOnSpecificResponseChannel`).
+    pub publish_on_specific_response_channel: bool,
+    /// Reconnect delay grows by this much per failed attempt...
+    pub reconnect_step: Duration,
+    /// ...up to this cap, and attempts never stop. Broadcasts held during an outage are sent this long
+    /// after the reconnect, so that the other nodes (with the same cap) are subscribed again.
+    pub reconnect_max: Duration,
+    /// The outage buffer's bounds.
+    pub outage: OutageLimits,
+}
+
+impl RedisConfig {
+    /// Node's defaults for a Redis at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            key: "socket.io".into(),
+            requests_timeout: Duration::from_millis(5000),
+            publish_on_specific_response_channel: false,
+            reconnect_step: Duration::from_millis(50),
+            reconnect_max: Duration::from_millis(500),
+            outage: OutageLimits::default(),
+        }
+    }
+}
+
+/// Gives each namespace a Redis adapter on a shared bus.
+#[derive(Clone)]
+pub struct RedisAdapterFactory {
+    bus: Arc<RedisBus>,
+}
+
+impl RedisAdapterFactory {
+    /// Connects to Redis (see [`RedisBus::start`]).
+    pub async fn start(config: RedisConfig) -> Result<Self, BusError> {
+        Ok(RedisAdapterFactory {
+            bus: RedisBus::start(config).await?,
+        })
+    }
+
+    /// The shared connection (state and counters).
+    pub fn bus(&self) -> &Arc<RedisBus> {
+        &self.bus
+    }
+}
+
+impl AdapterFactory for RedisAdapterFactory {
+    fn create(&self, nsp: &str, sockets: Weak<dyn SocketTable>) -> Arc<dyn Adapter> {
+        classic::RedisAdapter::new(nsp, sockets, Arc::clone(&self.bus))
+    }
+}
