@@ -225,8 +225,12 @@ describe("Redis going away and coming back", () => {
     await ack(a1, "publish", { room: "outage", event: "before" });
     await got;
 
+    assert.equal((await fetch(`${ioplexA.url}/readyz`)).status, 200);
     await redis.stop();
     await sleep(300);
+    const notReady = await fetch(`${ioplexA.url}/readyz`);
+    assert.equal(notReady.status, 503, "readiness reports the outage");
+    assert.match(await notReady.text(), /Redis unreachable/);
     const local = once(a2, "during");
     const remote = once(b1, "during", 15000);
     assert.deepEqual(await ack(a1, "publish", { room: "outage", event: "during", args: [1] }), { ok: true });
@@ -248,5 +252,6 @@ describe("Redis going away and coming back", () => {
     assert.ok(resumedAfter < 3000, `cross-node delivery resumed ${resumedAfter} ms after Redis restarted`);
     console.log(`# cross-node delivery resumed ${resumedAfter} ms after Redis restarted`);
     assert.deepEqual(disconnects, [], "no client was disconnected");
+    assert.equal((await fetch(`${ioplexA.url}/readyz`)).status, 200);
   });
 });

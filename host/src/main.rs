@@ -182,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
     let engine_config = cli.engine_config()?;
 
     let mut builder = SocketIo::builder();
+    let mut readiness: Option<ioplex::serve::Readiness> = None;
     let mode = match &cli.redis_url {
         Some(url) => {
             let mut config = RedisConfig::new(url.clone());
@@ -191,6 +192,14 @@ async fn main() -> anyhow::Result<()> {
             config.reconnect_step = Duration::from_millis(cli.redis_reconnect_step.max(1));
             config.outage.max_messages = cli.redis_outage_buffer.max(1);
             let factory = RedisAdapterFactory::start(config).await?;
+            let bus = Arc::clone(factory.bus());
+            readiness = Some(Arc::new(move || {
+                if bus.is_connected() {
+                    Ok(())
+                } else {
+                    Err("Redis unreachable: serving local clients only, reconnecting".into())
+                }
+            }));
             builder = builder.adapter(Arc::new(factory));
             "fleet: Redis adapter"
         }
@@ -217,7 +226,11 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(%addr, %path, mode, "ioplex listening");
         }
     }
-    serve(listeners, Router::new(vec![engine]), shutdown_signal()).await?;
+    let mut router = Router::new(vec![engine]);
+    if let Some(check) = readiness {
+        router = router.with_readiness(check);
+    }
+    serve(listeners, router, shutdown_signal()).await?;
     tracing::info!("ioplex stopped");
     Ok(())
 }

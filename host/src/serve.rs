@@ -16,10 +16,14 @@ use tokio::net::TcpListener;
 
 use crate::engineio::{Body, Engine};
 
+/// Tells `/readyz` whether the node can take traffic; `Err` carries the reason shown with the 503.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// The endpoints served on one set of listeners.
 #[derive(Clone, Default)]
 pub struct Router {
     engines: Arc<Vec<Engine>>,
+    readiness: Option<Readiness>,
 }
 
 impl Router {
@@ -27,7 +31,14 @@ impl Router {
     pub fn new(engines: Vec<Engine>) -> Self {
         Router {
             engines: Arc::new(engines),
+            readiness: None,
         }
+    }
+
+    /// Answers `/readyz` with `check` (without it, `/readyz` is always ready).
+    pub fn with_readiness(mut self, check: Readiness) -> Self {
+        self.readiness = Some(check);
+        self
     }
 
     /// The endpoints.
@@ -40,6 +51,16 @@ impl Router {
         let path = req.uri().path();
         if path == "/healthz" {
             return text(StatusCode::OK, "ok");
+        }
+        if path == "/readyz" {
+            return match self.readiness.as_ref().map_or(Ok(()), |check| check()) {
+                Ok(()) => text(StatusCode::OK, "ready"),
+                Err(reason) => {
+                    let mut resp = Response::new(Body::new(Bytes::from(reason)));
+                    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    resp
+                }
+            };
         }
         match self.engines.iter().find(|e| e.matches(path)) {
             Some(engine) => engine.handle(req, remote).await,
