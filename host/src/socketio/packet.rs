@@ -508,6 +508,15 @@ mod tests {
     }
 
     #[test]
+    fn numbers_are_relayed_exactly() {
+        // Found by the socketio_packets fuzz target: without exact float parsing this came back 1 ULP off.
+        let text = r#"2["n",3.3333333299999997e+53,333333333.000034,18446744073709551615,-9223372036854775808]"#;
+        let (p, _) = decode_text(text, 10).unwrap();
+        let enc = encode(&p);
+        assert_eq!(head(&enc), format!("4{text}"));
+    }
+
+    #[test]
     fn encode_then_decode_round_trips() {
         let mut payload = Payload::json(vec![json!({"nested": [1, 2.5, null]}), json!("é")]);
         payload.push_binary(Bytes::from_static(b"bin"));
