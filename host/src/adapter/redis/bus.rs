@@ -321,14 +321,17 @@ impl RedisBus {
         }
     }
 
-    async fn resubscribe_all(&self) {
-        let adapters: Vec<_> = self
-            .adapters
+    /// The registered adapters whose namespaces still exist.
+    fn live_adapters(&self) -> Vec<Arc<RedisAdapter>> {
+        self.adapters
             .read()
             .iter()
             .filter_map(Weak::upgrade)
-            .collect();
-        for adapter in adapters {
+            .collect()
+    }
+
+    async fn resubscribe_all(&self) {
+        for adapter in self.live_adapters() {
             self.subscribe(&adapter).await;
         }
     }
@@ -355,13 +358,7 @@ impl RedisBus {
                 None => continue,
             };
             let channel: &str = &message.channel;
-            let adapters: Vec<_> = self
-                .adapters
-                .read()
-                .iter()
-                .filter_map(Weak::upgrade)
-                .collect();
-            for adapter in adapters {
+            for adapter in self.live_adapters() {
                 if adapter.on_message(channel, &payload) {
                     break;
                 }

@@ -418,20 +418,7 @@ fn socket_json(info: &SocketInfo) -> Value {
 fn socket_from_json(v: &Value) -> Option<SocketInfo> {
     Some(SocketInfo {
         id: Sid::parse(v.get("id")?.as_str()?)?,
-        rooms: v
-            .get("rooms")
-            .and_then(Value::as_array)
-            .map(|rooms| {
-                rooms
-                    .iter()
-                    .filter_map(|r| match r {
-                        Value::String(s) => Some(Room::from(s.as_str())),
-                        Value::Number(n) => Some(Room::from(n.to_string())),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
+        rooms: wire::parse_rooms(v.get("rooms")),
         data: v.get("data").cloned().unwrap_or(Value::Null),
         handshake: v.get("handshake").cloned().unwrap_or(Value::Null),
     })
@@ -493,11 +480,7 @@ impl Adapter for RedisAdapter {
             let remote = self
                 .gather(RequestType::AllRooms, Map::new(), "rooms")
                 .await?;
-            rooms.extend(remote.iter().filter_map(|r| match r {
-                Value::String(s) => Some(Room::from(s.as_str())),
-                Value::Number(n) => Some(Room::from(n.to_string())),
-                _ => None,
-            }));
+            rooms.extend(wire::parse_rooms(Some(&Value::Array(remote))));
             Ok(rooms)
         })
     }

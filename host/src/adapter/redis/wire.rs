@@ -175,7 +175,7 @@ pub fn broadcast_opts_json(opts: &BroadcastOptions, timeout_ms: Option<u64>) -> 
 }
 
 /// Room names as Node may send them: strings, or numbers (which JS allows as room names).
-fn parse_rooms(v: Option<&Value>) -> Vec<Room> {
+pub fn parse_rooms(v: Option<&Value>) -> Vec<Room> {
     let Some(Value::Array(items)) = v else {
         return Vec::new();
     };
