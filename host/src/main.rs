@@ -22,7 +22,7 @@ use ioplex::socketio::{SocketIo, SocketIoConfig};
 #[command(version, about, long_about)]
 struct Cli {
     /// Address to listen on. The default also listens on [::] so clients resolving `localhost` to ::1 connect.
-    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    #[arg(long, env = "IOPLEX_HOST", default_value = "0.0.0.0")]
     host: IpAddr,
     /// Port to listen on.
     #[arg(long, env = "PORT", default_value_t = 3000)]
