@@ -283,6 +283,7 @@ async fn fanout_scenario(
     let total = warmup + Duration::from_secs(duration);
     let start = Instant::now();
     let mut cpu_before = None;
+    let mut own_before = None;
     let mut sent = 0u64;
     let mut ticker = tokio::time::interval(interval.max(Duration::from_micros(50)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -293,6 +294,7 @@ async fn fanout_scenario(
             measuring.store(true, Ordering::Relaxed);
             received.store(0, Ordering::Relaxed);
             cpu_before = cli.server_pid.and_then(process_usage);
+            own_before = process_usage(std::process::id());
         }
         for _ in 0..per_tick {
             let (room, sink) = &mut publishers[(sent as usize) % rooms];
@@ -306,6 +308,7 @@ async fn fanout_scenario(
     }
     let measured = start.elapsed() - warmup;
     let cpu_after = cli.server_pid.and_then(process_usage);
+    let own_after = process_usage(std::process::id());
     // Deliveries of messages published in the window that arrive shortly after it still count.
     tokio::time::sleep(Duration::from_millis(200)).await;
     measuring.store(false, Ordering::Relaxed);
@@ -326,12 +329,21 @@ async fn fanout_scenario(
         }
         _ => "n/a".into(),
     };
+    let cores =
+        |before: Option<(u64, Duration)>, after: Option<(u64, Duration)>| match (before, after) {
+            (Some((_, b)), Some((_, a))) => {
+                format!("{:.2}", (a - b).as_secs_f64() / measured.as_secs_f64())
+            }
+            _ => "n/a".into(),
+        };
+    let server_cores = cores(cpu_before, cpu_after);
+    let generator_cores = cores(own_before, own_after);
     println!(
-        "| scenario | clients | room size | publishes/s | deliveries/s | p50 | p99 | max | server CPU per delivery |"
+        "| scenario | clients | room size | publishes/s | deliveries/s | p50 | p99 | max | server CPU per delivery | server cores | generator cores |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| fanout | {clients} | {room_size} | {rate} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {cpu} |",
+        "| fanout | {clients} | {room_size} | {rate} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {cpu} | {server_cores} | {generator_cores} |",
         deliveries as f64 / measured.as_secs_f64(),
         h.value_at_quantile(0.5) as f64 / 1000.0,
         h.value_at_quantile(0.99) as f64 / 1000.0,
