@@ -156,3 +156,21 @@ describe("slow readers", () => {
   });
 });
 
+describe("namespaces opened by clients", () => {
+  let server;
+  before(async () => { server = await startServer({ args: ["--max-dynamic-namespaces", "2"] }); });
+  after(async () => { await server.stop(); });
+  afterEach(closeAll);
+
+  test("are capped, and released when their last client leaves", async () => {
+    const a = await connected(`${server.url}/a`);
+    await connected(`${server.url}/b`);
+    const refused = client(`${server.url}/c`);
+    const [err] = await once(refused, "connect_error");
+    assert.equal(err.message, "Too many namespaces");
+    a.disconnect();
+    await sleep(100);
+    const c = await connected(`${server.url}/c`);
+    assert.deepEqual(await c.timeout(2000).emitWithAck("join", "ok"), { ok: true });
+  });
+});

@@ -61,6 +61,9 @@ struct Cli {
     /// Outgoing bytes queued for one client before it is disconnected as too slow.
     #[arg(long, env = "IOPLEX_MAX_BUFFERED_BYTES", default_value_t = 8 << 20)]
     max_buffered_bytes: usize,
+    /// Namespaces clients may open on demand; further ones are refused with `Too many namespaces`.
+    #[arg(long, env = "IOPLEX_MAX_DYNAMIC_NAMESPACES", default_value_t = 1000)]
+    max_dynamic_namespaces: usize,
     /// Rooms a client may join through the client contract.
     #[arg(long, env = "IOPLEX_MAX_ROOMS_PER_SOCKET", default_value_t = 1000)]
     max_rooms_per_socket: usize,
@@ -208,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
     let io = builder
         .config(SocketIoConfig {
             connect_timeout: Duration::from_millis(cli.connect_timeout),
+            max_dynamic_namespaces: cli.max_dynamic_namespaces,
             ..SocketIoConfig::default()
         })
         .dynamic_namespaces(contract::handlers(ContractConfig {

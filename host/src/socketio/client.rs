@@ -107,8 +107,9 @@ impl Client {
             return Self::violation(session, "CONNECT for a namespace already joined");
         }
         let auth = packet.data.unwrap_or_else(|| Value::Object(Map::new()));
-        let Some(ns) = self.io.namespace_for(&packet.nsp) else {
-            return send_connect_error(session, &packet.nsp, "Invalid namespace", None);
+        let ns = match self.io.namespace_for(&packet.nsp) {
+            Ok(ns) => ns,
+            Err(message) => return send_connect_error(session, &packet.nsp, message, None),
         };
         let mut data = Value::Null;
         let mut rooms = Vec::new();

@@ -9,6 +9,9 @@ pub struct SocketIoConfig {
     pub connect_timeout: Duration,
     /// Most binary attachments a client packet may carry (socket.io-parser's default).
     pub max_attachments: usize,
+    /// Most namespaces clients may create on demand (with dynamic namespaces). Each costs a room index and,
+    /// in a fleet, a Redis pattern subscription, so client-chosen names must not grow them without bound.
+    pub max_dynamic_namespaces: usize,
 }
 
 impl Default for SocketIoConfig {
@@ -16,6 +19,7 @@ impl Default for SocketIoConfig {
         SocketIoConfig {
             connect_timeout: Duration::from_millis(45_000),
             max_attachments: 10,
+            max_dynamic_namespaces: 1000,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The Socket.IO server: namespaces (static and dynamic), and the bridge from Engine.IO sessions to clients.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::RwLock;
@@ -17,24 +18,40 @@ pub(crate) struct Shared {
     pub(crate) config: SocketIoConfig,
     namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
     dynamic: Option<Arc<Handlers>>,
+    /// Dynamic namespaces currently registered.
+    dynamic_count: AtomicUsize,
     adapter: Arc<dyn AdapterFactory>,
 }
 
+/// What a client hears when its namespace does not exist (Node's exact message).
+const INVALID_NAMESPACE: &str = "Invalid namespace";
+
 impl Shared {
     /// The namespace a CONNECT asks for: registered, or created from the dynamic handlers.
-    pub(crate) fn namespace_for(&self, name: &str) -> Option<Arc<Namespace>> {
+    /// Err carries the CONNECT_ERROR message for the client.
+    pub(crate) fn namespace_for(&self, name: &str) -> Result<Arc<Namespace>, &'static str> {
         if let Some(ns) = self.namespaces.read().get(name) {
-            return Some(Arc::clone(ns));
+            return Ok(Arc::clone(ns));
         }
-        let handlers = self.dynamic.as_ref()?;
+        let handlers = self.dynamic.as_ref().ok_or(INVALID_NAMESPACE)?;
         if !valid_namespace_name(name) {
-            return None;
+            return Err(INVALID_NAMESPACE);
         }
         let mut namespaces = self.namespaces.write();
-        let ns = namespaces
-            .entry(name.to_owned())
-            .or_insert_with(|| Namespace::new(name, Arc::clone(handlers), &*self.adapter, true));
-        Some(Arc::clone(ns))
+        if let Some(ns) = namespaces.get(name) {
+            return Ok(Arc::clone(ns));
+        }
+        if self.dynamic_count.load(Ordering::Acquire) >= self.config.max_dynamic_namespaces {
+            tracing::warn!(
+                limit = self.config.max_dynamic_namespaces,
+                "dynamic namespace limit reached; refusing a new one"
+            );
+            return Err("Too many namespaces");
+        }
+        let ns = Namespace::new(name, Arc::clone(handlers), &*self.adapter, true);
+        self.dynamic_count.fetch_add(1, Ordering::AcqRel);
+        namespaces.insert(name.to_owned(), Arc::clone(&ns));
+        Ok(ns)
     }
 
     /// Adds a socket to its namespace; holds the registry lock so a dynamic namespace cannot be removed meanwhile.
@@ -43,10 +60,12 @@ impl Shared {
         if ns.dynamic && !namespaces.contains_key(ns.name()) {
             drop(namespaces);
             // Released between our lookup and now: register it again.
-            self.namespaces
-                .write()
-                .entry(ns.name().to_owned())
-                .or_insert_with(|| Arc::clone(ns));
+            let mut namespaces = self.namespaces.write();
+            if !namespaces.contains_key(ns.name()) {
+                namespaces.insert(ns.name().to_owned(), Arc::clone(ns));
+                self.dynamic_count.fetch_add(1, Ordering::AcqRel);
+            }
+            drop(namespaces);
             ns.insert_socket(socket, rooms);
             return;
         }
@@ -65,6 +84,7 @@ impl Shared {
                 .is_some_and(|n| Arc::ptr_eq(n, ns))
         {
             namespaces.remove(ns.name());
+            self.dynamic_count.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -166,6 +186,7 @@ impl SocketIoBuilder {
             config: self.config,
             namespaces: RwLock::new(HashMap::new()),
             dynamic: self.dynamic.map(Arc::new),
+            dynamic_count: AtomicUsize::new(0),
             adapter: self.adapter,
         });
         {
