@@ -138,6 +138,10 @@ pub(crate) struct State {
     pub(crate) closed: Option<ClosedAs>,
     pub(crate) poll_pending: bool,
     pub(crate) post_pending: bool,
+    /// The websocket task is writing a batch; nobody else may write to the socket meanwhile.
+    pub(crate) writing: bool,
+    /// The active websocket, for senders to write to directly when nothing is queued.
+    pub(crate) direct: Option<Arc<tokio::net::TcpStream>>,
     ping_sent: Option<Instant>,
     last_pong: Instant,
     handler: Option<Arc<dyn SessionHandler>>,
@@ -183,6 +187,8 @@ impl Session {
                 closed: None,
                 poll_pending: false,
                 post_pending: false,
+                writing: false,
+                direct: None,
                 ping_sent: None,
                 last_pong: Instant::now(),
                 handler: None,
@@ -245,6 +251,16 @@ impl Session {
             let overflow = state.queue.len() + packets.len() > cfg.max_buffered_packets
                 || state.queued_bytes + size > cfg.max_buffered_bytes;
             if !overflow {
+                if state.queue.is_empty()
+                    && !state.writing
+                    && !packets.iter().any(WirePacket::is_separated)
+                    && let Some(stream) = state.direct.as_ref()
+                {
+                    // Fast path: nothing waits, so write from here (no task wake-up). What the socket does
+                    // not take at once is queued for the websocket task, in order.
+                    let stream = Arc::clone(stream);
+                    return self.write_directly(&mut state, &stream, packets);
+                }
                 state.queue.extend(packets.iter().cloned());
                 state.queued_bytes += size;
                 drop(state);
@@ -261,6 +277,39 @@ impl Session {
             }
         }
         SendOutcome::Closed
+    }
+
+    /// Writes packets straight to the websocket while holding the state lock (so nothing interleaves);
+    /// queues whatever the socket does not accept immediately.
+    fn write_directly(
+        &self,
+        state: &mut State,
+        stream: &tokio::net::TcpStream,
+        packets: &[WirePacket],
+    ) -> SendOutcome {
+        for (i, packet) in packets.iter().enumerate() {
+            let frame = packet.ws_frame();
+            let written = match stream.try_write(frame) {
+                Ok(n) if n == frame.len() => continue,
+                Ok(n) => n,
+                // WouldBlock, or an error the websocket task will meet and report itself.
+                Err(_) => 0,
+            };
+            let rest = if written == 0 {
+                packet.clone()
+            } else {
+                packet.rest_after(written)
+            };
+            state.queued_bytes += rest.len();
+            state.queue.push_back(rest);
+            for later in &packets[i + 1..] {
+                state.queued_bytes += later.len();
+                state.queue.push_back(later.clone());
+            }
+            self.writer.notify_one();
+            return SendOutcome::Queued;
+        }
+        SendOutcome::Queued
     }
 
     /// Takes every queued packet, for a writer that is about to send them.
@@ -284,6 +333,7 @@ impl Session {
             } else {
                 ClosedAs::Server
             });
+            state.direct = None;
             let keep = reason.client_initiated()
                 && state.transport == TransportKind::Polling
                 && !state.poll_pending;

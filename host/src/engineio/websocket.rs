@@ -171,11 +171,15 @@ enum End {
 
 struct Connection {
     session: Arc<Session>,
-    stream: TcpStream,
+    /// Shared with the session while active, so senders can write directly when nothing is queued.
+    stream: Arc<TcpStream>,
     decoder: FrameDecoder,
     mode: Mode,
     batch: Vec<WirePacket>,
 }
+
+/// How long a closing connection may spend sending what is queued and its close frame.
+const GOODBYE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Bytes read per readiness event; lives on the stack only while reading.
 const READ_CHUNK: usize = 16 * 1024;
@@ -184,42 +188,62 @@ impl Connection {
     fn new(session: Arc<Session>, stream: TcpStream, leftover: Bytes, mode: Mode) -> Self {
         let mut decoder = FrameDecoder::new(session.config().max_payload);
         decoder.feed(&leftover);
-        Connection {
+        let connection = Connection {
             session,
-            stream,
+            stream: Arc::new(stream),
             decoder,
             mode,
             batch: Vec::new(),
+        };
+        if mode == Mode::Active {
+            connection.activate();
         }
+        connection
+    }
+
+    /// Makes this socket the session's transport for direct writes.
+    fn activate(&self) {
+        self.session.state.lock().direct = Some(Arc::clone(&self.stream));
     }
 
     async fn run(mut self) {
         let end = self.drive().await;
-        match end {
-            End::Close(code, reason) => {
-                let _ = self.write_raw(&ws_codec::close_frame(code, "")).await;
-                if self.mode == Mode::Active {
-                    self.session.close(reason);
-                } else {
-                    self.abort_upgrade("websocket closed during upgrade");
+        // The goodbye is best effort and bounded: the peer may be gone or not reading at all.
+        let goodbye = async {
+            match end {
+                End::Close(code, reason) => {
+                    let peer_gone = matches!(
+                        reason,
+                        CloseReason::TransportClose
+                            | CloseReason::TransportError(_)
+                            | CloseReason::SlowClient
+                    );
+                    if self.mode == Mode::Active {
+                        self.session.close(reason);
+                    } else {
+                        self.abort_upgrade("websocket closed during upgrade");
+                    }
+                    if !peer_gone {
+                        let _ = self.write_raw(&ws_codec::close_frame(code, "")).await;
+                    }
+                }
+                End::AbortUpgrade(why) => {
+                    self.abort_upgrade(why);
+                    let _ = self
+                        .write_raw(&ws_codec::close_frame(ws_codec::CLOSE_NORMAL, ""))
+                        .await;
+                }
+                End::SessionClosed => {
+                    // What the session queued before closing (e.g. DISCONNECT packets) goes first.
+                    let _ = self
+                        .write_raw(&ws_codec::close_frame(ws_codec::CLOSE_NORMAL, ""))
+                        .await;
                 }
             }
-            End::AbortUpgrade(why) => {
-                self.abort_upgrade(why);
-                let _ = self
-                    .write_raw(&ws_codec::close_frame(ws_codec::CLOSE_NORMAL, ""))
-                    .await;
-            }
-            End::SessionClosed => {
-                if self.mode == Mode::Active {
-                    let _ = self.flush().await;
-                }
-                let _ = self
-                    .write_raw(&ws_codec::close_frame(ws_codec::CLOSE_NORMAL, ""))
-                    .await;
-            }
-        }
-        let _ = self.stream.shutdown().await;
+        };
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
+        // Dropping the last handle closes the socket.
+        self.session.state.lock().direct = None;
     }
 
     fn abort_upgrade(&self, why: &'static str) {
@@ -363,6 +387,7 @@ impl Connection {
                     state.transport = TransportKind::Websocket;
                 }
                 self.mode = Mode::Active;
+                self.activate();
                 // A GET still pending must answer `6` now.
                 self.session.writer.notify_waiters();
                 tracing::debug!(sid = %self.session.sid(), "upgraded to websocket");
@@ -372,7 +397,8 @@ impl Connection {
         }
     }
 
-    /// Writes everything queued for the session.
+    /// Writes everything queued for the session. Senders write directly only while nothing is queued
+    /// and no batch is in flight, so frames never interleave.
     async fn flush(&mut self) -> io::Result<()> {
         loop {
             {
@@ -381,11 +407,13 @@ impl Connection {
                     break;
                 }
                 Session::take_queue(&mut state, &mut self.batch);
+                state.writing = true;
             }
             let timeout = self.session.config().ping_interval + self.session.config().ping_timeout;
             let result =
-                tokio::time::timeout(timeout, write_frames(&mut self.stream, &self.batch)).await;
+                tokio::time::timeout(timeout, write_frames(&self.stream, &self.batch)).await;
             self.batch.clear();
+            self.session.state.lock().writing = false;
             match result {
                 Ok(written) => written?,
                 Err(_) => {
@@ -402,8 +430,18 @@ impl Connection {
         Ok(())
     }
 
+    /// Writes a control frame: behind the queue once active (a partly written frame may be waiting there),
+    /// straight to the socket while probing.
     async fn write_raw(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.stream.write_all(frame).await
+        if self.mode == Mode::Active {
+            self.session
+                .state
+                .lock()
+                .queue
+                .push_back(WirePacket::raw_frame(frame.to_vec()));
+            return self.flush().await;
+        }
+        write_all(&self.stream, frame).await
     }
 }
 
@@ -434,7 +472,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 const SEPARATION_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Writes whole frames, batching them into vectored writes except across a separated frame.
-async fn write_frames(stream: &mut TcpStream, frames: &[WirePacket]) -> io::Result<()> {
+async fn write_frames(stream: &TcpStream, frames: &[WirePacket]) -> io::Result<()> {
     let mut rest = frames;
     while let Some(split) = rest.iter().position(WirePacket::is_separated) {
         if split + 1 == rest.len() {
@@ -447,8 +485,21 @@ async fn write_frames(stream: &mut TcpStream, frames: &[WirePacket]) -> io::Resu
     write_vectored_all(stream, rest).await
 }
 
+/// Writes one buffer completely.
+async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match stream.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
 /// Writes frames with vectored writes of up to 64 frames per system call.
-async fn write_vectored_all(stream: &mut TcpStream, frames: &[WirePacket]) -> io::Result<()> {
+async fn write_vectored_all(stream: &TcpStream, frames: &[WirePacket]) -> io::Result<()> {
     let mut index = 0;
     let mut offset = 0;
     while index < frames.len() {
@@ -459,10 +510,15 @@ async fn write_vectored_all(stream: &mut TcpStream, frames: &[WirePacket]) -> io
             slices[i] = IoSlice::new(if i == 0 { &bytes[offset..] } else { bytes });
             count += 1;
         }
-        let mut written = stream.write_vectored(&slices[..count]).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
+        let mut written = match stream.try_write_vectored(&slices[..count]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                stream.writable().await?;
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
         while written > 0 && index < frames.len() {
             let remaining = frames[index].ws_frame().len() - offset;
             if written >= remaining {

@@ -62,6 +62,26 @@ impl WirePacket {
         }
     }
 
+    /// A complete websocket frame built elsewhere (control frames), to be queued with the others.
+    pub(crate) fn raw_frame(frame: Vec<u8>) -> Self {
+        WirePacket {
+            frame: Bytes::from(frame),
+            header_len: 0,
+            binary: false,
+            separated: false,
+        }
+    }
+
+    /// What remains of this packet's websocket frame after `written` bytes went out.
+    pub(crate) fn rest_after(&self, written: usize) -> Self {
+        WirePacket {
+            frame: self.frame.slice(written.min(self.frame.len())..),
+            header_len: 0,
+            binary: self.binary,
+            separated: self.separated,
+        }
+    }
+
     /// Marks the packet to reach the client in its own TCP segment: a websocket writer pauses briefly
     /// before the frames queued after it. Used for a Socket.IO CONNECT reply, which Node's event loop also
     /// writes apart from what the connection handler emits; clients that read one frame per network read
