@@ -3,7 +3,9 @@
 //! The session is shared between whoever currently writes to the client (a pending polling GET or the
 //! websocket task), whoever reads from it (POST handlers, the websocket task) and the upper layer that sends
 //! packets. All of that state sits behind one short, never-awaited lock. The queue is bounded: volatile packets
-//! are dropped once it is above a high-water mark, and a client that lets it overflow is disconnected.
+//! are dropped once it is above a high-water mark, and a client that lets it overflow is disconnected. When
+//! a websocket is active, nothing is queued and no batch is being written, a sender writes the frame with a
+//! non-blocking write under that lock, so frames never interleave and order is kept.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

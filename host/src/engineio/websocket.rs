@@ -1,7 +1,8 @@
 //! The websocket transport: handshake, upgrade from polling, and the per-connection task.
 //!
-//! One task per websocket both reads and writes, so an idle connection costs one small future and no
-//! buffers. It writes pre-encoded frames straight from the session queue with vectored writes. During an
+//! One task per websocket reads and writes, so an idle connection costs one small future and no buffers.
+//! It writes pre-encoded frames from the session queue with vectored writes; while that queue is empty a
+//! sender writes to the socket itself (see `Session::send_all`), sparing a task wake-up per delivery. During an
 //! upgrade the task runs in probe mode: it answers `2probe` with `3probe`, leaves the queue to polling, and
 //! switches the session over when `5` arrives; anything else before that aborts the upgrade and polling goes on.
 
