@@ -1,6 +1,7 @@
 // Transports, namespaces, limits and heartbeat of the ioplex binary (embedded default), with socket.io-client.
 import { after, afterEach, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { Manager } from "socket.io-client";
 import { startServer } from "./lib/server.mjs";
 import { arrives, client, closeAll, connected, once, sleep } from "./lib/client.mjs";
 
@@ -174,3 +175,26 @@ describe("namespaces opened by clients", () => {
     assert.deepEqual(await c.timeout(2000).emitWithAck("join", "ok"), { ok: true });
   });
 });
+
+describe("connectTimeout", () => {
+  let server;
+  before(async () => { server = await startServer({ args: ["--connect-timeout", "300"] }); });
+  after(async () => { await server.stop(); });
+  afterEach(closeAll);
+
+  test("a connection that joins no namespace is closed; one that joins stays", async () => {
+    const manager = new Manager(server.url, { transports: ["websocket"], reconnection: false, autoConnect: false });
+    manager.open();
+    await once(manager, "open");
+    const openedAt = Date.now();
+    await once(manager.engine, "close", 3000);
+    const after = Date.now() - openedAt;
+    assert.ok(after >= 250 && after < 1500, `closed after ${after} ms`);
+
+    const joined = await connected(server.url, { transports: ["websocket"] });
+    await sleep(600);
+    assert.ok(joined.connected);
+    assert.deepEqual(await joined.timeout(2000).emitWithAck("join", "still-open"), { ok: true });
+  });
+});
+

@@ -501,36 +501,39 @@ async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
 
 /// Writes frames with vectored writes of up to 64 frames per system call.
 async fn write_vectored_all(stream: &TcpStream, frames: &[WirePacket]) -> io::Result<()> {
-    let mut index = 0;
-    let mut offset = 0;
+    let (mut index, mut offset) = (0, 0);
     while index < frames.len() {
-        let mut slices = [IoSlice::new(&[]); 64];
-        let mut count = 0;
-        for (i, frame) in frames[index..].iter().take(slices.len()).enumerate() {
-            let bytes = frame.ws_frame();
-            slices[i] = IoSlice::new(if i == 0 { &bytes[offset..] } else { bytes });
-            count += 1;
-        }
-        let mut written = match stream.try_write_vectored(&slices[..count]) {
+        match try_write_some(stream, &frames[index..], offset) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                stream.writable().await?;
-                continue;
+            Ok(mut written) => {
+                while written > 0 && index < frames.len() {
+                    let remaining = frames[index].ws_frame().len() - offset;
+                    if written >= remaining {
+                        written -= remaining;
+                        index += 1;
+                        offset = 0;
+                    } else {
+                        offset += written;
+                        written = 0;
+                    }
+                }
             }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
             Err(err) => return Err(err),
-        };
-        while written > 0 && index < frames.len() {
-            let remaining = frames[index].ws_frame().len() - offset;
-            if written >= remaining {
-                written -= remaining;
-                index += 1;
-                offset = 0;
-            } else {
-                offset += written;
-                written = 0;
-            }
         }
     }
     Ok(())
+}
+
+/// One non-blocking vectored write of up to 64 frames, the first from `offset`. Synchronous so that the
+/// 1 KiB of slices never becomes part of a connection's future (which every idle connection carries).
+fn try_write_some(stream: &TcpStream, frames: &[WirePacket], offset: usize) -> io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); 64];
+    let mut count = 0;
+    for (slot, frame) in slices.iter_mut().zip(frames) {
+        let bytes = frame.ws_frame();
+        *slot = IoSlice::new(if count == 0 { &bytes[offset..] } else { bytes });
+        count += 1;
+    }
+    stream.try_write_vectored(&slices[..count])
 }

@@ -7,6 +7,7 @@
 mod broadcast;
 mod client;
 mod config;
+mod connect_timeout;
 pub mod decoder;
 mod handlers;
 mod namespace;

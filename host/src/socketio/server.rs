@@ -1,13 +1,14 @@
 //! The Socket.IO server: namespaces (static and dynamic), and the bridge from Engine.IO sessions to clients.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
 
 use parking_lot::RwLock;
 
 use super::client::Client;
 use super::config::SocketIoConfig;
+use super::connect_timeout::ConnectTimeouts;
 use super::handlers::Handlers;
 use super::namespace::Namespace;
 use super::socket::Socket;
@@ -20,6 +21,7 @@ pub(crate) struct Shared {
     dynamic: Option<Arc<Handlers>>,
     /// Dynamic namespaces currently registered.
     dynamic_count: AtomicUsize,
+    connect_timeouts: Arc<ConnectTimeouts>,
     adapter: Arc<dyn AdapterFactory>,
 }
 
@@ -183,6 +185,7 @@ impl SocketIoBuilder {
     /// The server.
     pub fn build(self) -> SocketIo {
         let shared = Arc::new(Shared {
+            connect_timeouts: Arc::new(ConnectTimeouts::new(self.config.connect_timeout)),
             config: self.config,
             namespaces: RwLock::new(HashMap::new()),
             dynamic: self.dynamic.map(Arc::new),
@@ -207,29 +210,7 @@ struct SessionBridge {
 impl EngineHandler for SessionBridge {
     fn on_open(&self, session: &Arc<Session>) -> Arc<dyn SessionHandler> {
         let client = Client::new(Arc::clone(&self.shared));
-        spawn_connect_timeout(
-            Arc::downgrade(session),
-            Arc::downgrade(&client),
-            self.shared.config.connect_timeout,
-        );
+        self.shared.connect_timeouts.watch(session, &client);
         client
     }
-}
-
-/// Closes a connection that joined no namespace within `connectTimeout`.
-fn spawn_connect_timeout(
-    session: Weak<Session>,
-    client: Weak<Client>,
-    timeout: std::time::Duration,
-) {
-    tokio::spawn(async move {
-        tokio::time::sleep(timeout).await;
-        let (Some(session), Some(client)) = (session.upgrade(), client.upgrade()) else {
-            return;
-        };
-        if !client.has_sockets() && !session.is_closed() {
-            tracing::debug!(sid = %session.sid(), "no namespace joined within connectTimeout; closing");
-            session.close(CloseReason::ServerClose);
-        }
-    });
 }
