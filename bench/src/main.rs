@@ -64,6 +64,10 @@ enum Scenario {
         /// Seconds of measured load.
         #[arg(long, default_value_t = 5)]
         duration: u64,
+        /// Publish through extra clients on this port (another node of the fleet) instead of a member
+        /// of each room: every delivery then crosses the Redis hop.
+        #[arg(long)]
+        publish_port: Option<u16>,
     },
 }
 
@@ -202,6 +206,7 @@ async fn fanout_scenario(
     room_size: usize,
     rate: u64,
     duration: u64,
+    publish_port: Option<u16>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         room_size >= 2,
@@ -219,6 +224,18 @@ async fn fanout_scenario(
         .await?;
         expect_prefix(ws, "430").await?;
     }
+    let mut remote_publishers = Vec::new();
+    if let Some(port) = publish_port {
+        let (mut pubs, _) = open_many(port, rooms, 50).await?;
+        for (room, ws) in pubs.iter_mut().enumerate() {
+            ws.send(Message::text(format!("420[\"join\",\"room-{room}\"]")))
+                .await?;
+            expect_prefix(ws, "430").await?;
+        }
+        // Let the other node's subscriptions settle before measuring.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        remote_publishers = pubs;
+    }
     let origin = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
     let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
@@ -230,7 +247,7 @@ async fn fanout_scenario(
     let mut readers = Vec::new();
     for (i, ws) in conns.into_iter().enumerate() {
         let (mut sink, mut stream) = ws.split();
-        if i % room_size == 0 && i / room_size < rooms {
+        if publish_port.is_none() && i % room_size == 0 && i / room_size < rooms {
             publishers.push((i / room_size, sink));
             continue;
         }
@@ -276,6 +293,12 @@ async fn fanout_scenario(
                 let _ = h.add(&local);
             }
         }));
+    }
+    for (room, ws) in remote_publishers.into_iter().enumerate() {
+        let (sink, mut stream) = ws.split();
+        // Drain what the remote publisher receives; runs are shorter than a ping interval.
+        tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+        publishers.push((room, sink));
     }
     // Publish at `rate` messages/s, round-robin over rooms, from one task.
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
@@ -366,6 +389,7 @@ async fn main() -> anyhow::Result<()> {
             room_size,
             rate,
             duration,
-        } => fanout_scenario(&cli, clients, room_size, rate, duration).await,
+            publish_port,
+        } => fanout_scenario(&cli, clients, room_size, rate, duration, publish_port).await,
     }
 }
