@@ -28,7 +28,8 @@ pub enum AllowedOrigins {
     SameOrigin,
     /// Every origin. The request's origin is echoed (never `*`), so pages using `withCredentials` work too.
     Any,
-    /// Only these origins (exact match, e.g. `https://app.example.com`).
+    /// Only these origins (exact match, e.g. `https://app.example.com`). Pages from other origins are
+    /// refused at the handshake (403, code 4), websockets included.
     List(Vec<String>),
 }
 

@@ -171,6 +171,9 @@ impl Engine {
             if req.method() != Method::GET {
                 return Err(RequestError::BadHandshakeMethod);
             }
+            if !origin_allowed(&self.shared.config.cors, req.headers()) {
+                return Err(RequestError::Forbidden);
+            }
             if query.eio.as_deref() != Some("4") {
                 return Err(RequestError::UnsupportedProtocolVersion);
             }
@@ -214,6 +217,18 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// With an explicit list of origins, a browser page from elsewhere may not open a session at all, over
+/// polling or websocket (browsers do not apply CORS to websockets). Requests without `Origin` (not from a
+/// browser page) are not concerned.
+fn origin_allowed(cors: &super::AllowedOrigins, headers: &HeaderMap) -> bool {
+    match (cors, headers.get(header::ORIGIN)) {
+        (super::AllowedOrigins::List(_), Some(origin)) => {
+            origin.to_str().is_ok_and(|o| cors.allows(o))
+        }
+        _ => true,
     }
 }
 
