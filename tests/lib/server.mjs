@@ -15,7 +15,20 @@ export function binaryPath(name) {
   return path.join(profileDir, name);
 }
 
+const handedOut = new Set();
+
+/** A port nothing listens on now, never the same twice in this process (parallel starts must not collide). */
 export async function freePort() {
+  for (;;) {
+    const port = await probePort();
+    if (!handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+}
+
+function probePort() {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.unref();
@@ -47,7 +60,18 @@ export async function waitForPort(port, child, logs, timeoutMs = 15000) {
 /**
  * Starts `name` (default the ioplex binary) with extra CLI args and env; returns { url, port, stop, logs }.
  */
-export async function startServer({ name = "ioplex", args = [], env = {} } = {}) {
+export async function startServer(options = {}) {
+  // Another process may take the port between probing and binding: try a few.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(options);
+    } catch (err) {
+      if (attempt >= 5 || !/Address already in use/.test(String(err.message))) throw err;
+    }
+  }
+}
+
+async function startOnce({ name = "ioplex", args = [], env = {} }) {
   const port = await freePort();
   const logs = [];
   const child = spawn(binaryPath(name), args, {
