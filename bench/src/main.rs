@@ -77,6 +77,8 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 async fn connect_client(port: u16, n: usize) -> anyhow::Result<Ws> {
     let local = Ipv4Addr::new(127, 0, 0, 1 + (n % 200) as u8);
     let socket = TcpSocket::new_v4()?;
+    // Lets servers bind ports our closed connections still hold in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
     socket.bind(SocketAddr::from((local, 0)))?;
     let stream = socket
         .connect(SocketAddr::from(([127, 0, 0, 1], port)))

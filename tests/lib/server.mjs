@@ -33,7 +33,8 @@ function probePort() {
     const srv = net.createServer();
     srv.unref();
     srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
+    // The wildcard address: a port free on 127.0.0.1 may still be held on 127.0.0.x by a closing connection.
+    srv.listen(0, "0.0.0.0", () => {
       const { port } = srv.address();
       srv.close(() => resolve(port));
     });
