@@ -313,3 +313,39 @@ describe("Redis going away and coming back", () => {
     assert.equal((await fetch(`${ioplexA.url}/readyz`)).status, 200);
   });
 });
+
+describe("Redis unreachable at start-up", () => {
+  let redis, ioplexA, ioplexB;
+  before(async () => {
+    redis = await startRedis({ deferred: true });
+    const env = { REDIS_URL: redis.url };
+    [ioplexA, ioplexB] = await Promise.all([startServer({ env }), startServer({ env })]);
+  });
+  after(async () => {
+    await Promise.all([ioplexA.stop(), ioplexB.stop()]);
+    await redis.stop();
+  });
+  afterEach(closeAll);
+
+  test("nodes serve alone, then join the fleet once Redis is up", async () => {
+    const a = await connected(ioplexA.url);
+    const a2 = await connected(ioplexA.url);
+    const b = await connected(ioplexB.url);
+    for (const s of [a, a2, b]) await ack(s, "join", "late");
+    assert.equal((await fetch(`${ioplexA.url}/readyz`)).status, 503);
+    const local = once(a2, "solo");
+    await ack(a, "publish", { room: "late", event: "solo" });
+    await local;
+
+    await redis.restart();
+    let crossed = false;
+    b.on("joined", () => { crossed = true; });
+    for (let i = 0; i < 100 && !crossed; i++) {
+      a.emit("publish", { room: "late", event: "joined" });
+      await sleep(50);
+    }
+    assert.ok(crossed, "cross-node delivery started once Redis came up");
+    assert.equal((await fetch(`${ioplexA.url}/readyz`)).status, 200);
+  });
+});
+

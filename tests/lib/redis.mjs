@@ -2,7 +2,8 @@
 import { spawn } from "node:child_process";
 import { freePort, waitForPort } from "./server.mjs";
 
-export async function startRedis() {
+/** Starts a redis-server; with `{ deferred: true }` only reserves its port (call `restart()` to start it). */
+export async function startRedis({ deferred = false } = {}) {
   const port = await freePort();
   const logs = [];
   let child;
@@ -14,7 +15,7 @@ export async function startRedis() {
     child.stderr.on("data", (d) => logs.push(d.toString()));
     await waitForPort(port, child, logs);
   };
-  await launch();
+  if (!deferred) await launch();
   const stop = async () => {
     if (!child || child.exitCode !== null) return;
     const exited = new Promise((resolve) => child.once("exit", resolve));

@@ -297,23 +297,36 @@ impl RedisBus {
 
     /// Follows both connections: logs state changes, resubscribes and flushes the outage buffer on reconnect.
     async fn watch_connections(self: Arc<Self>) {
+        use tokio::sync::broadcast::error::RecvError;
         let mut sub_reconnects = self.subscriber.reconnect_rx();
         let mut pub_reconnects = self.publisher.reconnect_rx();
+        let (mut sub_open, mut pub_open) = (true, true);
         let mut probe = tokio::time::interval(Duration::from_millis(100));
+        let mut ever_connected = false;
         loop {
             tokio::select! {
-                r = sub_reconnects.recv() => {
-                    if r.is_err() && !self.subscriber.is_connected() { tokio::time::sleep(Duration::from_millis(100)).await; }
-                    self.resubscribe_all().await;
+                r = sub_reconnects.recv(), if sub_open => match r {
+                    Err(RecvError::Closed) => sub_open = false,
+                    // The subscriber came back (or we missed how often): subscribe to everything again.
+                    _ => self.resubscribe_all().await,
+                },
+                r = pub_reconnects.recv(), if pub_open => {
+                    if let Err(RecvError::Closed) = r {
+                        pub_open = false;
+                    }
                 }
-                _ = pub_reconnects.recv() => {}
                 _ = probe.tick() => {}
             }
             let now = self.is_connected();
             let was = self.connected.swap(now, Ordering::AcqRel);
             if now && !was {
-                self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                tracing::info!("Redis connection up; fleet traffic resumes");
+                if ever_connected {
+                    self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("Redis connection up; fleet traffic resumes");
+                }
+                ever_connected = true;
+                // Covers a first connection made after start-up too, which no reconnect event announces.
+                self.resubscribe_all().await;
                 self.reconnected.notify_one();
             } else if was && !now {
                 tracing::warn!("Redis connection lost; serving locally and buffering broadcasts");
