@@ -234,6 +234,26 @@ describe("mixed fleet: Node socket.io + ioplex on one Redis", () => {
     await waitForServers(node.io, 4);
   });
 
+  test("a request reaches a socket on another node, Node's included", async () => {
+    const asker = await connected(ioplexA.url);
+    const onB = await connected(ioplexB.url);
+    onB.on("whoami", (ack) => ack({ node: "B" }, Buffer.from([9])));
+    const fromB = await ack(asker, "request", { to: onB.id, event: "whoami" });
+    assert.equal(fromB.ok, true);
+    // Between nodes only the first ack argument travels, as with Node's adapter.
+    assert.deepEqual(fromB.args, [{ node: "B" }]);
+
+    const nodeClient = await connected(node.url);
+    nodeClient.on("whoami", (ack) => ack("node.js"));
+    assert.deepEqual(await ack(asker, "request", { to: nodeClient.id, event: "whoami" }), { ok: true, args: ["node.js"] });
+
+    const gone = await ack(asker, "request", { to: "AAAAAAAAAAAAAAAAAAAA", event: "whoami" });
+    assert.equal(gone.code, "unknown_socket");
+    onB.on("silent", () => {});
+    const late = await ack(asker, "request", { to: onB.id, event: "silent", timeout: 300 });
+    assert.equal(late.code, "timeout");
+  });
+
   test("two ioplex nodes: company room, conversation rooms", async () => {
     const agent = await connected(ioplexA.url);
     const otherAgent = await connected(ioplexA.url);

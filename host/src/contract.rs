@@ -265,13 +265,7 @@ fn forward_request(config: &ContractConfig, socket: &Arc<Socket>, event: Event) 
             .get("to")
             .and_then(Value::as_str)
             .and_then(Sid::parse)
-            .and_then(|sid| socket.namespace().socket(sid))
-            .ok_or_else(|| {
-                Refusal::new(
-                    "unknown_socket",
-                    "no socket with that id in this namespace on this node",
-                )
-            })?;
+            .ok_or_else(|| Refusal::new("unknown_socket", "`to` must be a socket id"))?;
         let timeout = spec
             .get("timeout")
             .and_then(Value::as_u64)
@@ -286,8 +280,19 @@ fn forward_request(config: &ContractConfig, socket: &Arc<Socket>, event: Event) 
         Ok(p) => p,
         Err(refusal) => return answer(ack, Err(refusal)),
     };
+    let ns = Arc::clone(socket.namespace());
     tokio::spawn(async move {
-        let result = target.emit_with_ack(&name, &payload, timeout).await;
+        let result = match ns.socket(target) {
+            Some(local) => local.emit_with_ack(&name, &payload, timeout).await,
+            None => {
+                let result = request_across_fleet(&ns, target, &name, payload, timeout).await;
+                return match (ack, result) {
+                    (Some(ack), Ok(reply)) => ack.send(reply),
+                    (ack, Err(refusal)) => answer(ack, Err(refusal)),
+                    (None, Ok(_)) => {}
+                };
+            }
+        };
         let Some(ack) = ack else { return };
         match result {
             Ok(response) => {
@@ -308,6 +313,40 @@ fn forward_request(config: &ContractConfig, socket: &Arc<Socket>, event: Event) 
             }
         }
     });
+}
+
+/// A request to a socket on another node: a broadcast with acks to its id room (only the first ack
+/// argument travels between nodes, as with Node's adapter).
+async fn request_across_fleet(
+    ns: &Arc<crate::socketio::Namespace>,
+    target: Sid,
+    event: &str,
+    payload: Payload,
+    timeout: Duration,
+) -> Result<Payload, Refusal> {
+    let acks = ns
+        .to(Room::of_socket(target))
+        .emit_with_ack(event, payload, timeout)
+        .await
+        .map_err(|err| Refusal::new("unavailable", err.to_string()))?;
+    if let Some(first) = acks.responses.into_iter().next() {
+        let mut extra = Map::new();
+        extra.insert("args".into(), Value::Array(first.args));
+        return Ok(Payload {
+            args: vec![ok(extra)],
+            attachments: first.attachments,
+        });
+    }
+    if acks.timed_out {
+        return Err(Refusal::new(
+            "timeout",
+            "the socket did not acknowledge in time",
+        ));
+    }
+    Err(Refusal::new(
+        "unknown_socket",
+        "no socket with that id in this namespace",
+    ))
 }
 
 #[cfg(test)]

@@ -170,7 +170,10 @@ pub(crate) async fn collect_acks(
     expected: usize,
     timeout: Duration,
 ) -> BroadcastAcks {
-    let mut acks = BroadcastAcks::default();
+    let mut acks = BroadcastAcks {
+        expected,
+        ..BroadcastAcks::default()
+    };
     let deadline = tokio::time::Instant::now() + timeout;
     while acks.responses.len() < expected {
         match tokio::time::timeout_at(deadline, rx.recv()).await {

@@ -156,6 +156,8 @@ pub type ServerAck = Box<dyn FnOnce(Value) + Send>;
 /// The acknowledgements a broadcast with acks collected.
 #[derive(Debug, Default)]
 pub struct BroadcastAcks {
+    /// How many clients were asked, across the fleet (as far as nodes reported before the timeout).
+    pub expected: usize,
     /// One entry per client that answered.
     pub responses: Vec<Payload>,
     /// Some clients (or nodes) had not answered when the timeout passed.

@@ -591,6 +591,7 @@ impl Adapter for RedisAdapter {
                     }
                 }
             }
+            acks.expected = expected;
             Ok(acks)
         })
     }
