@@ -276,23 +276,29 @@ describe("mixed fleet: Node socket.io + ioplex on one Redis", () => {
   });
 });
 
-describe("Redis going away and coming back", () => {
-  let redis, ioplexA, ioplexB;
+/** Two ioplex binaries on one private Redis (started now, or later with `{ deferred: true }`), for one suite. */
+function twoNodesOnRedis(redisOptions) {
+  const fleet = {};
   before(async () => {
-    redis = await startRedis();
-    const env = { REDIS_URL: redis.url };
-    [ioplexA, ioplexB] = await Promise.all([startServer({ env }), startServer({ env })]);
+    fleet.redis = await startRedis(redisOptions);
+    const env = { REDIS_URL: fleet.redis.url };
+    [fleet.a, fleet.b] = await Promise.all([startServer({ env }), startServer({ env })]);
   });
   after(async () => {
-    await Promise.all([ioplexA.stop(), ioplexB.stop()]);
-    await redis.stop();
+    await Promise.all([fleet.a.stop(), fleet.b.stop()]);
+    await fleet.redis.stop();
   });
   afterEach(closeAll);
+  return fleet;
+}
+
+describe("Redis going away and coming back", () => {
+  const fleet = twoNodesOnRedis();
 
   test("local delivery continues, nobody is disconnected, a broadcast made during the outage arrives after it", async () => {
-    const a1 = await connected(ioplexA.url);
-    const a2 = await connected(ioplexA.url, { transports: ["polling"] });
-    const b1 = await connected(ioplexB.url);
+    const a1 = await connected(fleet.a.url);
+    const a2 = await connected(fleet.a.url, { transports: ["polling"] });
+    const b1 = await connected(fleet.b.url);
     const disconnects = [];
     for (const s of [a1, a2, b1]) {
       s.on("disconnect", (r) => disconnects.push(r));
@@ -303,10 +309,10 @@ describe("Redis going away and coming back", () => {
     await ack(a1, "publish", { room: "outage", event: "before" });
     await got;
 
-    assert.equal((await fetch(`${ioplexA.url}/readyz`)).status, 200);
-    await redis.stop();
+    assert.equal((await fetch(`${fleet.a.url}/readyz`)).status, 200);
+    await fleet.redis.stop();
     await sleep(300);
-    const notReady = await fetch(`${ioplexA.url}/readyz`);
+    const notReady = await fetch(`${fleet.a.url}/readyz`);
     assert.equal(notReady.status, 503, "readiness reports the outage");
     assert.match(await notReady.text(), /Redis unreachable/);
     const local = once(a2, "during");
@@ -315,7 +321,7 @@ describe("Redis going away and coming back", () => {
     assert.deepEqual(await local, [1], "local delivery does not wait for Redis");
 
     await sleep(700);
-    await redis.restart();
+    await fleet.redis.restart();
     const restartedAt = Date.now();
     assert.deepEqual(await remote, [1], "the broadcast held during the outage arrives after it");
 
@@ -330,34 +336,24 @@ describe("Redis going away and coming back", () => {
     assert.ok(resumedAfter < 3000, `cross-node delivery resumed ${resumedAfter} ms after Redis restarted`);
     console.log(`# cross-node delivery resumed ${resumedAfter} ms after Redis restarted`);
     assert.deepEqual(disconnects, [], "no client was disconnected");
-    assert.equal((await fetch(`${ioplexA.url}/readyz`)).status, 200);
+    assert.equal((await fetch(`${fleet.a.url}/readyz`)).status, 200);
   });
 });
 
 describe("Redis unreachable at start-up", () => {
-  let redis, ioplexA, ioplexB;
-  before(async () => {
-    redis = await startRedis({ deferred: true });
-    const env = { REDIS_URL: redis.url };
-    [ioplexA, ioplexB] = await Promise.all([startServer({ env }), startServer({ env })]);
-  });
-  after(async () => {
-    await Promise.all([ioplexA.stop(), ioplexB.stop()]);
-    await redis.stop();
-  });
-  afterEach(closeAll);
+  const fleet = twoNodesOnRedis({ deferred: true });
 
   test("nodes serve alone, then join the fleet once Redis is up", async () => {
-    const a = await connected(ioplexA.url);
-    const a2 = await connected(ioplexA.url);
-    const b = await connected(ioplexB.url);
+    const a = await connected(fleet.a.url);
+    const a2 = await connected(fleet.a.url);
+    const b = await connected(fleet.b.url);
     for (const s of [a, a2, b]) await ack(s, "join", "late");
-    assert.equal((await fetch(`${ioplexA.url}/readyz`)).status, 503);
+    assert.equal((await fetch(`${fleet.a.url}/readyz`)).status, 503);
     const local = once(a2, "solo");
     await ack(a, "publish", { room: "late", event: "solo" });
     await local;
 
-    await redis.restart();
+    await fleet.redis.restart();
     let crossed = false;
     b.on("joined", () => { crossed = true; });
     for (let i = 0; i < 100 && !crossed; i++) {
@@ -365,7 +361,7 @@ describe("Redis unreachable at start-up", () => {
       await sleep(50);
     }
     assert.ok(crossed, "cross-node delivery started once Redis came up");
-    assert.equal((await fetch(`${ioplexA.url}/readyz`)).status, 200);
+    assert.equal((await fetch(`${fleet.a.url}/readyz`)).status, 200);
   });
 });
 
