@@ -325,7 +325,8 @@ impl RedisBus {
                     tracing::info!("Redis connection up; fleet traffic resumes");
                 }
                 ever_connected = true;
-                // Covers a first connection made after start-up too, which no reconnect event announces.
+                // Also done on the subscriber's reconnect events; doing it on every transition does not depend
+                // on how fred reports a first connection made after start-up. SUBSCRIBE twice is harmless.
                 self.resubscribe_all().await;
                 self.reconnected.notify_one();
             } else if was && !now {
