@@ -7,7 +7,7 @@ import { createClient } from "redis";
 import { io } from "socket.io-client";
 import { Emitter } from "@socket.io/redis-emitter";
 import { startServer } from "./lib/server.mjs";
-import { startRedis } from "./lib/redis.mjs";
+import { makeTlsFiles, startRedis } from "./lib/redis.mjs";
 import { startNodeServer, waitForServers } from "./lib/node-fleet.mjs";
 import { arrives, closeAll, connected, once, sleep } from "./lib/client.mjs";
 
@@ -362,6 +362,47 @@ describe("Redis unreachable at start-up", () => {
     }
     assert.ok(crossed, "cross-node delivery started once Redis came up");
     assert.equal((await fetch(`${fleet.a.url}/readyz`)).status, 200);
+  });
+});
+
+describe("Redis over TLS (rediss://)", () => {
+  let tls, redis, nodes;
+  before(async () => {
+    tls = makeTlsFiles();
+    redis = await startRedis({ tls });
+    // rustls trusts the system roots; SSL_CERT_FILE points them at the test CA.
+    const env = { REDIS_URL: redis.url, SSL_CERT_FILE: tls.ca };
+    nodes = await Promise.all([startServer({ env }), startServer({ env })]);
+  });
+  after(async () => {
+    await Promise.all(nodes.map((n) => n.stop()));
+    await redis.stop();
+    tls.remove();
+  });
+  afterEach(closeAll);
+
+  test("two nodes share rooms through a TLS-only Redis", async () => {
+    const [a, b] = [await connected(nodes[0].url), await connected(nodes[1].url)];
+    await ack(a, "join", "secure");
+    await ack(b, "join", "secure");
+    let crossed = false;
+    b.on("sealed", () => { crossed = true; });
+    for (let i = 0; i < 60 && !crossed; i++) {
+      a.emit("publish", { room: "secure", event: "sealed" });
+      await sleep(50);
+    }
+    assert.ok(crossed, "a broadcast crossed the TLS connection");
+    assert.equal((await fetch(`${nodes[0].url}/readyz`)).status, 200);
+  });
+
+  test("a server certificate from an unknown CA is refused", async () => {
+    const untrusting = await startServer({ env: { REDIS_URL: redis.url } });
+    try {
+      const res = await fetch(`${untrusting.url}/readyz`);
+      assert.equal(res.status, 503);
+    } finally {
+      await untrusting.stop();
+    }
   });
 });
 
