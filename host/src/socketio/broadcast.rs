@@ -97,9 +97,7 @@ impl BroadcastOperator {
     }
 
     fn event_packet(&self, event: &str, payload: Payload) -> BroadcastPacket {
-        let mut data = Vec::with_capacity(1 + payload.args.len());
-        data.push(Value::String(event.to_owned()));
-        data.extend(payload.args);
+        let data = super::packet::event_data(event, payload.args);
         BroadcastPacket::new(Packet {
             kind: PacketKind::Event,
             nsp: self.ns.name().to_owned(),

@@ -105,9 +105,7 @@ impl Namespace {
         event: &str,
         args: Vec<Value>,
     ) -> Result<(), AdapterError> {
-        let mut data = Vec::with_capacity(1 + args.len());
-        data.push(Value::String(event.to_owned()));
-        data.extend(args);
+        let data = super::packet::event_data(event, args);
         self.adapter.server_side_emit(data).await
     }
 
@@ -118,9 +116,7 @@ impl Namespace {
         args: Vec<Value>,
         timeout: Duration,
     ) -> Result<Vec<Value>, AdapterError> {
-        let mut data = Vec::with_capacity(1 + args.len());
-        data.push(Value::String(event.to_owned()));
-        data.extend(args);
+        let data = super::packet::event_data(event, args);
         self.adapter.server_side_emit_with_ack(data, timeout).await
     }
 

@@ -102,6 +102,14 @@ impl Payload {
     }
 }
 
+/// The data array of an event: its name, then its arguments.
+pub fn event_data(event: &str, args: Vec<Value>) -> Vec<Value> {
+    let mut data = Vec::with_capacity(1 + args.len());
+    data.push(Value::String(event.to_owned()));
+    data.extend(args);
+    data
+}
+
 /// The JSON that stands for binary attachment `num`.
 pub fn placeholder(num: usize) -> Value {
     let mut map = serde_json::Map::with_capacity(2);

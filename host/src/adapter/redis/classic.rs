@@ -529,14 +529,10 @@ impl Adapter for RedisAdapter {
         let packet = packet.clone();
         let opts = opts.clone();
         Box::pin(async move {
-            let (local_tx, mut local_rx) = mpsc::unbounded_channel();
             if opts.local || !self.bus.is_connected() {
-                let expected = self
-                    .local
-                    .local_broadcast_with_ack(&packet, &opts, timeout, &local_tx);
-                drop(local_tx);
-                return Ok(collect_acks(local_rx, expected, timeout).await);
+                return self.local.broadcast_with_ack(&packet, &opts, timeout).await;
             }
+            let (local_tx, mut local_rx) = mpsc::unbounded_channel();
             let (request_id, mut rx, _guard) = self.open_request();
             let body = json!({
                 "uid": self.uid,
