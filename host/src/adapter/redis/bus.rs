@@ -367,11 +367,18 @@ impl RedisBus {
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
             self.stats.received.fetch_add(1, Ordering::Relaxed);
-            let payload: Bytes = match message.value.as_bytes() {
-                Some(bytes) => Bytes::copy_from_slice(bytes),
-                None => continue,
+            let channel = message.channel;
+            // The payload as fred received it, without a copy.
+            let payload: Bytes = match message.value {
+                value @ (fred::types::Value::Bytes(_) | fred::types::Value::String(_)) => {
+                    match value.into_bytes() {
+                        Some(bytes) => bytes,
+                        None => continue,
+                    }
+                }
+                _ => continue,
             };
-            let channel: &str = &message.channel;
+            let channel: &str = &channel;
             for adapter in self.live_adapters() {
                 if adapter.on_message(channel, &payload) {
                     break;
