@@ -49,19 +49,70 @@ impl Default for ContractConfig {
     }
 }
 
-/// A refusal sent back through the client's ack.
+/// A refusal sent back through the client's ack as `{"ok":false,"code":...,"message":...}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Refusal {
-    code: &'static str,
-    message: String,
+pub struct Refusal {
+    /// Stable, machine-readable: `invalid_room`, `forbidden`, `rejected`, `plugin_failed`, ...
+    pub code: &'static str,
+    /// For people.
+    pub message: String,
 }
 
 impl Refusal {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    /// A refusal with a code and a message.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
         Refusal {
             code,
             message: message.into(),
         }
+    }
+}
+
+/// An event a client asked to relay, as the tenant's policy sees and may change it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publish {
+    /// The event name receivers get.
+    pub event: String,
+    /// Its arguments and binary attachments.
+    pub payload: Payload,
+    /// Rooms it goes to.
+    pub rooms: Vec<Room>,
+    /// Rooms excluded (the sender's own id room is added later unless it asked to receive).
+    pub except: Vec<Room>,
+    /// Whether the sender waits for an acknowledgement.
+    pub wants_ack: bool,
+}
+
+/// What a tenant decides before the contract acts: whether a join may happen and what a publish
+/// becomes. The gateway backs it with the tenant's plugins; [`AllowAll`] is the embedded default.
+pub trait ContractPolicy: Send + Sync + 'static {
+    /// May `socket` join `room`?
+    fn authorize_join(&self, socket: &Arc<Socket>, room: &Room) -> Result<(), Refusal>;
+
+    /// The publish to send (possibly rewritten or rerouted), `None` to drop it quietly, or a refusal
+    /// for the sender's ack.
+    fn transform_publish(
+        &self,
+        socket: &Arc<Socket>,
+        publish: Publish,
+    ) -> Result<Option<Publish>, Refusal>;
+}
+
+/// Allows every join and relays every publish unchanged.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AllowAll;
+
+impl ContractPolicy for AllowAll {
+    fn authorize_join(&self, _socket: &Arc<Socket>, _room: &Room) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    fn transform_publish(
+        &self,
+        _socket: &Arc<Socket>,
+        publish: Publish,
+    ) -> Result<Option<Publish>, Refusal> {
+        Ok(Some(publish))
     }
 }
 
@@ -79,8 +130,13 @@ fn answer(ack: Option<AckResponder>, result: Result<Value, Refusal>) {
     ack.send(Payload::json(vec![body]));
 }
 
-/// Handlers implementing the contract for a namespace.
+/// Handlers implementing the contract for a namespace, every join and publish allowed.
 pub fn handlers(config: ContractConfig) -> Handlers {
+    handlers_with_policy(config, Arc::new(AllowAll))
+}
+
+/// Handlers implementing the contract, asking `policy` before each join and publish.
+pub fn handlers_with_policy(config: ContractConfig, policy: Arc<dyn ContractPolicy>) -> Handlers {
     let config = Arc::new(config);
     let (join, leave, publish, request) = (
         Arc::clone(&config),
@@ -88,9 +144,10 @@ pub fn handlers(config: ContractConfig) -> Handlers {
         Arc::clone(&config),
         Arc::clone(&config),
     );
+    let join_policy = Arc::clone(&policy);
     Handlers::new()
         .on(&config.join_event, move |socket, event| {
-            let result = join_room(&join, socket, &event).map(|()| ok(Map::new()));
+            let result = join_room(&join, &*join_policy, socket, &event).map(|()| ok(Map::new()));
             answer(event.ack, result);
         })
         .on(&config.leave_event, move |socket, event| {
@@ -101,9 +158,10 @@ pub fn handlers(config: ContractConfig) -> Handlers {
             answer(event.ack, result);
         })
         .on(&config.publish_event, move |socket, event| {
-            let result =
-                publish_to_rooms(&publish, socket, event.payload.clone()).map(|()| ok(Map::new()));
-            answer(event.ack, result);
+            let Event { payload, ack, .. } = event;
+            let result = publish_to_rooms(&publish, &*policy, socket, payload, ack.is_some())
+                .map(|()| ok(Map::new()));
+            answer(ack, result);
         })
         .on(&config.request_event, move |socket, event| {
             forward_request(&request, socket, event);
@@ -138,7 +196,12 @@ fn room_arg(config: &ContractConfig, event: &Event) -> Result<Room, Refusal> {
     parse_room(config, event.payload.args.first())
 }
 
-fn join_room(config: &ContractConfig, socket: &Arc<Socket>, event: &Event) -> Result<(), Refusal> {
+fn join_room(
+    config: &ContractConfig,
+    policy: &dyn ContractPolicy,
+    socket: &Arc<Socket>,
+    event: &Event,
+) -> Result<(), Refusal> {
     let room = room_arg(config, event)?;
     let rooms = socket.rooms();
     if rooms.contains(&room) {
@@ -154,6 +217,7 @@ fn join_room(config: &ContractConfig, socket: &Arc<Socket>, event: &Event) -> Re
             ),
         ));
     }
+    policy.authorize_join(socket, &room)?;
     socket.join(&[room]);
     Ok(())
 }
@@ -200,8 +264,10 @@ fn string_list(
 
 fn publish_to_rooms(
     config: &ContractConfig,
+    policy: &dyn ContractPolicy,
     socket: &Arc<Socket>,
     payload: Payload,
+    wants_ack: bool,
 ) -> Result<(), Refusal> {
     let Payload { args, attachments } = payload;
     let Some(Value::Object(mut spec)) = args.into_iter().next() else {
@@ -233,6 +299,33 @@ fn publish_to_rooms(
         .unwrap_or(false);
     let event = relayed_event(&spec)?;
     let payload = relayed_args(&mut spec, attachments)?;
+    let publish = Publish {
+        event,
+        payload,
+        rooms,
+        except,
+        wants_ack,
+    };
+    let Some(Publish {
+        event,
+        payload,
+        rooms,
+        except,
+        ..
+    }) = policy.transform_publish(socket, publish)?
+    else {
+        return Ok(());
+    };
+    if rooms.is_empty() {
+        // Routed nowhere: an empty room list would otherwise mean "everyone in the namespace".
+        return Ok(());
+    }
+    if RESERVED_EVENTS.contains(&event.as_str()) || event.is_empty() {
+        return Err(Refusal::new(
+            "invalid_event",
+            "the transformed event name is empty or reserved",
+        ));
+    }
 
     let mut op = socket.namespace().broadcast();
     for room in rooms {

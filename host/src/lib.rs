@@ -10,8 +10,10 @@
 pub mod adapter;
 pub mod contract;
 pub mod engineio;
+pub mod plugin;
 pub mod serve;
 pub mod sid;
 pub mod socketio;
+pub mod tenant;
 
 pub use sid::Sid;

@@ -2,16 +2,19 @@
 //! every namespace open, the client contract) on 0.0.0.0:3000.
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use ioplex::adapter::redis::{RedisAdapterFactory, RedisConfig};
 use ioplex::contract::{self, ContractConfig};
 use ioplex::engineio::{AllowedOrigins, EngineConfig, Transports};
+use ioplex::plugin::{EngineOptions, PluginDir, PluginManifest, PluginRuntime};
 use ioplex::serve::{Router, bind, serve};
 use ioplex::socketio::{SocketIo, SocketIoConfig};
+use ioplex::tenant::{self, DEFAULT_TENANT};
 
 /// Multi-tenant Socket.IO gateway (Engine.IO v4 / Socket.IO v5).
 ///
@@ -19,8 +22,40 @@ use ioplex::socketio::{SocketIo, SocketIoConfig};
 /// namespace open, and the client contract (join / leave / publish / request events). Timing and size
 /// options default to Node socket.io's values.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve Socket.IO clients (the default when no command is given).
+    Serve(Box<ServeArgs>),
+    /// Work with plugin components.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCommand {
+    /// Validate a plugin as the gateway would before serving it: compile, check imports and exports
+    /// against the ioplex:plugin contract, instantiate, and call each hook once. Prints the contract
+    /// version and the hooks it implements; exits 1 if the gateway would refuse it.
+    Check {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// Its manifest (settings and limits); default: FILE with a .toml extension, if present.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+}
+
+/// Options of `ioplex serve`.
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
     /// Address to listen on. The default also listens on [::] so clients resolving `localhost` to ::1 connect.
     #[arg(long, env = "IOPLEX_HOST", default_value = "0.0.0.0")]
     host: IpAddr,
@@ -88,6 +123,18 @@ struct Cli {
     /// Broadcasts held while Redis is unreachable, sent after it returns; older ones are dropped past this.
     #[arg(long, env = "IOPLEX_REDIS_OUTAGE_BUFFER", default_value_t = 10_000)]
     redis_outage_buffer: usize,
+    /// Directory of tenant plugins: `<dir>/<tenant>/<name>.wasm` plus an optional `<name>.toml`
+    /// (settings, limits). Watched: a changed file is validated and swapped in with no restart; a
+    /// broken one is refused and the previous version keeps serving. Default: ./plugins.d if it exists.
+    #[arg(long, env = "IOPLEX_PLUGINS_DIR")]
+    plugins_dir: Option<PathBuf>,
+    /// How often the plugin directory is checked for changes, in ms.
+    #[arg(long, env = "IOPLEX_PLUGINS_POLL", default_value_t = 1000)]
+    plugins_poll: u64,
+    /// Where compiled plugins are cached between restarts (default: $XDG_CACHE_HOME/ioplex/plugins or
+    /// ~/.cache/ioplex/plugins); `none` turns the cache off.
+    #[arg(long, env = "IOPLEX_PLUGIN_CACHE_DIR")]
+    plugin_cache_dir: Option<String>,
     /// Log format.
     #[arg(long, env = "IOPLEX_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -105,7 +152,7 @@ enum LogFormat {
     Json,
 }
 
-impl Cli {
+impl ServeArgs {
     fn engine_config(&self) -> anyhow::Result<EngineConfig> {
         let transports = Transports {
             polling: self
@@ -178,11 +225,101 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+fn plugin_engine_options(cache_dir: Option<&str>) -> EngineOptions {
+    let mut options = EngineOptions::default();
+    match cache_dir {
+        Some("none") => options.cache_dir = None,
+        Some(dir) => options.cache_dir = Some(PathBuf::from(dir)),
+        None => {}
+    }
+    options
+}
+
+/// `ioplex plugin check`: exit code 0 if the gateway would serve the plugin, 1 if it would refuse it.
+fn check_plugin(file: &Path, manifest: Option<&Path>) -> anyhow::Result<bool> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let manifest_path = manifest
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| file.with_extension("toml"));
+    let manifest = match std::fs::read_to_string(&manifest_path) {
+        Ok(text) => PluginManifest::parse(&text, &manifest_path.display().to_string())?,
+        Err(_) if manifest.is_none() => PluginManifest::default(),
+        Err(err) => anyhow::bail!("cannot read {}: {err}", manifest_path.display()),
+    };
+    let mut options = plugin_engine_options(None);
+    options.pooling = false;
+    options.cache_dir = None;
+    let runtime = PluginRuntime::new(options)?;
+    let name = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin");
+    let started = Instant::now();
+    match runtime.prepare("check", name, &bytes, manifest) {
+        Ok(plugin) => {
+            let hooks: Vec<_> = plugin.hooks().iter().map(|h| h.name()).collect();
+            println!("{}: ok", file.display());
+            println!("  contract: {}", ioplex::plugin::CONTRACT);
+            println!("  hooks:    {}", hooks.join(", "));
+            println!("  sha256:   {}", plugin.sha256());
+            println!(
+                "  size:     {} bytes, compiled and smoke-tested in {} ms",
+                plugin.size(),
+                started.elapsed().as_millis()
+            );
+            Ok(true)
+        }
+        Err(err) => {
+            println!("{}: refused: {err}", file.display());
+            Ok(false)
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Plugin(PluginCommand::Check { file, manifest })) => {
+            init_tracing(LogFormat::Text);
+            let ok = check_plugin(&file, manifest.as_deref())?;
+            return Ok(if ok {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            });
+        }
+        Some(Command::Serve(args)) => *args,
+        None => cli.serve,
+    };
+    serve_gateway(args).await?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn serve_gateway(cli: ServeArgs) -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     let engine_config = cli.engine_config()?;
+    let plugins_dir = cli.plugins_dir.clone().or_else(|| {
+        let default = PathBuf::from("plugins.d");
+        default.is_dir().then_some(default)
+    });
+    let plugins = match &plugins_dir {
+        Some(dir) => {
+            let runtime =
+                PluginRuntime::new(plugin_engine_options(cli.plugin_cache_dir.as_deref()))?;
+            let mut source = PluginDir::new(dir.clone(), Arc::clone(&runtime));
+            let report = source.scan().await;
+            tracing::info!(
+                dir = %dir.display(),
+                serving = report.installed.len(),
+                refused = report.refused.len(),
+                "plugins loaded"
+            );
+            source.watch(Duration::from_millis(cli.plugins_poll.max(50)));
+            Some(runtime)
+        }
+        None => None,
+    };
 
     let mut builder = SocketIo::builder();
     let mut readiness: Option<ioplex::serve::Readiness> = None;
@@ -214,10 +351,16 @@ async fn main() -> anyhow::Result<()> {
             max_dynamic_namespaces: cli.max_dynamic_namespaces,
             ..SocketIoConfig::default()
         })
-        .dynamic_namespaces(contract::handlers(ContractConfig {
-            max_rooms_per_socket: cli.max_rooms_per_socket,
-            ..ContractConfig::default()
-        }))
+        .dynamic_namespaces({
+            let contract = ContractConfig {
+                max_rooms_per_socket: cli.max_rooms_per_socket,
+                ..ContractConfig::default()
+            };
+            match &plugins {
+                Some(runtime) => tenant::namespace_handlers(contract, runtime.slot(DEFAULT_TENANT)),
+                None => contract::handlers(contract),
+            }
+        })
         .build();
     let engine = io.engine(engine_config);
     let path = engine.config().path.clone();

@@ -112,6 +112,7 @@ impl Client {
             Err(message) => return send_connect_error(session, &packet.nsp, message, None),
         };
         let mut data = Value::Null;
+        let mut user_id = None;
         let mut rooms = Vec::new();
         for authorize in &ns.handlers().authorizers {
             let request = super::handlers::ConnectRequest {
@@ -123,6 +124,9 @@ impl Client {
                 Ok(accept) => {
                     if let Some(d) = accept.data {
                         data = d;
+                    }
+                    if let Some(u) = accept.user_id {
+                        user_id = Some(u);
                     }
                     rooms.extend(accept.rooms);
                 }
@@ -143,6 +147,7 @@ impl Client {
             self.me.clone(),
             auth,
             data,
+            user_id.map(Arc::from),
         );
         self.io.attach(&ns, Arc::clone(&socket), &rooms);
         self.sockets.lock().push(Arc::clone(&socket));

@@ -23,6 +23,8 @@ pub struct ConnectRequest<'a> {
 /// An accepted connection: data to attach and rooms to join at once.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ConnectAccept {
+    /// Who the socket acts for (e.g. a verified token's subject); later authorizers may replace it.
+    pub user_id: Option<String>,
     /// Application data for the socket (`null` keeps what earlier hooks set).
     pub data: Option<Value>,
     /// Rooms the socket joins before its connect handler runs.

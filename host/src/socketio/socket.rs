@@ -127,6 +127,7 @@ pub struct Socket {
     session: Arc<Session>,
     client: Weak<Client>,
     auth: Value,
+    user_id: Option<Arc<str>>,
     data: Mutex<Value>,
     acks: Mutex<PendingAcks>,
     connected: AtomicBool,
@@ -139,6 +140,7 @@ impl Socket {
         client: Weak<Client>,
         auth: Value,
         data: Value,
+        user_id: Option<Arc<str>>,
     ) -> Arc<Self> {
         Arc::new(Socket {
             id: Sid::random(),
@@ -146,6 +148,7 @@ impl Socket {
             session,
             client,
             auth,
+            user_id,
             data: Mutex::new(data),
             acks: Mutex::new(PendingAcks::default()),
             connected: AtomicBool::new(true),
@@ -165,6 +168,11 @@ impl Socket {
     /// The `auth` object the client sent with CONNECT.
     pub fn auth(&self) -> &Value {
         &self.auth
+    }
+
+    /// Who the socket acts for, as its connect authorizers said (e.g. a plugin's verified token).
+    pub fn user_id(&self) -> Option<&str> {
+        self.user_id.as_deref()
     }
 
     /// The Engine.IO handshake of the connection.

@@ -1,0 +1,263 @@
+//! A tenant's plugins as one chain per hook, behind an atomic pointer that a reload swaps.
+//!
+//! Authorization hooks run in plugin-name order and the first refusal wins; transforms run in the same
+//! order, each seeing the previous one's output. A call in flight keeps the chain it started with, so a
+//! swap never mixes versions within one request and the old version is freed when its last call ends.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::bindings::types;
+use super::error::CallFailure;
+use super::loaded::{Hook, LoadedPlugin};
+
+/// Why a chain did not say yes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HookError {
+    /// A plugin refused, with the message meant for the client.
+    #[error("{0}")]
+    Refused(String),
+    /// A plugin failed to answer; the request fails closed.
+    #[error("plugin {plugin} failed: {failure}")]
+    Failed {
+        /// The plugin's name.
+        plugin: String,
+        /// What went wrong.
+        failure: CallFailure,
+    },
+}
+
+/// An event after the transform chain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventOutcome {
+    /// Deliver this body to these rooms (both possibly rewritten).
+    Deliver {
+        /// What to deliver.
+        body: types::EventBody,
+        /// Where to.
+        rooms: Vec<String>,
+        /// Whether any plugin changed body or rooms.
+        changed: bool,
+    },
+    /// Deliver nothing.
+    Drop,
+}
+
+/// A broadcast after the transform chain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BroadcastOutcome {
+    /// Send as it came.
+    Pass,
+    /// Send this body instead.
+    Rewrite(types::EventBody),
+    /// Send nothing.
+    Drop,
+}
+
+/// The plugins of one tenant, sorted by name.
+#[derive(Debug, Default)]
+pub struct PluginChain {
+    plugins: Vec<Arc<LoadedPlugin>>,
+}
+
+impl PluginChain {
+    pub(crate) fn with(&self, plugin: Arc<LoadedPlugin>) -> PluginChain {
+        let mut plugins: Vec<_> = self
+            .plugins
+            .iter()
+            .filter(|p| p.context().name != plugin.context().name)
+            .cloned()
+            .collect();
+        plugins.push(plugin);
+        plugins.sort_by(|a, b| a.context().name.cmp(&b.context().name));
+        PluginChain { plugins }
+    }
+
+    pub(crate) fn without(&self, name: &str) -> Option<PluginChain> {
+        let plugins: Vec<_> = self
+            .plugins
+            .iter()
+            .filter(|p| &*p.context().name != name)
+            .cloned()
+            .collect();
+        (plugins.len() != self.plugins.len()).then_some(PluginChain { plugins })
+    }
+
+    /// The plugins, in call order.
+    pub fn plugins(&self) -> &[Arc<LoadedPlugin>] {
+        &self.plugins
+    }
+
+    /// The plugin named `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<LoadedPlugin>> {
+        self.plugins.iter().find(|p| &*p.context().name == name)
+    }
+
+    /// Whether any plugin exports `hook` (lets callers skip building the hook's input).
+    pub fn has(&self, hook: Hook) -> bool {
+        self.plugins.iter().any(|p| p.has(hook))
+    }
+
+    fn failed(plugin: &LoadedPlugin, failure: CallFailure) -> HookError {
+        HookError::Failed {
+            plugin: plugin.context().name.to_string(),
+            failure,
+        }
+    }
+
+    /// Runs `authorize-connect` of every plugin; accepts are merged (later user ids and data win, rooms add up).
+    pub fn authorize_connect(
+        &self,
+        request: &types::ConnectRequest,
+    ) -> Result<types::ConnectAccept, HookError> {
+        let mut merged = types::ConnectAccept {
+            user_id: None,
+            data_json: None,
+            rooms: Vec::new(),
+        };
+        for p in self
+            .plugins
+            .iter()
+            .filter(|p| p.has(Hook::AuthorizeConnect))
+        {
+            match p.authorize_connect(request) {
+                Ok(Ok(accept)) => {
+                    if accept.user_id.is_some() {
+                        merged.user_id = accept.user_id;
+                    }
+                    if accept.data_json.is_some() {
+                        merged.data_json = accept.data_json;
+                    }
+                    merged.rooms.extend(accept.rooms);
+                }
+                Ok(Err(message)) => return Err(HookError::Refused(message)),
+                Err(failure) => return Err(Self::failed(p, failure)),
+            }
+        }
+        Ok(merged)
+    }
+
+    /// Runs `authorize-join` of every plugin.
+    pub fn authorize_join(&self, request: &types::JoinRequest) -> Result<(), HookError> {
+        for p in self.plugins.iter().filter(|p| p.has(Hook::AuthorizeJoin)) {
+            match p.authorize_join(request) {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => return Err(HookError::Refused(reason)),
+                Err(failure) => return Err(Self::failed(p, failure)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `transform-event` of every plugin, each on the previous one's output.
+    pub fn transform_event(&self, event: types::ClientEvent) -> Result<EventOutcome, HookError> {
+        let mut event = event;
+        let mut changed = false;
+        for p in self.plugins.iter().filter(|p| p.has(Hook::TransformEvent)) {
+            match p.transform_event(&event) {
+                Ok(Ok(types::EventAction::Pass)) => {}
+                Ok(Ok(types::EventAction::Rewrite(body))) => {
+                    event.body = body;
+                    changed = true;
+                }
+                Ok(Ok(types::EventAction::Route(route))) => {
+                    event.rooms = route.rooms;
+                    if let Some(body) = route.body {
+                        event.body = body;
+                    }
+                    changed = true;
+                }
+                Ok(Ok(types::EventAction::Drop)) => return Ok(EventOutcome::Drop),
+                Ok(Err(message)) => return Err(HookError::Refused(message)),
+                Err(failure) => return Err(Self::failed(p, failure)),
+            }
+        }
+        Ok(EventOutcome::Deliver {
+            body: event.body,
+            rooms: event.rooms,
+            changed,
+        })
+    }
+
+    /// Runs `transform-broadcast` of every plugin, each on the previous one's output.
+    pub fn transform_broadcast(
+        &self,
+        broadcast: types::Broadcast,
+    ) -> Result<BroadcastOutcome, HookError> {
+        let mut broadcast = broadcast;
+        let mut rewritten = false;
+        for p in self
+            .plugins
+            .iter()
+            .filter(|p| p.has(Hook::TransformBroadcast))
+        {
+            match p.transform_broadcast(&broadcast) {
+                Ok(Ok(types::BroadcastAction::Pass)) => {}
+                Ok(Ok(types::BroadcastAction::Rewrite(body))) => {
+                    broadcast.body = body;
+                    rewritten = true;
+                }
+                Ok(Ok(types::BroadcastAction::Drop)) => return Ok(BroadcastOutcome::Drop),
+                Ok(Err(message)) => return Err(HookError::Refused(message)),
+                Err(failure) => return Err(Self::failed(p, failure)),
+            }
+        }
+        Ok(if rewritten {
+            BroadcastOutcome::Rewrite(broadcast.body)
+        } else {
+            BroadcastOutcome::Pass
+        })
+    }
+}
+
+/// A tenant's plugin slot: the chain that serves now, replaced atomically by installs and removals.
+#[derive(Debug)]
+pub struct PluginSlot {
+    tenant: Arc<str>,
+    chain: ArcSwap<PluginChain>,
+    /// Serialises read-modify-write of the chain (installs of two plugins at once); never held across an await.
+    writer: parking_lot::Mutex<()>,
+}
+
+impl PluginSlot {
+    pub(crate) fn new(tenant: Arc<str>) -> Self {
+        PluginSlot {
+            tenant,
+            chain: ArcSwap::from_pointee(PluginChain::default()),
+            writer: parking_lot::Mutex::new(()),
+        }
+    }
+
+    /// The tenant this slot serves.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The chain serving now; hold it for the whole request.
+    pub fn chain(&self) -> Arc<PluginChain> {
+        self.chain.load_full()
+    }
+
+    /// Whether any plugin is installed (a cheap check before building hook inputs).
+    pub fn is_empty(&self) -> bool {
+        self.chain.load().plugins.is_empty()
+    }
+
+    pub(crate) fn install(&self, plugin: Arc<LoadedPlugin>) {
+        let _writer = self.writer.lock();
+        let next = self.chain.load().with(plugin);
+        self.chain.store(Arc::new(next));
+    }
+
+    pub(crate) fn remove(&self, name: &str) -> bool {
+        let _writer = self.writer.lock();
+        match self.chain.load().without(name) {
+            Some(next) => {
+                self.chain.store(Arc::new(next));
+                true
+            }
+            None => false,
+        }
+    }
+}

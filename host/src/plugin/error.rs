@@ -1,0 +1,86 @@
+//! Why a plugin was refused, and why a call failed.
+
+use std::time::Duration;
+
+/// A plugin version that cannot serve. The old version, if any, keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// Precompiled native code is only loaded from this node's own cache, never from outside.
+    #[error("this is precompiled native code (.cwasm); install the .wasm component instead")]
+    Precompiled,
+    /// A core module, or not WebAssembly at all.
+    #[error("not a WebAssembly component: {0}")]
+    NotAComponent(String),
+    /// Larger than the configured limit.
+    #[error("the component is {size} bytes, more than the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    /// Cranelift refused it.
+    #[error("the component does not compile: {0}")]
+    Compile(String),
+    /// It imports something the host does not provide (files, sockets, another contract version...).
+    #[error(
+        "the component imports `{0}`, which ioplex does not provide (plugins may import ioplex:plugin/host@0.1 and WASI 0.2 only)"
+    )]
+    ForbiddenImport(String),
+    /// It exports none of the hooks of a contract version this host serves.
+    #[error("the component exports no ioplex hook (expected one of {expected}; found: {found})")]
+    NoHooks { expected: String, found: String },
+    /// An export has the right name but the wrong shape.
+    #[error("the hook {hook} does not match the contract: {reason}")]
+    HookMismatch { hook: &'static str, reason: String },
+    /// Linking or instantiating failed.
+    #[error("the component cannot be instantiated: {0}")]
+    Instantiate(String),
+    /// The smoke call trapped, timed out or ran out of memory.
+    #[error("the smoke call of {hook} failed: {failure}")]
+    SmokeCall {
+        hook: &'static str,
+        failure: CallFailure,
+    },
+    /// The manifest next to the component is unreadable.
+    #[error("manifest {path}: {reason}")]
+    Manifest { path: String, reason: String },
+    /// Reading the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The engine could not be set up.
+    #[error("plugin engine: {0}")]
+    Engine(String),
+}
+
+/// A hook call that produced no answer. Every kind fails closed and counts toward the tenant's breaker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallFailure {
+    /// The call ran past its CPU deadline and was interrupted.
+    #[error("ran past its {0:?} deadline")]
+    Timeout(Duration),
+    /// The guest tried to grow its memory past the cap.
+    #[error("ran out of memory (cap {0} bytes)")]
+    OutOfMemory(usize),
+    /// The guest trapped (a panic, an unreachable, a bad memory access, a stack overflow).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// A fresh instance could not be made (e.g. the instance pool is full).
+    #[error("no instance available: {0}")]
+    Unavailable(String),
+    /// The tenant's breaker is open after repeated failures: calls are refused until it closes.
+    #[error("plugin disabled for {0:?} after repeated failures")]
+    BreakerOpen(Duration),
+}
+
+impl CallFailure {
+    /// A short, stable label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallFailure::Timeout(_) => "timeout",
+            CallFailure::OutOfMemory(_) => "out_of_memory",
+            CallFailure::Trap(_) => "trap",
+            CallFailure::Unavailable(_) => "unavailable",
+            CallFailure::BreakerOpen(_) => "breaker_open",
+        }
+    }
+}

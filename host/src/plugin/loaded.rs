@@ -1,0 +1,518 @@
+//! One validated plugin version: its compiled component, the hooks it exports, a pool of warm
+//! instances, and the call path that enforces deadline, memory cap and breaker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use wasmtime::component::{Component, InstancePre};
+use wasmtime::{Store, Trap};
+
+use super::bindings::{
+    authorize_connect, authorize_join, transform_broadcast, transform_event, types,
+};
+use super::breaker::Breaker;
+use super::engine::PluginEngine;
+use super::error::{CallFailure, PluginError};
+use super::limits::PluginLimits;
+use super::state::{HostState, PluginContext};
+
+/// The contract version whose hooks this host calls.
+pub const CONTRACT: &str = "ioplex:plugin@0.1.0";
+
+/// Deadline for instantiating (guest start-up code), separate from the per-call deadline.
+const INSTANTIATE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// The hooks of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// `authorize-connect`
+    AuthorizeConnect,
+    /// `authorize-join`
+    AuthorizeJoin,
+    /// `transform-event`
+    TransformEvent,
+    /// `transform-broadcast`
+    TransformBroadcast,
+}
+
+impl Hook {
+    /// Every hook, in contract order.
+    pub const ALL: [Hook; 4] = [
+        Hook::AuthorizeConnect,
+        Hook::AuthorizeJoin,
+        Hook::TransformEvent,
+        Hook::TransformBroadcast,
+    ];
+
+    /// The hook's WIT name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::AuthorizeConnect => "authorize-connect",
+            Hook::AuthorizeJoin => "authorize-join",
+            Hook::TransformEvent => "transform-event",
+            Hook::TransformBroadcast => "transform-broadcast",
+        }
+    }
+
+    /// The component export that carries the hook.
+    pub fn export_name(self) -> String {
+        format!("ioplex:plugin/{}@0.1.0", self.name())
+    }
+}
+
+/// Export lookups resolved once per version.
+struct HookIndices {
+    connect: Option<authorize_connect::GuestIndices>,
+    join: Option<authorize_join::GuestIndices>,
+    event: Option<transform_event::GuestIndices>,
+    broadcast: Option<transform_broadcast::GuestIndices>,
+}
+
+/// The typed hook functions of one instance.
+struct Guests {
+    connect: Option<authorize_connect::Guest>,
+    join: Option<authorize_join::Guest>,
+    event: Option<transform_event::Guest>,
+    broadcast: Option<transform_broadcast::Guest>,
+}
+
+/// An instantiated plugin ready for a call.
+struct Warm {
+    store: Store<HostState>,
+    guests: Guests,
+    calls: u64,
+}
+
+/// Counters of one plugin version.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    /// Hook calls that returned an answer.
+    pub calls: AtomicU64,
+    /// Calls interrupted at their deadline.
+    pub timeouts: AtomicU64,
+    /// Calls that hit the memory cap.
+    pub out_of_memory: AtomicU64,
+    /// Calls that trapped otherwise.
+    pub traps: AtomicU64,
+    /// Calls refused by the open breaker.
+    pub breaker_refusals: AtomicU64,
+    /// Instances created (the first, recycled and concurrent ones).
+    pub instantiations: AtomicU64,
+}
+
+/// A plugin version that passed validation and serves calls.
+pub struct LoadedPlugin {
+    ctx: Arc<PluginContext>,
+    sha256: String,
+    size: usize,
+    pre: InstancePre<HostState>,
+    indices: HookIndices,
+    limits: PluginLimits,
+    deadline_ticks: u64,
+    instantiate_ticks: u64,
+    pool: Mutex<Vec<Warm>>,
+    breaker: Breaker,
+    stats: PluginStats,
+    loaded_at: Instant,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("tenant", &self.ctx.tenant)
+            .field("name", &self.ctx.name)
+            .field("version", &self.ctx.version)
+            .field("hooks", &self.hooks())
+            .finish()
+    }
+}
+
+impl LoadedPlugin {
+    /// Validates a compiled component (blocking: imports, exports, instantiation and one smoke call per
+    /// hook, under the plugin's own limits).
+    pub(crate) fn validate(
+        engine: &PluginEngine,
+        component: &Component,
+        ctx: Arc<PluginContext>,
+        sha256: String,
+        size: usize,
+        limits: PluginLimits,
+    ) -> Result<Self, PluginError> {
+        check_imports(engine, component)?;
+        let pre = engine
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
+        let indices = HookIndices {
+            connect: authorize_connect::GuestIndices::new(&pre).ok(),
+            join: authorize_join::GuestIndices::new(&pre).ok(),
+            event: transform_event::GuestIndices::new(&pre).ok(),
+            broadcast: transform_broadcast::GuestIndices::new(&pre).ok(),
+        };
+        let plugin = LoadedPlugin {
+            ctx,
+            sha256,
+            size,
+            pre,
+            indices,
+            deadline_ticks: engine.ticks(limits.deadline),
+            instantiate_ticks: engine.ticks(INSTANTIATE_DEADLINE),
+            limits,
+            pool: Mutex::new(Vec::new()),
+            breaker: Breaker::new(),
+            stats: PluginStats::default(),
+            loaded_at: Instant::now(),
+        };
+        if plugin.hooks().is_empty() {
+            let found: Vec<String> = component
+                .component_type()
+                .exports(&engine.engine)
+                .map(|(name, _)| name.to_owned())
+                .collect();
+            return Err(PluginError::NoHooks {
+                expected: Hook::ALL
+                    .iter()
+                    .map(|h| h.export_name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                found: if found.is_empty() {
+                    "nothing".into()
+                } else {
+                    found.join(", ")
+                },
+            });
+        }
+        plugin.smoke_test()?;
+        Ok(plugin)
+    }
+
+    /// Calls each exported hook once with neutral input, failing validation on a trap or timeout. The
+    /// hook may refuse; only a failure to answer counts.
+    fn smoke_test(&self) -> Result<(), PluginError> {
+        let socket = types::SocketInfo {
+            tenant: self.ctx.tenant.to_string(),
+            namespace: "/".into(),
+            id: "ioplex-smoke-test000".into(),
+            user_id: None,
+            data_json: "null".into(),
+            rooms: Vec::new(),
+        };
+        let body = types::EventBody {
+            name: "ioplex:smoke".into(),
+            args_json: "[]".into(),
+            attachments: Vec::new(),
+        };
+        let fail = |hook: Hook| {
+            move |failure| PluginError::SmokeCall {
+                hook: hook.name(),
+                failure,
+            }
+        };
+        // Instantiating the first warm instance also proves the component links.
+        let warm = self.instantiate().map_err(|f| match f {
+            CallFailure::Unavailable(m) => PluginError::Instantiate(m),
+            other => PluginError::SmokeCall {
+                hook: "instantiate",
+                failure: other,
+            },
+        })?;
+        self.pool.lock().push(warm);
+        if self.indices.connect.is_some() {
+            // A refusal is a fine answer here; only a failure to answer fails validation.
+            let _answer = self
+                .authorize_connect(&types::ConnectRequest {
+                    tenant: self.ctx.tenant.to_string(),
+                    namespace: "/".into(),
+                    auth_json: "{}".into(),
+                    query: Vec::new(),
+                    headers: Vec::new(),
+                    remote_address: None,
+                })
+                .map_err(fail(Hook::AuthorizeConnect))?;
+        }
+        if self.indices.join.is_some() {
+            // A refusal is a fine answer here; only a failure to answer fails validation.
+            let _answer = self
+                .authorize_join(&types::JoinRequest {
+                    socket: socket.clone(),
+                    room: "ioplex:smoke".into(),
+                })
+                .map_err(fail(Hook::AuthorizeJoin))?;
+        }
+        if self.indices.event.is_some() {
+            // A refusal is a fine answer here; only a failure to answer fails validation.
+            let _answer = self
+                .transform_event(&types::ClientEvent {
+                    socket,
+                    body: body.clone(),
+                    rooms: Vec::new(),
+                    wants_ack: false,
+                })
+                .map_err(fail(Hook::TransformEvent))?;
+        }
+        if self.indices.broadcast.is_some() {
+            // A refusal is a fine answer here; only a failure to answer fails validation.
+            let _answer = self
+                .transform_broadcast(&types::Broadcast {
+                    tenant: self.ctx.tenant.to_string(),
+                    namespace: "/".into(),
+                    rooms: Vec::new(),
+                    except: Vec::new(),
+                    body,
+                })
+                .map_err(fail(Hook::TransformBroadcast))?;
+        }
+        Ok(())
+    }
+
+    /// Who the plugin runs for.
+    pub fn context(&self) -> &PluginContext {
+        &self.ctx
+    }
+
+    /// Hex SHA-256 of the component.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Size of the component in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The limits it runs under.
+    pub fn limits(&self) -> &PluginLimits {
+        &self.limits
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &PluginStats {
+        &self.stats
+    }
+
+    /// When this version started serving.
+    pub fn loaded_at(&self) -> Instant {
+        self.loaded_at
+    }
+
+    /// The hooks the component exports.
+    pub fn hooks(&self) -> Vec<Hook> {
+        let i = &self.indices;
+        [
+            (i.connect.is_some(), Hook::AuthorizeConnect),
+            (i.join.is_some(), Hook::AuthorizeJoin),
+            (i.event.is_some(), Hook::TransformEvent),
+            (i.broadcast.is_some(), Hook::TransformBroadcast),
+        ]
+        .into_iter()
+        .filter_map(|(has, hook)| has.then_some(hook))
+        .collect()
+    }
+
+    /// Whether the component exports `hook`.
+    pub fn has(&self, hook: Hook) -> bool {
+        match hook {
+            Hook::AuthorizeConnect => self.indices.connect.is_some(),
+            Hook::AuthorizeJoin => self.indices.join.is_some(),
+            Hook::TransformEvent => self.indices.event.is_some(),
+            Hook::TransformBroadcast => self.indices.broadcast.is_some(),
+        }
+    }
+
+    /// `authorize-connect`; `Ok(Err(message))` is the plugin's refusal.
+    pub fn authorize_connect(
+        &self,
+        request: &types::ConnectRequest,
+    ) -> Result<Result<types::ConnectAccept, String>, CallFailure> {
+        self.call(Hook::AuthorizeConnect, |guests, store| {
+            match &guests.connect {
+                Some(g) => g.call_authorize_connect(store, request),
+                None => Ok(Ok(types::ConnectAccept {
+                    user_id: None,
+                    data_json: None,
+                    rooms: Vec::new(),
+                })),
+            }
+        })
+    }
+
+    /// `authorize-join`; `Ok(Err(reason))` is the plugin's refusal.
+    pub fn authorize_join(
+        &self,
+        request: &types::JoinRequest,
+    ) -> Result<Result<(), String>, CallFailure> {
+        self.call(Hook::AuthorizeJoin, |guests, store| match &guests.join {
+            Some(g) => g.call_authorize_join(store, request),
+            None => Ok(Ok(())),
+        })
+    }
+
+    /// `transform-event`; `Ok(Err(message))` rejects the event.
+    pub fn transform_event(
+        &self,
+        event: &types::ClientEvent,
+    ) -> Result<Result<types::EventAction, String>, CallFailure> {
+        self.call(Hook::TransformEvent, |guests, store| match &guests.event {
+            Some(g) => g.call_transform_event(store, event),
+            None => Ok(Ok(types::EventAction::Pass)),
+        })
+    }
+
+    /// `transform-broadcast`; `Ok(Err(message))` drops the broadcast.
+    pub fn transform_broadcast(
+        &self,
+        broadcast: &types::Broadcast,
+    ) -> Result<Result<types::BroadcastAction, String>, CallFailure> {
+        self.call(Hook::TransformBroadcast, |guests, store| {
+            match &guests.broadcast {
+                Some(g) => g.call_transform_broadcast(store, broadcast),
+                None => Ok(Ok(types::BroadcastAction::Pass)),
+            }
+        })
+    }
+
+    /// Runs one hook call on a warm instance under the deadline. A failed instance is dropped with its
+    /// store (a trapped store cannot be entered again); a healthy one goes back to the pool.
+    fn call<R>(
+        &self,
+        hook: Hook,
+        f: impl FnOnce(&Guests, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallFailure> {
+        if let Err(remaining) = self.breaker.check() {
+            self.stats.breaker_refusals.fetch_add(1, Ordering::Relaxed);
+            return Err(CallFailure::BreakerOpen(remaining));
+        }
+        let taken = self.pool.lock().pop();
+        let mut warm = match taken {
+            Some(warm) => warm,
+            None => self.instantiate()?,
+        };
+        warm.store.data_mut().start_call();
+        warm.store.set_epoch_deadline(self.deadline_ticks);
+        let result = f(&warm.guests, &mut warm.store);
+        match result {
+            Ok(value) => {
+                self.stats.calls.fetch_add(1, Ordering::Relaxed);
+                self.breaker.record_success();
+                warm.calls += 1;
+                let tired = warm.calls >= self.limits.calls_per_instance
+                    || warm.store.data().cap.used() > self.limits.memory_bytes / 2;
+                if !tired {
+                    let mut pool = self.pool.lock();
+                    if pool.len() < self.limits.warm_instances {
+                        pool.push(warm);
+                    }
+                }
+                Ok(value)
+            }
+            Err(err) => {
+                let failure = self.classify(&warm.store, &err);
+                drop(warm);
+                self.record_failure(hook, &failure, &err);
+                Err(failure)
+            }
+        }
+    }
+
+    fn classify(&self, store: &Store<HostState>, err: &wasmtime::Error) -> CallFailure {
+        if store.data().cap.denied() {
+            return CallFailure::OutOfMemory(store.data().cap.cap());
+        }
+        match err.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => CallFailure::Timeout(self.limits.deadline),
+            Some(trap) => CallFailure::Trap(trap.to_string()),
+            None => CallFailure::Trap(format!("{err:#}")),
+        }
+    }
+
+    fn record_failure(&self, hook: Hook, failure: &CallFailure, err: &wasmtime::Error) {
+        let counter = match failure {
+            CallFailure::Timeout(_) => &self.stats.timeouts,
+            CallFailure::OutOfMemory(_) => &self.stats.out_of_memory,
+            _ => &self.stats.traps,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let opened = self.breaker.record_failure();
+        tracing::warn!(
+            tenant = %self.ctx.tenant,
+            plugin = %self.ctx.name,
+            version = %self.ctx.version,
+            hook = hook.name(),
+            kind = failure.kind(),
+            error = %format!("{err:?}").lines().take(12).collect::<Vec<_>>().join(" | "),
+            "plugin call failed; the request fails closed"
+        );
+        if let Some(backoff) = opened {
+            tracing::error!(
+                tenant = %self.ctx.tenant,
+                plugin = %self.ctx.name,
+                version = %self.ctx.version,
+                backoff_ms = backoff.as_millis() as u64,
+                "plugin breaker open after repeated failures: its hooks refuse until the backoff ends"
+            );
+        }
+    }
+
+    fn instantiate(&self) -> Result<Warm, CallFailure> {
+        let engine = self.pre.engine();
+        let mut store = Store::new(
+            engine,
+            HostState::new(Arc::clone(&self.ctx), self.limits.memory_bytes),
+        );
+        store.limiter(|s| &mut s.cap);
+        store.set_epoch_deadline(self.instantiate_ticks);
+        let unavailable = |e: wasmtime::Error| CallFailure::Unavailable(format!("{e:#}"));
+        let instance = self.pre.instantiate(&mut store).map_err(unavailable)?;
+        let i = &self.indices;
+        let guests = Guests {
+            connect: i
+                .connect
+                .as_ref()
+                .map(|x| x.load(&mut store, &instance))
+                .transpose()
+                .map_err(unavailable)?,
+            join: i
+                .join
+                .as_ref()
+                .map(|x| x.load(&mut store, &instance))
+                .transpose()
+                .map_err(unavailable)?,
+            event: i
+                .event
+                .as_ref()
+                .map(|x| x.load(&mut store, &instance))
+                .transpose()
+                .map_err(unavailable)?,
+            broadcast: i
+                .broadcast
+                .as_ref()
+                .map(|x| x.load(&mut store, &instance))
+                .transpose()
+                .map_err(unavailable)?,
+        };
+        self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        Ok(Warm {
+            store,
+            guests,
+            calls: 0,
+        })
+    }
+}
+
+/// Refuses imports outside the host interface and the WASI 0.2 interfaces that an empty context serves.
+fn check_imports(engine: &PluginEngine, component: &Component) -> Result<(), PluginError> {
+    for (name, _) in component.component_type().imports(&engine.engine) {
+        let allowed = name.starts_with("ioplex:plugin/host@0.1.")
+            || name.starts_with("ioplex:plugin/types@0.1.")
+            || (name.starts_with("wasi:")
+                && name.contains("@0.2.")
+                && !name.starts_with("wasi:sockets/")
+                && !name.starts_with("wasi:http/"));
+        if !allowed {
+            return Err(PluginError::ForbiddenImport(name.to_owned()));
+        }
+    }
+    Ok(())
+}

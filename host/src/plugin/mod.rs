@@ -1,0 +1,39 @@
+//! Tenant plugins: sandboxed WebAssembly components that decide who connects, who joins which room,
+//! and what events and broadcasts carry.
+//!
+//! The contract is the WIT package `ioplex:plugin@0.1.0` (`wit/plugin.wit`). This module knows
+//! nothing of sockets: callers build the WIT records ([`types`]) and act on the answers.
+//!
+//! - [`PluginRuntime`]: one wasmtime engine (instance pool, epoch ticker) and one [`PluginSlot`] per
+//!   tenant. [`PluginRuntime::install`] compiles off the request path, validates (imports, exports, a
+//!   smoke call per hook) and swaps atomically; a refused version leaves the old one serving.
+//! - [`PluginChain`]: what a request holds: the tenant's plugins in name order, each hook run as a chain.
+//! - Every call runs on a warm instance under a CPU deadline and a memory cap; a trap, timeout or OOM
+//!   drops that instance, fails the request closed, is logged and counted, and repeated failures open
+//!   the plugin's breaker.
+//! - [`PluginDir`]: plugins from `<dir>/<tenant>/<name>.wasm` (+ `<name>.toml`), watched for changes.
+
+mod bindings;
+mod breaker;
+mod chain;
+mod compile;
+mod engine;
+mod error;
+mod limits;
+mod loaded;
+mod manifest;
+mod runtime;
+mod state;
+mod watch;
+
+pub use bindings::types;
+pub use chain::{BroadcastOutcome, EventOutcome, HookError, PluginChain, PluginSlot};
+pub use compile::sha256_hex;
+pub use engine::{EngineOptions, default_cache_dir};
+pub use error::{CallFailure, PluginError};
+pub use limits::PluginLimits;
+pub use loaded::{CONTRACT, Hook, LoadedPlugin, PluginStats};
+pub use manifest::PluginManifest;
+pub use runtime::PluginRuntime;
+pub use state::PluginContext;
+pub use watch::{PluginDir, ScanReport};

@@ -1,0 +1,112 @@
+//! What a plugin's store holds, and the host functions a plugin may import.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::LogLevel;
+use super::bindings::ioplex::plugin::{host, types};
+use super::limits::MemoryCap;
+
+/// Log lines a plugin may write per call; more are dropped (a guest must not flood the host's logs).
+const LOGS_PER_CALL: u32 = 16;
+/// Longest log line kept, in bytes.
+const LOG_LINE_MAX: usize = 1024;
+
+/// Who a plugin instance runs for; shared by every instance of one plugin version.
+#[derive(Debug)]
+pub struct PluginContext {
+    /// The tenant the plugin belongs to.
+    pub tenant: Arc<str>,
+    /// The plugin's name within the tenant (its file name without `.wasm`).
+    pub name: Arc<str>,
+    /// First 12 hex digits of the component's SHA-256.
+    pub version: String,
+    /// Settings from the tenant's configuration, read by the guest through `host.setting`.
+    pub settings: BTreeMap<String, String>,
+}
+
+/// The data of one plugin store: an empty WASI context (no files, network, environment, arguments or
+/// stdio), the memory cap, and the plugin's identity.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) cap: MemoryCap,
+    ctx: Arc<PluginContext>,
+    logs_this_call: u32,
+}
+
+impl HostState {
+    pub(crate) fn new(ctx: Arc<PluginContext>, memory_bytes: usize) -> Self {
+        HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            cap: MemoryCap::new(memory_bytes),
+            ctx,
+            logs_this_call: 0,
+        }
+    }
+
+    pub(crate) fn start_call(&mut self) {
+        self.logs_this_call = 0;
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        self.logs_this_call += 1;
+        if self.logs_this_call > LOGS_PER_CALL {
+            return Ok(());
+        }
+        let mut message = message;
+        if message.len() > LOG_LINE_MAX {
+            let mut end = LOG_LINE_MAX;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        let (tenant, plugin, version) = (&*self.ctx.tenant, &*self.ctx.name, &self.ctx.version);
+        match level {
+            LogLevel::Trace => {
+                tracing::trace!(target: "ioplex::plugin::guest", tenant, plugin, version, "{message}")
+            }
+            LogLevel::Debug => {
+                tracing::debug!(target: "ioplex::plugin::guest", tenant, plugin, version, "{message}")
+            }
+            LogLevel::Info => {
+                tracing::info!(target: "ioplex::plugin::guest", tenant, plugin, version, "{message}")
+            }
+            LogLevel::Warn => {
+                tracing::warn!(target: "ioplex::plugin::guest", tenant, plugin, version, "{message}")
+            }
+            LogLevel::Error => {
+                tracing::error!(target: "ioplex::plugin::guest", tenant, plugin, version, "{message}")
+            }
+        }
+        Ok(())
+    }
+
+    fn setting(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.ctx.settings.get(&key).cloned())
+    }
+
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64))
+    }
+}

@@ -1,0 +1,220 @@
+//! Plugins from a directory: `<dir>/<tenant>/<name>.wasm`, with an optional `<name>.toml` manifest
+//! beside it, installed at start-up and reinstalled when either file changes.
+//!
+//! Replace a plugin by writing the new file under another name and renaming it over the old one; a
+//! half-written file is refused like any broken upload (the old version keeps serving) and retried when
+//! it changes again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::manifest::PluginManifest;
+use super::runtime::PluginRuntime;
+
+/// What identifies one version of a plugin's files without reading them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    wasm: (u64, Option<SystemTime>),
+    manifest: Option<(u64, Option<SystemTime>)>,
+}
+
+/// A plugin file that appeared or changed.
+struct Changed {
+    tenant: String,
+    name: String,
+    stamp: Stamp,
+    bytes: std::io::Result<Vec<u8>>,
+    manifest: Option<(PathBuf, std::io::Result<String>)>,
+}
+
+/// Keeps a runtime in step with a plugin directory.
+pub struct PluginDir {
+    root: PathBuf,
+    runtime: Arc<PluginRuntime>,
+    seen: HashMap<(String, String), Stamp>,
+}
+
+/// What one scan did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ScanReport {
+    /// `tenant/name` of versions now serving.
+    pub installed: Vec<String>,
+    /// `tenant/name: error` of versions refused.
+    pub refused: Vec<String>,
+    /// `tenant/name` of plugins whose files went away.
+    pub removed: Vec<String>,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !name.starts_with('.')
+}
+
+fn stamp_of(path: &Path) -> Option<(u64, Option<SystemTime>)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()))
+}
+
+impl PluginDir {
+    /// A directory source for `runtime`; nothing is read until [`PluginDir::scan`].
+    pub fn new(root: impl Into<PathBuf>, runtime: Arc<PluginRuntime>) -> Self {
+        PluginDir {
+            root: root.into(),
+            runtime,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Lists the plugin files and reads those that changed since the last scan (blocking I/O).
+    fn collect(
+        root: &Path,
+        seen: &HashMap<(String, String), Stamp>,
+    ) -> (Vec<Changed>, Vec<(String, String)>) {
+        let mut changed = Vec::new();
+        let mut present = Vec::new();
+        let Ok(tenants) = std::fs::read_dir(root) else {
+            return (changed, present);
+        };
+        for tenant_dir in tenants.flatten() {
+            let tenant = tenant_dir.file_name().to_string_lossy().into_owned();
+            if !valid_name(&tenant) || !tenant_dir.path().is_dir() {
+                continue;
+            }
+            let Ok(files) = std::fs::read_dir(tenant_dir.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let path = file.path();
+                if path.extension().and_then(|e| e.to_str()) != Some("wasm") {
+                    continue;
+                }
+                let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned)
+                else {
+                    continue;
+                };
+                if !valid_name(&name) {
+                    continue;
+                }
+                let Some(wasm) = stamp_of(&path) else {
+                    continue;
+                };
+                let manifest_path = path.with_extension("toml");
+                let stamp = Stamp {
+                    wasm,
+                    manifest: stamp_of(&manifest_path),
+                };
+                let key = (tenant.clone(), name.clone());
+                present.push(key.clone());
+                if seen.get(&key) == Some(&stamp) {
+                    continue;
+                }
+                let manifest = stamp.manifest.is_some().then(|| {
+                    (
+                        manifest_path.clone(),
+                        std::fs::read_to_string(&manifest_path),
+                    )
+                });
+                changed.push(Changed {
+                    tenant: key.0,
+                    name: key.1,
+                    stamp,
+                    bytes: std::fs::read(&path),
+                    manifest,
+                });
+            }
+        }
+        (changed, present)
+    }
+
+    /// Installs what changed, removes what went away.
+    pub async fn scan(&mut self) -> ScanReport {
+        let root = self.root.clone();
+        let seen = self.seen.clone();
+        let (changed, present) =
+            match tokio::task::spawn_blocking(move || Self::collect(&root, &seen)).await {
+                Ok(found) => found,
+                Err(err) => {
+                    tracing::error!(error = %err, "plugin directory scan failed");
+                    return ScanReport::default();
+                }
+            };
+        let mut report = ScanReport::default();
+        for c in changed {
+            let id = format!("{}/{}", c.tenant, c.name);
+            self.seen
+                .insert((c.tenant.clone(), c.name.clone()), c.stamp);
+            let result = async {
+                let bytes = c.bytes.map_err(|e| format!("{}.wasm: {e}", c.name))?;
+                let manifest = match c.manifest {
+                    None => PluginManifest::default(),
+                    Some((path, text)) => {
+                        let origin = path.display().to_string();
+                        let text = text.map_err(|e| format!("{origin}: {e}"))?;
+                        PluginManifest::parse(&text, &origin).map_err(|e| e.to_string())?
+                    }
+                };
+                let current = self.runtime.slot(&c.tenant).chain();
+                if let Some(p) = current.get(&c.name)
+                    && p.sha256() == super::compile::sha256_hex(&bytes)
+                    && p.context().settings == manifest.settings
+                    && *p.limits() == manifest.limits
+                {
+                    return Ok(false); // touched, not changed
+                }
+                self.runtime
+                    .install(&c.tenant, &c.name, bytes, manifest)
+                    .await
+                    .map(|_| true)
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            match result {
+                Ok(true) => report.installed.push(id),
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(plugin = %id, error = %err, "plugin file refused");
+                    report.refused.push(format!("{id}: {err}"));
+                }
+            }
+        }
+        let gone: Vec<_> = self
+            .seen
+            .keys()
+            .filter(|k| !present.contains(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.seen.remove(&key);
+            if self.runtime.remove(&key.0, &key.1) {
+                report.removed.push(format!("{}/{}", key.0, key.1));
+            }
+        }
+        report
+    }
+
+    /// Scans every `interval` until the runtime is dropped elsewhere and this is the last reference.
+    pub fn watch(mut self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                self.scan().await;
+                if Arc::strong_count(&self.runtime) == 1 {
+                    return;
+                }
+            }
+        })
+    }
+}

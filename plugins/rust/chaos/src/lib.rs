@@ -1,0 +1,50 @@
+//! A plugin that misbehaves on request, so tests can prove the sandbox holds: joining room `chaos:loop`
+//! spins forever, `chaos:oom` allocates until the memory cap stops it, `chaos:trap` panics, and
+//! `chaos:refuse` is an ordinary refusal. Events named `loop`, `oom` and `trap` do the same in
+//! `transform_event`; any other room or event passes. The setting `label` is echoed in refusals, so a
+//! test can tell which version answered.
+
+use std::hint::black_box;
+
+use ioplex_guest::{ClientEvent, EventAction, JoinRequest, Plugin, host};
+
+fn misbehave(what: &str) -> Result<(), String> {
+    match what {
+        "loop" => {
+            let mut n: u64 = 0;
+            loop {
+                n = black_box(n.wrapping_add(1));
+            }
+        }
+        "oom" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                black_box(&hoard);
+            }
+        }
+        "trap" => panic!("chaos plugin asked to trap"),
+        "refuse" => Err(format!(
+            "refused by chaos {}",
+            host::setting("label").unwrap_or_default()
+        )),
+        _ => Ok(()),
+    }
+}
+
+struct Chaos;
+
+impl Plugin for Chaos {
+    fn authorize_join(request: JoinRequest) -> Result<(), String> {
+        match request.room.strip_prefix("chaos:") {
+            Some(what) => misbehave(what),
+            None => Ok(()),
+        }
+    }
+
+    fn transform_event(event: ClientEvent) -> Result<EventAction, String> {
+        misbehave(&event.body.name).map(|()| EventAction::Pass)
+    }
+}
+
+ioplex_guest::export!(Chaos: authorize_join, transform_event);
