@@ -172,13 +172,23 @@ impl ConnectRequest {
 #[macro_export]
 macro_rules! export {
     ($plugin:ty : $($hook:ident),+ $(,)?) => {
-        $( $crate::__export_hook!($plugin, $hook); )+
+        $(
+            $crate::__export_hook!($plugin, $hook);
+            $crate::__export_hook!(@native $plugin, $hook);
+        )+
     };
 }
 
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __export_hook {
+    // Native builds export nothing but still use the hook, so the plugin's own code is not dead there.
+    (@native $plugin:ty, $hook:ident) => {
+        #[cfg(not(target_family = "wasm"))]
+        const _: () = {
+            let _ = <$plugin as $crate::Plugin>::$hook;
+        };
+    };
     ($plugin:ty, authorize_connect) => {
         // Only wasm builds export: a native build (the plugin's own unit tests) links no hook symbols.
         #[cfg(target_family = "wasm")]

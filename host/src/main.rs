@@ -14,7 +14,7 @@ use ioplex::engineio::{AllowedOrigins, EngineConfig, Transports};
 use ioplex::plugin::{EngineOptions, PluginDir, PluginManifest, PluginRuntime};
 use ioplex::serve::{Router, bind, serve};
 use ioplex::socketio::{SocketIo, SocketIoConfig};
-use ioplex::tenant::{self, DEFAULT_TENANT};
+use ioplex::tenant;
 
 /// Multi-tenant Socket.IO gateway (Engine.IO v4 / Socket.IO v5).
 ///
@@ -196,7 +196,10 @@ impl ServeArgs {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal: log files and collectors get plain `key=value` text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -357,7 +360,7 @@ async fn serve_gateway(cli: ServeArgs) -> anyhow::Result<()> {
                 ..ContractConfig::default()
             };
             match &plugins {
-                Some(runtime) => tenant::namespace_handlers(contract, runtime.slot(DEFAULT_TENANT)),
+                Some(runtime) => tenant::namespace_handlers(contract, Arc::clone(runtime)),
                 None => contract::handlers(contract),
             }
         })

@@ -72,7 +72,7 @@ export async function startServer(options = {}) {
   }
 }
 
-async function startOnce({ name = "ioplex", args = [], env = {} }) {
+async function startOnce({ name = "ioplex", args = [], env = {}, readyTimeoutMs = 15000 }) {
   const port = await freePort();
   const logs = [];
   const child = spawn(binaryPath(name), args, {
@@ -81,7 +81,7 @@ async function startOnce({ name = "ioplex", args = [], env = {} }) {
   });
   child.stdout.on("data", (d) => logs.push(d.toString()));
   child.stderr.on("data", (d) => logs.push(d.toString()));
-  await waitForPort(port, child, logs);
+  await waitForPort(port, child, logs, readyTimeoutMs);
   return {
     port,
     url: `http://127.0.0.1:${port}`,

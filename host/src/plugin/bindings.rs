@@ -2,6 +2,11 @@
 //!
 //! Only the per-interface pieces are used: a component may export any subset of the hooks, so each hook
 //! is looked up on its own (`GuestIndices::new` fails for a hook the component does not export).
+//!
+//! Exports are called through wasmtime's async path even though no hook awaits anything: WASI's sync
+//! bindings block on a Tokio runtime when a guest writes to stderr (a Rust panic message does), which
+//! panics on a Tokio worker. The async bindings return instead, and `loaded::complete` drives the call
+//! with a single poll.
 
 #![allow(missing_docs, clippy::all)]
 
@@ -9,6 +14,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
     imports: { default: trappable },
+    exports: { default: async },
     additional_derives: [PartialEq],
 });
 

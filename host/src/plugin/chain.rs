@@ -59,19 +59,31 @@ pub enum BroadcastOutcome {
 #[derive(Debug, Default)]
 pub struct PluginChain {
     plugins: Vec<Arc<LoadedPlugin>>,
+    /// Plugins configured for the tenant with no valid version yet: every hook fails closed meanwhile.
+    unavailable: Vec<String>,
 }
 
 impl PluginChain {
     pub(crate) fn with(&self, plugin: Arc<LoadedPlugin>) -> PluginChain {
+        let name = Arc::clone(&plugin.context().name);
         let mut plugins: Vec<_> = self
             .plugins
             .iter()
-            .filter(|p| p.context().name != plugin.context().name)
+            .filter(|p| p.context().name != name)
             .cloned()
             .collect();
         plugins.push(plugin);
         plugins.sort_by(|a, b| a.context().name.cmp(&b.context().name));
-        PluginChain { plugins }
+        let unavailable = self
+            .unavailable
+            .iter()
+            .filter(|n| n.as_str() != &*name)
+            .cloned()
+            .collect();
+        PluginChain {
+            plugins,
+            unavailable,
+        }
     }
 
     pub(crate) fn without(&self, name: &str) -> Option<PluginChain> {
@@ -81,7 +93,29 @@ impl PluginChain {
             .filter(|p| &*p.context().name != name)
             .cloned()
             .collect();
-        (plugins.len() != self.plugins.len()).then_some(PluginChain { plugins })
+        let unavailable: Vec<_> = self
+            .unavailable
+            .iter()
+            .filter(|n| n.as_str() != name)
+            .cloned()
+            .collect();
+        let changed =
+            plugins.len() != self.plugins.len() || unavailable.len() != self.unavailable.len();
+        changed.then_some(PluginChain {
+            plugins,
+            unavailable,
+        })
+    }
+
+    fn with_unavailable(&self, name: &str) -> PluginChain {
+        let mut unavailable = self.unavailable.clone();
+        if !unavailable.iter().any(|n| n == name) {
+            unavailable.push(name.to_owned());
+        }
+        PluginChain {
+            plugins: self.plugins.clone(),
+            unavailable,
+        }
     }
 
     /// The plugins, in call order.
@@ -89,14 +123,30 @@ impl PluginChain {
         &self.plugins
     }
 
+    /// Plugins that have no valid version yet (the tenant fails closed until they do).
+    pub fn unavailable(&self) -> &[String] {
+        &self.unavailable
+    }
+
     /// The plugin named `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<LoadedPlugin>> {
         self.plugins.iter().find(|p| &*p.context().name == name)
     }
 
-    /// Whether any plugin exports `hook` (lets callers skip building the hook's input).
+    /// Whether a request must go through the chain for `hook` (a plugin exports it, or one is missing).
     pub fn has(&self, hook: Hook) -> bool {
-        self.plugins.iter().any(|p| p.has(hook))
+        !self.unavailable.is_empty() || self.plugins.iter().any(|p| p.has(hook))
+    }
+
+    /// Fails closed while a configured plugin has no valid version.
+    fn check_complete(&self) -> Result<(), HookError> {
+        match self.unavailable.first() {
+            None => Ok(()),
+            Some(name) => Err(HookError::Failed {
+                plugin: name.clone(),
+                failure: CallFailure::Unavailable("no valid version has been installed".into()),
+            }),
+        }
     }
 
     fn failed(plugin: &LoadedPlugin, failure: CallFailure) -> HookError {
@@ -111,6 +161,7 @@ impl PluginChain {
         &self,
         request: &types::ConnectRequest,
     ) -> Result<types::ConnectAccept, HookError> {
+        self.check_complete()?;
         let mut merged = types::ConnectAccept {
             user_id: None,
             data_json: None,
@@ -140,6 +191,7 @@ impl PluginChain {
 
     /// Runs `authorize-join` of every plugin.
     pub fn authorize_join(&self, request: &types::JoinRequest) -> Result<(), HookError> {
+        self.check_complete()?;
         for p in self.plugins.iter().filter(|p| p.has(Hook::AuthorizeJoin)) {
             match p.authorize_join(request) {
                 Ok(Ok(())) => {}
@@ -152,6 +204,7 @@ impl PluginChain {
 
     /// Runs `transform-event` of every plugin, each on the previous one's output.
     pub fn transform_event(&self, event: types::ClientEvent) -> Result<EventOutcome, HookError> {
+        self.check_complete()?;
         let mut event = event;
         let mut changed = false;
         for p in self.plugins.iter().filter(|p| p.has(Hook::TransformEvent)) {
@@ -185,6 +238,7 @@ impl PluginChain {
         &self,
         broadcast: types::Broadcast,
     ) -> Result<BroadcastOutcome, HookError> {
+        self.check_complete()?;
         let mut broadcast = broadcast;
         let mut rewritten = false;
         for p in self
@@ -239,9 +293,17 @@ impl PluginSlot {
         self.chain.load_full()
     }
 
-    /// Whether any plugin is installed (a cheap check before building hook inputs).
+    /// Whether no plugin is configured (a cheap check before building hook inputs).
     pub fn is_empty(&self) -> bool {
-        self.chain.load().plugins.is_empty()
+        let chain = self.chain.load();
+        chain.plugins.is_empty() && chain.unavailable.is_empty()
+    }
+
+    /// Records that `name` is configured but has no valid version: the tenant fails closed until it has.
+    pub(crate) fn mark_unavailable(&self, name: &str) {
+        let _writer = self.writer.lock();
+        let next = self.chain.load().with_unavailable(name);
+        self.chain.store(Arc::new(next));
     }
 
     pub(crate) fn install(&self, plugin: Arc<LoadedPlugin>) {

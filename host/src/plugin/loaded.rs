@@ -1,8 +1,10 @@
 //! One validated plugin version: its compiled component, the hooks it exports, a pool of warm
 //! instances, and the call path that enforces deadline, memory cap and breaker.
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -23,6 +25,20 @@ pub const CONTRACT: &str = "ioplex:plugin@0.1.0";
 
 /// Deadline for instantiating (guest start-up code), separate from the per-call deadline.
 const INSTANTIATE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Drives a plugin call to its end with one poll. Nothing a plugin can reach waits on real I/O (the WASI
+/// context has no files, sockets or stdio) and deadlines trap rather than yield, so a call that is still
+/// pending after one poll waited on something the sandbox does not provide; dropping the future
+/// abandons it (the caller then drops the store).
+fn complete<T>(call: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+    let mut call = pin!(call);
+    match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(result) => result,
+        Poll::Pending => Err(wasmtime::format_err!(
+            "the plugin waited on I/O that the sandbox does not provide"
+        )),
+    }
+}
 
 /// The hooks of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,7 +344,7 @@ impl LoadedPlugin {
     ) -> Result<Result<types::ConnectAccept, String>, CallFailure> {
         self.call(Hook::AuthorizeConnect, |guests, store| {
             match &guests.connect {
-                Some(g) => g.call_authorize_connect(store, request),
+                Some(g) => complete(g.call_authorize_connect(store, request)),
                 None => Ok(Ok(types::ConnectAccept {
                     user_id: None,
                     data_json: None,
@@ -344,7 +360,7 @@ impl LoadedPlugin {
         request: &types::JoinRequest,
     ) -> Result<Result<(), String>, CallFailure> {
         self.call(Hook::AuthorizeJoin, |guests, store| match &guests.join {
-            Some(g) => g.call_authorize_join(store, request),
+            Some(g) => complete(g.call_authorize_join(store, request)),
             None => Ok(Ok(())),
         })
     }
@@ -355,7 +371,7 @@ impl LoadedPlugin {
         event: &types::ClientEvent,
     ) -> Result<Result<types::EventAction, String>, CallFailure> {
         self.call(Hook::TransformEvent, |guests, store| match &guests.event {
-            Some(g) => g.call_transform_event(store, event),
+            Some(g) => complete(g.call_transform_event(store, event)),
             None => Ok(Ok(types::EventAction::Pass)),
         })
     }
@@ -367,7 +383,7 @@ impl LoadedPlugin {
     ) -> Result<Result<types::BroadcastAction, String>, CallFailure> {
         self.call(Hook::TransformBroadcast, |guests, store| {
             match &guests.broadcast {
-                Some(g) => g.call_transform_broadcast(store, broadcast),
+                Some(g) => complete(g.call_transform_broadcast(store, broadcast)),
                 None => Ok(Ok(types::BroadcastAction::Pass)),
             }
         })
@@ -441,7 +457,8 @@ impl LoadedPlugin {
             version = %self.ctx.version,
             hook = hook.name(),
             kind = failure.kind(),
-            error = %format!("{err:?}").lines().take(12).collect::<Vec<_>>().join(" | "),
+            error = %failure,
+            detail = %format!("{err:?}").lines().take(12).collect::<Vec<_>>().join(" | "),
             "plugin call failed; the request fails closed"
         );
         if let Some(backoff) = opened {
@@ -464,7 +481,7 @@ impl LoadedPlugin {
         store.limiter(|s| &mut s.cap);
         store.set_epoch_deadline(self.instantiate_ticks);
         let unavailable = |e: wasmtime::Error| CallFailure::Unavailable(format!("{e:#}"));
-        let instance = self.pre.instantiate(&mut store).map_err(unavailable)?;
+        let instance = complete(self.pre.instantiate_async(&mut store)).map_err(unavailable)?;
         let i = &self.indices;
         let guests = Guests {
             connect: i

@@ -52,6 +52,11 @@ impl PluginRuntime {
         )
     }
 
+    /// The slot of `tenant` if it has one (a tenant directory, or an install).
+    pub fn existing_slot(&self, tenant: &str) -> Option<Arc<PluginSlot>> {
+        self.slots.get(tenant).map(|s| Arc::clone(&s))
+    }
+
     /// Every tenant with its current chain.
     pub fn tenants(&self) -> Vec<(String, Arc<PluginChain>)> {
         let mut all: Vec<_> = self

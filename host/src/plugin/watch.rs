@@ -29,6 +29,14 @@ struct Changed {
     manifest: Option<(PathBuf, std::io::Result<String>)>,
 }
 
+/// What a scan found on disk.
+#[derive(Default)]
+struct Collected {
+    tenants: Vec<String>,
+    changed: Vec<Changed>,
+    present: Vec<(String, String)>,
+}
+
 /// Keeps a runtime in step with a plugin directory.
 pub struct PluginDir {
     root: PathBuf,
@@ -77,20 +85,22 @@ impl PluginDir {
     }
 
     /// Lists the plugin files and reads those that changed since the last scan (blocking I/O).
-    fn collect(
-        root: &Path,
-        seen: &HashMap<(String, String), Stamp>,
-    ) -> (Vec<Changed>, Vec<(String, String)>) {
-        let mut changed = Vec::new();
-        let mut present = Vec::new();
-        let Ok(tenants) = std::fs::read_dir(root) else {
-            return (changed, present);
+    fn collect(root: &Path, seen: &HashMap<(String, String), Stamp>) -> Collected {
+        let mut found = Collected::default();
+        let Ok(dirs) = std::fs::read_dir(root) else {
+            return found;
         };
-        for tenant_dir in tenants.flatten() {
+        let Collected {
+            tenants,
+            changed,
+            present,
+        } = &mut found;
+        for tenant_dir in dirs.flatten() {
             let tenant = tenant_dir.file_name().to_string_lossy().into_owned();
             if !valid_name(&tenant) || !tenant_dir.path().is_dir() {
                 continue;
             }
+            tenants.push(tenant.clone());
             let Ok(files) = std::fs::read_dir(tenant_dir.path()) else {
                 continue;
             };
@@ -134,21 +144,29 @@ impl PluginDir {
                 });
             }
         }
-        (changed, present)
+        found
     }
 
-    /// Installs what changed, removes what went away.
+    /// Installs what changed, removes what went away. Every tenant directory gets a slot; a plugin whose
+    /// first version is refused leaves the tenant failing closed until a valid version arrives (a broken
+    /// room-auth plugin must not open every room).
     pub async fn scan(&mut self) -> ScanReport {
         let root = self.root.clone();
         let seen = self.seen.clone();
-        let (changed, present) =
-            match tokio::task::spawn_blocking(move || Self::collect(&root, &seen)).await {
-                Ok(found) => found,
-                Err(err) => {
-                    tracing::error!(error = %err, "plugin directory scan failed");
-                    return ScanReport::default();
-                }
-            };
+        let Collected {
+            tenants,
+            changed,
+            present,
+        } = match tokio::task::spawn_blocking(move || Self::collect(&root, &seen)).await {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::error!(error = %err, "plugin directory scan failed");
+                return ScanReport::default();
+            }
+        };
+        for tenant in &tenants {
+            self.runtime.slot(tenant);
+        }
         let mut report = ScanReport::default();
         for c in changed {
             let id = format!("{}/{}", c.tenant, c.name);
@@ -183,7 +201,12 @@ impl PluginDir {
                 Ok(true) => report.installed.push(id),
                 Ok(false) => {}
                 Err(err) => {
-                    tracing::warn!(plugin = %id, error = %err, "plugin file refused");
+                    let slot = self.runtime.slot(&c.tenant);
+                    let serving = slot.chain().get(&c.name).is_some();
+                    if !serving {
+                        slot.mark_unavailable(&c.name);
+                    }
+                    tracing::warn!(plugin = %id, error = %err, previous_version_serving = serving, "plugin file refused");
                     report.refused.push(format!("{id}: {err}"));
                 }
             }

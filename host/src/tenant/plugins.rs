@@ -8,8 +8,9 @@ use serde_json::Value;
 
 use crate::adapter::Room;
 use crate::contract::{self, ContractConfig, ContractPolicy, Publish, Refusal};
+use crate::engineio::Handshake;
 use crate::plugin::{
-    BroadcastOutcome, EventOutcome, Hook, HookError, PluginChain, PluginSlot, types,
+    BroadcastOutcome, EventOutcome, Hook, HookError, PluginChain, PluginRuntime, PluginSlot, types,
 };
 use crate::socketio::{ConnectAccept, ConnectRefusal, ConnectRequest, Handlers, Payload, Socket};
 
@@ -26,31 +27,52 @@ const HEADERS_FOR_PLUGINS: &[&str] = &[
 
 /// The contract's handlers with the tenant's plugins in front: `authorize-connect` on CONNECT,
 /// `authorize-join` on join, `transform-event` then `transform-broadcast` on publish.
-pub fn namespace_handlers(contract: ContractConfig, slot: Arc<PluginSlot>) -> Handlers {
-    let policy = Arc::new(PluginPolicy { slot });
+pub fn namespace_handlers(contract: ContractConfig, runtime: Arc<PluginRuntime>) -> Handlers {
+    let policy = Arc::new(PluginPolicy::new(runtime));
     let authorize = Arc::clone(&policy);
     contract::handlers_with_policy(contract, policy)
         .authorize(move |request| authorize.authorize_connect(request))
 }
 
-/// Answers the contract's questions with a tenant's plugin chain. Failures fail closed.
+/// Answers the contract's questions with the plugin chain of the connection's tenant. Failures fail
+/// closed. Until tenant configuration lands, a connection's tenant is its handshake's `tenant` query
+/// parameter (a tenant with a plugin directory), else [`super::DEFAULT_TENANT`].
 #[derive(Debug)]
 pub struct PluginPolicy {
-    slot: Arc<PluginSlot>,
+    runtime: Arc<PluginRuntime>,
+}
+
+/// The tenant a handshake names, if it names one.
+fn tenant_param(handshake: &Handshake) -> Option<std::borrow::Cow<'_, str>> {
+    form_urlencoded::parse(handshake.query.as_bytes())
+        .find(|(k, _)| k == "tenant")
+        .map(|(_, v)| v)
+}
+
+/// The chain to run for `hook`, or `None` when the tenant has nothing that needs running.
+fn chain_with(slot: &PluginSlot, hook: Hook) -> Option<Arc<PluginChain>> {
+    if slot.is_empty() {
+        return None;
+    }
+    let chain = slot.chain();
+    chain.has(hook).then_some(chain)
 }
 
 impl PluginPolicy {
-    /// A policy backed by `slot`.
-    pub fn new(slot: Arc<PluginSlot>) -> Self {
-        PluginPolicy { slot }
+    /// A policy backed by `runtime`'s tenant slots.
+    pub fn new(runtime: Arc<PluginRuntime>) -> Self {
+        PluginPolicy { runtime }
     }
 
-    fn chain_with(&self, hook: Hook) -> Option<Arc<PluginChain>> {
-        if self.slot.is_empty() {
-            return None;
+    /// The slot of the handshake's tenant: `Err` for a tenant that does not exist.
+    fn slot(&self, handshake: &Handshake) -> Result<Option<Arc<PluginSlot>>, String> {
+        match tenant_param(handshake) {
+            None => Ok(self.runtime.existing_slot(super::DEFAULT_TENANT)),
+            Some(tenant) => match self.runtime.existing_slot(&tenant) {
+                Some(slot) => Ok(Some(slot)),
+                None => Err(format!("unknown tenant \"{tenant}\"")),
+            },
         }
-        let chain = self.slot.chain();
-        chain.has(hook).then_some(chain)
     }
 
     /// Runs `authorize-connect`; the refusal's message reaches the client's `connect_error`.
@@ -58,12 +80,22 @@ impl PluginPolicy {
         &self,
         request: &ConnectRequest<'_>,
     ) -> Result<ConnectAccept, ConnectRefusal> {
-        let Some(chain) = self.chain_with(Hook::AuthorizeConnect) else {
+        let hs = request.handshake;
+        let slot = match self.slot(hs) {
+            Ok(Some(slot)) => slot,
+            Ok(None) => return Ok(ConnectAccept::default()),
+            Err(message) => {
+                return Err(ConnectRefusal {
+                    message,
+                    data: Some(serde_json::json!({ "code": "unknown_tenant" })),
+                });
+            }
+        };
+        let Some(chain) = chain_with(&slot, Hook::AuthorizeConnect) else {
             return Ok(ConnectAccept::default());
         };
-        let hs = request.handshake;
         let wit = types::ConnectRequest {
-            tenant: self.slot.tenant().to_owned(),
+            tenant: slot.tenant().to_owned(),
             namespace: request.nsp.to_owned(),
             auth_json: request.auth.to_string(),
             query: form_urlencoded::parse(hs.query.as_bytes())
@@ -86,7 +118,7 @@ impl PluginPolicy {
                 let data = match accept.data_json {
                     None => None,
                     Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
-                        tracing::warn!(tenant = self.slot.tenant(), error = %e, "authorize-connect returned data that is not JSON");
+                        tracing::warn!(tenant = slot.tenant(), error = %e, "authorize-connect returned data that is not JSON");
                         refusal_for_failure("the authorization plugin returned invalid data")
                     })?),
                 };
@@ -173,13 +205,23 @@ fn payload_of(body: types::EventBody) -> Result<(String, Payload), Refusal> {
     ))
 }
 
+impl PluginPolicy {
+    /// The slot of a connected socket's tenant (its tenant was checked at CONNECT).
+    fn socket_slot(&self, socket: &Socket) -> Option<Arc<PluginSlot>> {
+        self.slot(socket.handshake()).ok().flatten()
+    }
+}
+
 impl ContractPolicy for PluginPolicy {
     fn authorize_join(&self, socket: &Arc<Socket>, room: &Room) -> Result<(), Refusal> {
-        let Some(chain) = self.chain_with(Hook::AuthorizeJoin) else {
+        let Some(slot) = self.socket_slot(socket) else {
+            return Ok(());
+        };
+        let Some(chain) = chain_with(&slot, Hook::AuthorizeJoin) else {
             return Ok(());
         };
         let request = types::JoinRequest {
-            socket: socket_info(self.slot.tenant(), socket),
+            socket: socket_info(slot.tenant(), socket),
             room: room.to_string(),
         };
         chain
@@ -192,14 +234,17 @@ impl ContractPolicy for PluginPolicy {
         socket: &Arc<Socket>,
         publish: Publish,
     ) -> Result<Option<Publish>, Refusal> {
-        if self.slot.is_empty() {
+        let Some(slot) = self.socket_slot(socket) else {
+            return Ok(Some(publish));
+        };
+        if slot.is_empty() {
             return Ok(Some(publish));
         }
-        let chain = self.slot.chain();
+        let chain = slot.chain();
         let mut publish = publish;
         if chain.has(Hook::TransformEvent) {
             let event = types::ClientEvent {
-                socket: socket_info(self.slot.tenant(), socket),
+                socket: socket_info(slot.tenant(), socket),
                 body: body_of(&publish.event, &publish.payload),
                 rooms: publish.rooms.iter().map(|r| r.to_string()).collect(),
                 wants_ack: publish.wants_ack,
@@ -224,7 +269,7 @@ impl ContractPolicy for PluginPolicy {
         }
         if chain.has(Hook::TransformBroadcast) {
             let broadcast = types::Broadcast {
-                tenant: self.slot.tenant().to_owned(),
+                tenant: slot.tenant().to_owned(),
                 namespace: socket.namespace().name().to_owned(),
                 rooms: publish.rooms.iter().map(|r| r.to_string()).collect(),
                 except: publish.except.iter().map(|r| r.to_string()).collect(),

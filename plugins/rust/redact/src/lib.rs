@@ -59,7 +59,10 @@ fn mask_cards(text: &str) -> Option<String> {
                 digits.push(b - b'0');
                 j += 1;
                 end = j;
-            } else if (b == b' ' || b == b'-') && j + 1 < bytes.len() && bytes[j + 1].is_ascii_digit() {
+            } else if (b == b' ' || b == b'-')
+                && j + 1 < bytes.len()
+                && bytes[j + 1].is_ascii_digit()
+            {
                 j += 1;
             } else {
                 break;
@@ -189,7 +192,10 @@ mod tests {
 
     #[test]
     fn masks_card_numbers_in_any_common_spelling() {
-        assert_eq!(redact("card 4111 1111 1111 1111 ok").unwrap(), "card [card] ok");
+        assert_eq!(
+            redact("card 4111 1111 1111 1111 ok").unwrap(),
+            "card [card] ok"
+        );
         assert_eq!(redact("4111-1111-1111-1111").unwrap(), "[card]");
         assert_eq!(redact("x 5500005555555559.").unwrap(), "x [card].");
     }
@@ -203,7 +209,10 @@ mod tests {
 
     #[test]
     fn masks_email_addresses() {
-        assert_eq!(redact("mail jo.ann+x@mail.example.com.").unwrap(), "mail [email].");
+        assert_eq!(
+            redact("mail jo.ann+x@mail.example.com.").unwrap(),
+            "mail [email]."
+        );
         assert_eq!(redact("a@b.co and c@d.org").unwrap(), "[email] and [email]");
         assert_eq!(redact("@home at 5"), None);
         assert_eq!(redact("me@localhost"), None);

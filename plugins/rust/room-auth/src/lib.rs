@@ -40,7 +40,10 @@ pub fn verify(token: &str, secret: &[u8], now_secs: u64) -> Result<Claims, Strin
     };
     let header: Header = decode_json(header, "header")?;
     if header.alg != "HS256" {
-        return Err(format!("token algorithm {} is not accepted (HS256 only)", header.alg));
+        return Err(format!(
+            "token algorithm {} is not accepted (HS256 only)",
+            header.alg
+        ));
     }
     let signature = URL_SAFE_NO_PAD
         .decode(signature)
@@ -152,7 +155,10 @@ mod tests {
     #[test]
     fn wrong_key_expired_and_malformed_tokens_are_refused() {
         let token = sign(r#"{"sub":"u1","company":"acme","exp":100}"#, b"k");
-        assert_eq!(verify(&token, b"other", 0).unwrap_err(), "token signature does not match");
+        assert_eq!(
+            verify(&token, b"other", 0).unwrap_err(),
+            "token signature does not match"
+        );
         assert_eq!(verify(&token, b"k", 100).unwrap_err(), "token has expired");
         assert!(verify("a.b", b"k", 0).is_err());
         assert!(verify("!!.!!.!!", b"k", 0).is_err());

@@ -1,0 +1,254 @@
+// Tenant plugins as real WebAssembly components built from plugins/ (run plugins/build first):
+// room authorization, event transforms in Rust and JavaScript, the sandbox's limits, hot swaps.
+import { after, afterEach, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { binaryPath, startServer } from "./lib/server.mjs";
+import { arrives, client, closeAll, connected, once, sleep } from "./lib/client.mjs";
+import { pluginPath, pluginsDir, token } from "./lib/plugins.mjs";
+
+const SECRET = "test-secret-do-not-use";
+const acme = { sub: "agent-1", company: "acme", conversations: ["42"], role: "agent" };
+
+describe("ioplex plugin check", () => {
+  const check = (file) => spawnSync(binaryPath("ioplex"), ["plugin", "check", file], { encoding: "utf8" });
+
+  test("lists the contract version and the hooks each example implements", () => {
+    const expected = {
+      room_auth: "authorize-connect, authorize-join",
+      redact: "transform-event",
+      chaos: "authorize-join, transform-event",
+      profanity: "transform-event",
+    };
+    for (const [name, hooks] of Object.entries(expected)) {
+      const run = check(pluginPath(name));
+      assert.equal(run.status, 0, run.stdout + run.stderr);
+      assert.match(run.stdout, /contract: ioplex:plugin@0\.1\.0/);
+      assert.match(run.stdout, new RegExp(`hooks: +${hooks}\\n`));
+    }
+  });
+
+  test("refuses what is not a component, with the reason, and exits non-zero", async () => {
+    const dir = pluginsDir();
+    try {
+      const fs = await import("node:fs");
+      const core = `${dir.root}/core.wasm`;
+      fs.writeFileSync(core, Buffer.from([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0]));
+      let run = check(core);
+      assert.equal(run.status, 1);
+      assert.match(run.stdout, /refused: not a WebAssembly component: this is a core module/);
+      const text = `${dir.root}/text.wasm`;
+      fs.writeFileSync(text, "hello");
+      run = check(text);
+      assert.equal(run.status, 1);
+      assert.match(run.stdout, /refused: not a WebAssembly component/);
+    } finally {
+      dir.cleanup();
+    }
+  });
+});
+
+describe("tenant plugins", () => {
+  let server;
+  let plugins;
+  const url = (tenant) => (tenant ? `${server.url}?tenant=${tenant}` : server.url);
+
+  before(async () => {
+    plugins = pluginsDir();
+    // default: room-auth (HS256 tokens) then the Rust redactor, in name order.
+    plugins.install("default", "10-auth", "room_auth", `[settings]\nsecret = "${SECRET}"\n`);
+    plugins.install("default", "20-redact", "redact", `[settings]\nmax-bytes = 2048\n`);
+    plugins.install("js", "filter", "profanity", `[settings]\nwords = ["heck", "darn"]\n`);
+    plugins.install("chaos", "chaos", "chaos", `[settings]\nlabel = "v1"\n[limits]\ndeadline-ms = 20\nmemory-mib = 16\n`);
+    plugins.install("calm", "redact", "redact");
+    plugins.install("swap", "filter", "redact");
+    plugins.installBytes("broken", "auth", Buffer.from("not a component"));
+    server = await startServer({
+      args: ["--plugins-dir", plugins.root, "--plugins-poll", "100", "--plugin-cache-dir", plugins.cache],
+      env: { RUST_LOG: "warn,ioplex::plugin=info" },
+      readyTimeoutMs: 120000,
+    });
+  });
+  after(async () => {
+    await server?.stop();
+    plugins?.cleanup();
+  });
+  afterEach(closeAll);
+
+  async function refusal(socket) {
+    const [err] = await once(socket, "connect_error");
+    return { message: err.message, data: err.data };
+  }
+
+  const join = (s, room) => s.timeout(3000).emitWithAck("join", room);
+  const publish = (s, spec) => s.timeout(3000).emitWithAck("publish", spec);
+
+  test("connect needs a valid token; the plugin's reason reaches connect_error", async () => {
+    assert.deepEqual(await refusal(client(server.url)), {
+      message: "a token is required (auth.token)",
+      data: { code: "refused" },
+    });
+    const forged = token(acme, "wrong-secret");
+    assert.equal((await refusal(client(server.url, { auth: { token: forged } }))).message, "token signature does not match");
+    const expired = token({ ...acme, exp: 1000 }, SECRET);
+    assert.equal((await refusal(client(server.url, { auth: { token: expired } }))).message, "token has expired");
+    const ok = await connected(server.url, { auth: { token: token(acme, SECRET) } });
+    assert.ok(ok.connected);
+  });
+
+  test("joins follow the token's claims, refusals carry the reason", async () => {
+    const s = await connected(server.url, { auth: { token: token(acme, SECRET) }, transports: ["polling"] });
+    assert.deepEqual(await join(s, "company:acme"), { ok: true });
+    assert.deepEqual(await join(s, "conversation:42"), { ok: true });
+    assert.deepEqual(await join(s, "user:agent-1"), { ok: true });
+    assert.deepEqual(await join(s, "company:globex"), {
+      ok: false, code: "forbidden", message: "your token does not grant room company:globex",
+    });
+    assert.deepEqual(await join(s, "conversation:43"), {
+      ok: false, code: "forbidden", message: "your token does not grant room conversation:43",
+    });
+    assert.ok(s.connected, "a refused join leaves the socket connected");
+  });
+
+  test("the Rust transform redacts card numbers and e-mails, and rejects oversized events", async () => {
+    const visitor = { sub: "visitor-9", company: "acme", conversations: ["42"], role: "visitor" };
+    const agent = await connected(server.url, { auth: { token: token(acme, SECRET) } });
+    const guest = await connected(server.url, { auth: { token: token(visitor, SECRET) } });
+    for (const s of [agent, guest]) assert.deepEqual(await join(s, "conversation:42"), { ok: true });
+
+    const got = once(guest, "message");
+    const text = "card 4111 1111 1111 1111, mail me at jo.smith@example.com";
+    assert.deepEqual(await publish(agent, { room: "conversation:42", event: "message", args: [{ text, at: 1 }] }), { ok: true });
+    assert.deepEqual(await got, [{ text: "card [card], mail me at [email]", at: 1 }]);
+
+    const typing = once(guest, "typing");
+    await publish(agent, { room: "conversation:42", event: "typing", args: ["4111 1111 1111 1111"] });
+    assert.deepEqual(await typing, ["4111 1111 1111 1111"], "other events pass untouched");
+
+    const big = arrives(guest, "message", 500);
+    assert.deepEqual(
+      await publish(agent, { room: "conversation:42", event: "message", args: [{ text: "x".repeat(3000) }] }),
+      { ok: false, code: "rejected", message: "event is larger than 2048 bytes" },
+    );
+    assert.equal(await big, false, "a rejected event reaches nobody");
+  });
+
+  test("the JavaScript plugin masks words and rejects link spam for its own tenant only", async () => {
+    const [a, b] = [await connected(url("js")), await connected(url("js"))];
+    for (const s of [a, b]) assert.deepEqual(await join(s, "lobby"), { ok: true });
+    const got = once(b, "message");
+    assert.deepEqual(await publish(a, { room: "lobby", event: "message", args: ["what the heck, 4111 1111 1111 1111"] }), { ok: true });
+    assert.deepEqual(await got, ["what the h***, 4111 1111 1111 1111"]);
+    const links = "see http://a.io http://b.io http://c.io http://d.io";
+    assert.deepEqual(await publish(a, { room: "lobby", event: "message", args: [links] }), {
+      ok: false, code: "rejected", message: "messages may hold at most 3 links",
+    });
+  });
+
+  test("an unknown tenant is refused", async () => {
+    assert.deepEqual(await refusal(client(url("nope"))), {
+      message: 'unknown tenant "nope"',
+      data: { code: "unknown_tenant" },
+    });
+  });
+
+  test("a tenant whose only plugin version is broken fails closed", async () => {
+    const r = await refusal(client(url("broken")));
+    assert.equal(r.data.code, "plugin_failed");
+    assert.match(r.message, /authorization is unavailable \(auth: unavailable\)/);
+  });
+
+  test("a plugin that loops, eats memory or traps is cut off; the socket, the host and other tenants carry on", async () => {
+    const victim = await connected(url("chaos"));
+    const [calmA, calmB] = [await connected(url("calm")), await connected(url("calm"))];
+    for (const s of [calmA, calmB]) assert.deepEqual(await join(s, "room"), { ok: true });
+
+    for (const [room, kind] of [["chaos:loop", "timeout"], ["chaos:oom", "out_of_memory"], ["chaos:trap", "trap"]]) {
+      const started = Date.now();
+      const answer = await join(victim, room);
+      const took = Date.now() - started;
+      assert.deepEqual(answer, {
+        ok: false, code: "plugin_failed", message: `plugin chaos failed (${kind}); try again later`,
+      });
+      assert.ok(took < 1500, `${room} answered in ${took} ms`);
+      assert.ok(victim.connected, `${room}: the socket stays connected`);
+      // The same socket's next request runs on a fresh instance.
+      assert.deepEqual(await join(victim, "lobby"), { ok: true });
+      assert.deepEqual(await join(victim, "chaos:refuse"), { ok: false, code: "forbidden", message: "refused by chaos v1" });
+      // Another tenant is served throughout.
+      const got = once(calmB, "message");
+      assert.deepEqual(await publish(calmA, { room: "room", event: "message", args: ["mail a@b.io"] }), { ok: true });
+      assert.deepEqual(await got, ["mail [email]"]);
+    }
+    assert.match(server.logs.join(""), /plugin call failed; the request fails closed.*tenant="?chaos/);
+  });
+
+  test("repeated failures open the tenant's breaker, which fails closed without calling the plugin", async () => {
+    const victim = await connected(url("chaos"));
+    let answer;
+    for (let i = 0; i < 6; i++) answer = await join(victim, "chaos:trap");
+    assert.equal(answer.code, "plugin_failed");
+    assert.match(answer.message, /breaker_open/);
+    assert.match((await join(victim, "lobby")).message, /breaker_open/, "while open, every call is refused");
+    assert.match(server.logs.join(""), /plugin breaker open after repeated failures/);
+    await sleep(1100); // first backoff: 1 s
+    assert.deepEqual(await join(victim, "lobby"), { ok: true }, "after the backoff the plugin serves again");
+  });
+
+  test("a hot swap under live traffic changes behaviour with no disconnect and no failed call", async () => {
+    const members = [];
+    for (let i = 0; i < 6; i++) {
+      const s = await connected(url("swap"), { transports: i % 2 ? ["polling", "websocket"] : ["websocket"] });
+      assert.deepEqual(await join(s, "team"), { ok: true });
+      members.push(s);
+    }
+    let disconnects = 0;
+    const received = [];
+    for (const s of members) {
+      s.on("disconnect", () => disconnects++);
+      s.on("message", (text) => received.push({ at: Date.now(), text }));
+    }
+    const answers = [];
+    let sending = true;
+    const senders = members.map(async (s) => {
+      while (sending) {
+        answers.push(await publish(s, { room: "team", event: "message", args: ["heck 4111 1111 1111 1111"] }));
+        await sleep(20);
+      }
+    });
+    await sleep(400);
+    const swappedAt = Date.now();
+    plugins.install("swap", "filter", "profanity");
+    const deadline = swappedAt + 60000;
+    while (!received.some((m) => m.at >= swappedAt && m.text.startsWith("h***")) && Date.now() < deadline) await sleep(20);
+    const servingAt = received.find((m) => m.at >= swappedAt && m.text.startsWith("h***"))?.at;
+    await sleep(300);
+    sending = false;
+    await Promise.all(senders);
+
+    assert.ok(servingAt, "the new version started serving");
+    console.log(`# hot swap: new version serving ${servingAt - swappedAt} ms after the file changed; ${answers.length} publishes, ${received.length} deliveries`);
+    assert.equal(disconnects, 0, "no client disconnected");
+    assert.ok(answers.length > 20);
+    assert.deepEqual(answers.filter((a) => a.ok !== true), [], "every publish was acknowledged ok");
+    const before = received.filter((m) => m.at < swappedAt);
+    const afterSwap = received.filter((m) => m.at > servingAt);
+    assert.ok(before.length > 0 && afterSwap.length > 0);
+    assert.ok(before.every((m) => m.text === "heck [card]"), "old version: cards redacted");
+    assert.ok(afterSwap.every((m) => m.text === "h*** 4111 1111 1111 1111"), "new version: words masked");
+    assert.ok(received.every((m) => m.text === "heck [card]" || m.text === "h*** 4111 1111 1111 1111"), "no message was lost half-transformed");
+  });
+
+  test("a broken upload is refused and the serving version stays", async () => {
+    const [a, b] = [await connected(url("calm")), await connected(url("calm"))];
+    for (const s of [a, b]) assert.deepEqual(await join(s, "room"), { ok: true });
+    plugins.installBytes("calm", "redact", Buffer.from([0, 0x61, 0x73, 0x6d, 0x0d, 0, 1, 0, 0xff, 0xff]));
+    const deadline = Date.now() + 10000;
+    while (!/calm\/redact.*plugin file refused|plugin file refused.*calm\/redact/.test(server.logs.join("")) && Date.now() < deadline) await sleep(50);
+    assert.match(server.logs.join(""), /plugin file refused/);
+    const got = once(b, "message");
+    assert.deepEqual(await publish(a, { room: "room", event: "message", args: ["mail a@b.io"] }), { ok: true });
+    assert.deepEqual(await got, ["mail [email]"], "the previous version still serves");
+    assert.ok(a.connected && b.connected);
+  });
+});
