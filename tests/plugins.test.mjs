@@ -18,7 +18,7 @@ describe("ioplex plugin check", () => {
       room_auth: "authorize-connect, authorize-join",
       redact: "transform-event",
       chaos: "authorize-join, transform-event",
-      profanity: "transform-event",
+      profanity: "authorize-join, transform-event",
     };
     for (const [name, hooks] of Object.entries(expected)) {
       const run = check(pluginPath(name));
@@ -139,6 +139,7 @@ describe("tenant plugins", () => {
     const got = once(b, "message");
     assert.deepEqual(await publish(a, { room: "lobby", event: "message", args: ["what the heck, 4111 1111 1111 1111"] }), { ok: true });
     assert.deepEqual(await got, ["what the h***, 4111 1111 1111 1111"]);
+    assert.deepEqual(await join(a, "darn-fans"), { ok: false, code: "forbidden", message: 'room name "darn-fans" is not allowed' });
     const links = "see http://a.io http://b.io http://c.io http://d.io";
     assert.deepEqual(await publish(a, { room: "lobby", event: "message", args: [links] }), {
       ok: false, code: "rejected", message: "messages may hold at most 3 links",

@@ -10,7 +10,7 @@ const out = process.argv[2] ?? here('./profanity.wasm');
 const { component } = await componentize({
   sourcePath: here('./profanity.js'),
   witPath: here('../../../wit'),
-  worldName: 'hook-transform-event',
+  worldName: 'moderator',
   // No clocks, randomness, stdio or HTTP: the plugin needs none, and the host grants none.
   disableFeatures: ['stdio', 'random', 'clocks', 'http', 'fetch-event'],
 });

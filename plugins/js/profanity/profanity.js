@@ -1,6 +1,8 @@
-// ioplex plugin: masks listed words in chat messages and rejects link spam.
+// ioplex plugin: masks listed words in chat messages, rejects link spam, and refuses rooms whose
+// names hold a listed word.
 //
-// Exports the `transform-event` hook of ioplex:plugin@0.1.0 (world hook-transform-event in wit/).
+// Exports the `authorize-join` and `transform-event` hooks of ioplex:plugin@0.1.0 (world moderator
+// in wit/).
 // Settings (plugin manifest [settings]):
 //   words      comma-separated words to mask (default: a short built-in list)
 //   events     comma-separated event names it applies to (default: message)
@@ -37,6 +39,14 @@ function countLinks(text) {
   const m = text.match(/https?:\/\/\S+/gi);
   return m ? m.length : 0;
 }
+
+export const authorizeJoin = {
+  authorizeJoin(request) {
+    const pattern = wordPattern();
+    pattern.lastIndex = 0;
+    if (pattern.test(request.room)) throw `room name "${request.room}" is not allowed`;
+  },
+};
 
 export const transformEvent = {
   transformEvent(event) {

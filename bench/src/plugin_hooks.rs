@@ -1,0 +1,315 @@
+//! `plugins` scenario: what a tenant plugin costs on the request path, measured in-process on the
+//! gateway's own runtime (warm instances, the same chain the gateway calls), and how long a reload takes
+//! from new bytes to serving while another thread keeps calling.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use hdrhistogram::Histogram;
+use ioplex::plugin::{EngineOptions, PluginManifest, PluginRuntime, types};
+
+const SECRET: &str = "bench-secret";
+
+fn read(dist: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
+    let path = dist.join(format!("{name}.wasm"));
+    std::fs::read(&path).with_context(|| {
+        format!(
+            "{}: build the plugins first (plugins/build)",
+            path.display()
+        )
+    })
+}
+
+fn socket(data_json: &str) -> types::SocketInfo {
+    types::SocketInfo {
+        tenant: "bench".into(),
+        namespace: "/".into(),
+        id: "bench-socket-0000000".into(),
+        user_id: Some("agent-1".into()),
+        data_json: data_json.into(),
+        rooms: vec!["company:acme".into()],
+    }
+}
+
+/// A `message` event whose JSON arguments are 1 KiB, with one card number and one e-mail address.
+fn message_1k(word: &str) -> types::ClientEvent {
+    let mut text = format!("{word} pay 4111 1111 1111 1111 and mail jo@example.com ");
+    while text.len() < 1024 - 40 {
+        text.push_str("lorem ipsum ");
+    }
+    let args = serde_json::json!([{ "text": text, "at": 1_764_000_000_000u64 }]).to_string();
+    types::ClientEvent {
+        socket: socket("null"),
+        body: types::EventBody {
+            name: "message".into(),
+            args_json: args,
+            attachments: Vec::new(),
+        },
+        rooms: vec!["conversation:42".into()],
+        wants_ack: true,
+    }
+}
+
+struct Row {
+    what: &'static str,
+    plugin: &'static str,
+    hist: Histogram<u64>,
+    total: Duration,
+}
+
+fn measure<T>(
+    what: &'static str,
+    plugin: &'static str,
+    iterations: usize,
+    mut call: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<Row> {
+    for _ in 0..iterations / 10 {
+        call()?; // warm-up: instances made, caches filled
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    let started = Instant::now();
+    for _ in 0..iterations {
+        let t = Instant::now();
+        call()?;
+        hist.record(t.elapsed().as_nanos() as u64)?;
+    }
+    Ok(Row {
+        what,
+        plugin,
+        hist,
+        total: started.elapsed(),
+    })
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+/// Reloads `name` `times` times with `bytes` while a thread calls `authorize-join` in a loop; returns
+/// the reload durations and the number of failed calls.
+async fn reloads(
+    runtime: &Arc<PluginRuntime>,
+    tenant: &'static str,
+    name: &'static str,
+    bytes: &[u8],
+    manifest: &PluginManifest,
+    request: types::JoinRequest,
+    times: usize,
+) -> anyhow::Result<(Vec<Duration>, u64, u64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (calls, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let caller = {
+        let (runtime, stop, calls, failures) = (
+            Arc::clone(runtime),
+            Arc::clone(&stop),
+            Arc::clone(&calls),
+            Arc::clone(&failures),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let chain = runtime.slot(tenant).chain();
+                if chain.authorize_join(&request).is_err() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                calls.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut took = Vec::with_capacity(times);
+    for i in 0..times {
+        let mut manifest = manifest.clone();
+        manifest.settings.insert("reload".into(), i.to_string());
+        let started = Instant::now();
+        runtime
+            .install(tenant, name, bytes.to_vec(), manifest)
+            .await?;
+        took.push(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    caller
+        .join()
+        .map_err(|_| anyhow::anyhow!("caller thread panicked"))?;
+    Ok((
+        took,
+        calls.load(Ordering::Relaxed),
+        failures.load(Ordering::Relaxed),
+    ))
+}
+
+pub async fn run(dist: &Path, iterations: usize, reload_times: usize) -> anyhow::Result<()> {
+    let cache = std::env::temp_dir().join(format!("ioplex-bench-cache-{}", std::process::id()));
+    let result = run_inner(dist, iterations, reload_times, &cache).await;
+    let _ = std::fs::remove_dir_all(&cache);
+    result
+}
+
+async fn run_inner(
+    dist: &Path,
+    iterations: usize,
+    reload_times: usize,
+    cache: &Path,
+) -> anyhow::Result<()> {
+    let runtime = PluginRuntime::new(EngineOptions {
+        cache_dir: None,
+        ..EngineOptions::default()
+    })?;
+    let mut auth_manifest = PluginManifest::default();
+    auth_manifest
+        .settings
+        .insert("secret".into(), SECRET.into());
+    let (room_auth, redact, profanity) = (
+        read(dist, "room_auth")?,
+        read(dist, "redact")?,
+        read(dist, "profanity")?,
+    );
+    let auth = runtime
+        .install("rust", "auth", room_auth.clone(), auth_manifest.clone())
+        .await?;
+    let redactor = runtime
+        .install("rust", "redact", redact, PluginManifest::default())
+        .await?;
+    let js = runtime
+        .install(
+            "js",
+            "moderate",
+            profanity.clone(),
+            PluginManifest::default(),
+        )
+        .await?;
+
+    let claims = r#"{"sub":"agent-1","company":"acme","conversations":["42"],"role":"agent"}"#;
+    let join = types::JoinRequest {
+        socket: socket(claims),
+        room: "conversation:42".into(),
+    };
+    let event = message_1k("heck");
+    let mut rows = Vec::new();
+    rows.push(measure(
+        "authorize-join",
+        "Rust room-auth",
+        iterations,
+        || match auth.authorize_join(&join)? {
+            Ok(()) => Ok(()),
+            Err(e) => bail!("room-auth refused: {e}"),
+        },
+    )?);
+    rows.push(measure(
+        "transform-event, 1 KiB",
+        "Rust redact",
+        iterations,
+        || match redactor.transform_event(&event)? {
+            Ok(types::EventAction::Rewrite(_)) => Ok(()),
+            other => bail!("redact did not rewrite: {other:?}"),
+        },
+    )?);
+    let js_iterations = (iterations / 5).max(100);
+    rows.push(measure(
+        "authorize-join",
+        "JS moderate",
+        js_iterations,
+        || match js.authorize_join(&join)? {
+            Ok(()) => Ok(()),
+            Err(e) => bail!("moderate refused: {e}"),
+        },
+    )?);
+    rows.push(measure(
+        "transform-event, 1 KiB",
+        "JS moderate",
+        js_iterations,
+        || match js.transform_event(&event)? {
+            Ok(types::EventAction::Rewrite(_)) => Ok(()),
+            other => bail!("moderate did not rewrite: {other:?}"),
+        },
+    )?);
+
+    println!("| hook | plugin | calls | p50 µs | p99 µs | max µs | calls/s (one thread) |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.0} |",
+            r.what,
+            r.plugin,
+            r.hist.len(),
+            us(r.hist.value_at_quantile(0.5)),
+            us(r.hist.value_at_quantile(0.99)),
+            us(r.hist.max()),
+            r.hist.len() as f64 / r.total.as_secs_f64(),
+        );
+    }
+
+    println!();
+    println!(
+        "| reload (bytes → serving, another thread calling) | reloads | p50 ms | max ms | calls during | failed calls |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    let cached = PluginRuntime::new(EngineOptions {
+        cache_dir: Some(cache.to_path_buf()),
+        ..EngineOptions::default()
+    })?;
+    cached
+        .install("rust", "auth", room_auth.clone(), auth_manifest.clone())
+        .await?; // fills the compile cache
+    let js_join = types::JoinRequest {
+        socket: socket("null"),
+        room: "lobby".into(),
+    };
+    let cases: [(
+        &str,
+        &Arc<PluginRuntime>,
+        &'static str,
+        &[u8],
+        &PluginManifest,
+        types::JoinRequest,
+    ); 3] = [
+        (
+            "Rust room-auth, compiled",
+            &runtime,
+            "rust",
+            &room_auth,
+            &auth_manifest,
+            join.clone(),
+        ),
+        (
+            "Rust room-auth, from the compile cache",
+            &cached,
+            "rust",
+            &room_auth,
+            &auth_manifest,
+            join.clone(),
+        ),
+        (
+            "JS moderate, compiled",
+            &runtime,
+            "js",
+            &profanity,
+            &PluginManifest::default(),
+            js_join,
+        ),
+    ];
+    for (label, rt, tenant, bytes, manifest, request) in cases {
+        let name = if tenant == "js" { "moderate" } else { "auth" };
+        let times = if tenant == "js" {
+            reload_times.div_ceil(3).max(1)
+        } else {
+            reload_times
+        };
+        let (mut took, calls, failures) =
+            reloads(rt, tenant, name, bytes, manifest, request, times).await?;
+        took.sort();
+        println!(
+            "| {label} | {} | {:.1} | {:.1} | {calls} | {failures} |",
+            took.len(),
+            took[took.len() / 2].as_secs_f64() * 1000.0,
+            took[took.len() - 1].as_secs_f64() * 1000.0,
+        );
+        ensure!(
+            failures == 0,
+            "{failures} calls failed during reloads of {label}"
+        );
+    }
+    Ok(())
+}
