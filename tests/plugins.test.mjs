@@ -17,6 +17,7 @@ describe("ioplex plugin check", () => {
     const expected = {
       room_auth: "authorize-connect, authorize-join",
       redact: "transform-event",
+      stamp: "transform-broadcast",
       chaos: "authorize-join, transform-event",
       profanity: "authorize-join, transform-event",
     };
@@ -59,8 +60,9 @@ describe("tenant plugins", () => {
     plugins.install("default", "10-auth", "room_auth", `[settings]\nsecret = "${SECRET}"\n`);
     plugins.install("default", "20-redact", "redact", `[settings]\nmax-bytes = 2048\n`);
     plugins.install("js", "filter", "profanity", `[settings]\nwords = ["heck", "darn"]\n`);
-    plugins.install("chaos", "chaos", "chaos", `[settings]\nlabel = "v1"\n[limits]\ndeadline-ms = 20\nmemory-mib = 16\n`);
+    plugins.install("chaos", "chaos", "chaos", `[settings]\nlabel = "v1"\n[limits]\ndeadline-ms = 100\nmemory-mib = 16\n`);
     plugins.install("calm", "redact", "redact");
+    plugins.install("stamp", "stamp", "stamp");
     plugins.install("swap", "filter", "redact");
     plugins.installBytes("broken", "auth", Buffer.from("not a component"));
     server = await startServer({
@@ -144,6 +146,24 @@ describe("tenant plugins", () => {
     assert.deepEqual(await publish(a, { room: "lobby", event: "message", args: [links] }), {
       ok: false, code: "rejected", message: "messages may hold at most 3 links",
     });
+  });
+
+  test("a broadcast transform runs once per broadcast: every recipient gets the same stamp", async () => {
+    const sender = await connected(url("stamp"));
+    const receivers = [];
+    for (let i = 0; i < 3; i++) receivers.push(await connected(url("stamp"), { transports: i ? ["websocket"] : ["polling"] }));
+    for (const s of [sender, ...receivers]) assert.deepEqual(await join(s, "news"), { ok: true });
+    const got = receivers.map((r) => once(r, "message"));
+    const before = Date.now();
+    assert.deepEqual(await publish(sender, { room: "news", event: "message", args: [{ text: "hi", sentAt: 1 }, "plain"] }), { ok: true });
+    const stamps = [];
+    for (const [first, second] of await Promise.all(got)) {
+      assert.equal(first.text, "hi");
+      assert.equal(second, "plain");
+      stamps.push(first.sentAt);
+    }
+    assert.equal(new Set(stamps).size, 1, "one stamp for every recipient");
+    assert.ok(stamps[0] >= before - 1000 && stamps[0] <= Date.now() + 1000, `sentAt ${stamps[0]} is the gateway's time`);
   });
 
   test("an unknown tenant is refused", async () => {

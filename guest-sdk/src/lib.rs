@@ -5,7 +5,7 @@
 //! holds the bindings of the `ioplex:plugin` WIT contract (generated with `wit-bindgen`), the [`Plugin`]
 //! trait whose hooks all have permissive defaults, and [`export!`], which exports only the hooks you name.
 //!
-//! ```ignore
+//! ```
 //! use ioplex_guest::{host, JoinRequest, Plugin};
 //!
 //! struct OnlyTeamRooms;
