@@ -34,4 +34,16 @@ describe("ioplex-bench smoke", () => {
     assert.ok(deliveries > 500 && deliveries < 1500, `deliveries/s: ${deliveries}`);
     assert.match(row[7], /ms$/);
   });
+
+  test("plugins", async () => {
+    const dist = new URL("../plugins/dist", import.meta.url).pathname;
+    const { stdout } = await run(binaryPath("ioplex-bench"), ["plugins", "--dist", dist, "--iterations", "500", "--reloads", "1"], { timeout: 120000 });
+    const rows = stdout.split("\n").filter((l) => l.startsWith("| ") && !l.startsWith("| hook") && !l.startsWith("| reload"));
+    assert.equal(rows.length, 9, stdout); // six hook rows, three reload rows
+    for (const row of rows) {
+      const cells = row.split("|").map((c) => c.trim()).filter(Boolean);
+      assert.ok(cells.slice(2).every((c) => Number.isFinite(Number(c))), row);
+    }
+    assert.ok(rows.slice(-3).every((r) => r.endsWith("| 0 |")), "no failed call during reloads");
+  });
 });

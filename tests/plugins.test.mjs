@@ -60,7 +60,7 @@ describe("tenant plugins", () => {
     plugins.install("default", "10-auth", "room_auth", `[settings]\nsecret = "${SECRET}"\n`);
     plugins.install("default", "20-redact", "redact", `[settings]\nmax-bytes = 2048\n`);
     plugins.install("js", "filter", "profanity", `[settings]\nwords = ["heck", "darn"]\n`);
-    plugins.install("chaos", "chaos", "chaos", `[settings]\nlabel = "v1"\n[limits]\ndeadline-ms = 100\nmemory-mib = 16\n`);
+    plugins.install("chaos", "chaos", "chaos", `[settings]\nlabel = "v1"\n[limits]\ndeadline-ms = 20\nmemory-mib = 16\n`);
     plugins.install("calm", "redact", "redact");
     plugins.install("stamp", "stamp", "stamp");
     plugins.install("swap", "filter", "redact");

@@ -8,8 +8,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct PluginLimits {
-    /// Time one hook call may take before it is interrupted, in epoch ticks of wall-clock time (a
-    /// thread the OS descheduled still counts, so leave headroom on a loaded machine).
+    /// Time one hook call may run before it is interrupted: epoch ticks of wall-clock time, extended
+    /// while the calling thread was preempted (see `deadline`), so a busy machine does not kill calls.
     #[serde(with = "millis", rename = "deadline-ms")]
     pub deadline: Duration,
     /// Linear memory one instance may hold, all memories together.
@@ -24,7 +24,7 @@ pub struct PluginLimits {
 impl Default for PluginLimits {
     fn default() -> Self {
         PluginLimits {
-            deadline: Duration::from_millis(20),
+            deadline: Duration::from_millis(10),
             memory_bytes: 128 << 20,
             warm_instances: 4,
             calls_per_instance: 100_000,

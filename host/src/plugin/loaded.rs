@@ -405,7 +405,7 @@ impl LoadedPlugin {
             Some(warm) => warm,
             None => self.instantiate()?,
         };
-        warm.store.data_mut().start_call();
+        warm.store.data_mut().start_call(self.limits.deadline);
         warm.store.set_epoch_deadline(self.deadline_ticks);
         let result = f(&warm.guests, &mut warm.store);
         match result {
@@ -479,6 +479,8 @@ impl LoadedPlugin {
             HostState::new(Arc::clone(&self.ctx), self.limits.memory_bytes),
         );
         store.limiter(|s| &mut s.cap);
+        store.epoch_deadline_callback(|mut cx| Ok(cx.data_mut().clock.on_deadline()));
+        store.data_mut().start_call(INSTANTIATE_DEADLINE);
         store.set_epoch_deadline(self.instantiate_ticks);
         let unavailable = |e: wasmtime::Error| CallFailure::Unavailable(format!("{e:#}"));
         let instance = complete(self.pre.instantiate_async(&mut store)).map_err(unavailable)?;

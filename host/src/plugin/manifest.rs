@@ -5,7 +5,7 @@
 //! secret = "change-me"
 //!
 //! [limits]
-//! deadline-ms = 20    # time per hook call
+//! deadline-ms = 10    # running time per hook call
 //! memory-mib = 128    # linear memory per instance
 //! warm-instances = 4
 //! calls-per-instance = 100000

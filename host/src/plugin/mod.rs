@@ -17,6 +17,7 @@ mod bindings;
 mod breaker;
 mod chain;
 mod compile;
+mod deadline;
 mod engine;
 mod error;
 mod limits;

@@ -8,6 +8,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::LogLevel;
 use super::bindings::ioplex::plugin::{host, types};
+use super::deadline::CallClock;
 use super::limits::MemoryCap;
 
 /// Log lines a plugin may write per call; more are dropped (a guest must not flood the host's logs).
@@ -36,6 +37,7 @@ pub(crate) struct HostState {
     pub(crate) cap: MemoryCap,
     ctx: Arc<PluginContext>,
     logs_this_call: u32,
+    pub(crate) clock: CallClock,
 }
 
 impl HostState {
@@ -46,11 +48,14 @@ impl HostState {
             cap: MemoryCap::new(memory_bytes),
             ctx,
             logs_this_call: 0,
+            clock: CallClock::new(),
         }
     }
 
-    pub(crate) fn start_call(&mut self) {
+    /// Resets per-call state before a call (or an instantiation) with this deadline.
+    pub(crate) fn start_call(&mut self, deadline: std::time::Duration) {
         self.logs_this_call = 0;
+        self.clock.start(deadline);
     }
 }
 

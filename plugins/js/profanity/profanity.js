@@ -17,42 +17,70 @@ function listSetting(key, fallback) {
   return value.split(',').map((w) => w.trim()).filter((w) => w.length > 0);
 }
 
-function escape(word) {
-  return word.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-}
-
-// Settings do not change during an instance's life: build the pattern once.
-let pattern = null;
-function wordPattern() {
-  if (pattern === null) {
-    const words = listSetting('words', DEFAULT_WORDS);
-    pattern = words.length ? new RegExp(`\\b(${words.map(escape).join('|')})\\b`, 'gi') : /$^/;
+// Settings do not change during an instance's life (a new manifest is a new version with new
+// instances), so they are read once. The JavaScript engine runs interpreted inside the component:
+// cheap string scans come before any regular expression.
+let config = null;
+function settings() {
+  if (config === null) {
+    const words = listSetting('words', DEFAULT_WORDS).map((w) => w.toLowerCase());
+    config = {
+      words,
+      events: listSetting('events', ['message']),
+      maxLinks: Number(setting('max-links') ?? '3'),
+    };
   }
-  return pattern;
+  return config;
 }
 
+
+function isWordChar(c) {
+  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c === '_';
+}
+
+// A scan with indexOf rather than a regular expression: the interpreter runs it several times faster.
 function maskText(text) {
-  return text.replace(wordPattern(), (w) => w[0] + '*'.repeat(w.length - 1));
+  const { words } = settings();
+  const lower = text.toLowerCase();
+  const hits = [];
+  for (const w of words) {
+    for (let at = lower.indexOf(w); at !== -1; at = lower.indexOf(w, at + w.length)) {
+      const end = at + w.length;
+      if ((at > 0 && isWordChar(lower[at - 1])) || (end < lower.length && isWordChar(lower[end]))) continue;
+      hits.push([at, end]);
+    }
+  }
+  if (hits.length === 0) return text;
+  hits.sort((a, b) => a[0] - b[0]);
+  let out = '';
+  let copied = 0;
+  for (const [at, end] of hits) {
+    if (at < copied) continue;
+    out += text.slice(copied, at + 1) + '*'.repeat(end - at - 1);
+    copied = end;
+  }
+  return out + text.slice(copied);
 }
 
 function countLinks(text) {
-  const m = text.match(/https?:\/\/\S+/gi);
-  return m ? m.length : 0;
+  let count = 0;
+  for (let at = text.indexOf('://'); at !== -1; at = text.indexOf('://', at + 3)) {
+    const scheme = text.slice(Math.max(0, at - 5), at).toLowerCase();
+    if (scheme.endsWith('http') || scheme.endsWith('https')) count++;
+  }
+  return count;
 }
 
 export const authorizeJoin = {
   authorizeJoin(request) {
-    const pattern = wordPattern();
-    pattern.lastIndex = 0;
-    if (pattern.test(request.room)) throw `room name "${request.room}" is not allowed`;
+    if (maskText(request.room) !== request.room) throw `room name "${request.room}" is not allowed`;
   },
 };
 
 export const transformEvent = {
   transformEvent(event) {
-    const events = listSetting('events', ['message']);
+    const { events, maxLinks } = settings();
     if (!events.includes(event.body.name)) return { tag: 'pass' };
-    const maxLinks = Number(setting('max-links') ?? '3');
     const args = JSON.parse(event.body.argsJson);
     let changed = false;
     for (let i = 0; i < args.length; i++) {
