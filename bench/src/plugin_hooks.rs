@@ -93,18 +93,32 @@ fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
 
+/// One reload measurement: a plugin installed again and again into a runtime.
+struct ReloadCase<'a> {
+    label: &'static str,
+    runtime: &'a Arc<PluginRuntime>,
+    tenant: &'static str,
+    name: &'static str,
+    bytes: &'a [u8],
+    manifest: PluginManifest,
+    request: types::JoinRequest,
+    times: usize,
+}
+
 /// Reloads `name` `times` times with `bytes` while a thread calls `authorize-join` about 10,000 times a
 /// second (a busy tenant, not a thread spinning on a core the compiler needs); returns the reload
 /// durations, the calls made and the calls that failed.
-async fn reloads(
-    runtime: &Arc<PluginRuntime>,
-    tenant: &'static str,
-    name: &'static str,
-    bytes: &[u8],
-    manifest: &PluginManifest,
-    request: types::JoinRequest,
-    times: usize,
-) -> anyhow::Result<(Vec<Duration>, u64, u64)> {
+async fn reloads(case: ReloadCase<'_>) -> anyhow::Result<(Vec<Duration>, u64, u64)> {
+    let ReloadCase {
+        runtime,
+        tenant,
+        name,
+        bytes,
+        manifest,
+        request,
+        times,
+        ..
+    } = case;
     let stop = Arc::new(AtomicBool::new(false));
     let (calls, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let caller = {
@@ -283,48 +297,41 @@ async fn run_inner(
         socket: socket("null"),
         room: "lobby".into(),
     };
-    let cases: [(
-        &str,
-        &Arc<PluginRuntime>,
-        &'static str,
-        &[u8],
-        &PluginManifest,
-        types::JoinRequest,
-    ); 3] = [
-        (
-            "Rust room-auth, compiled",
-            &runtime,
-            "rust",
-            &room_auth,
-            &auth_manifest,
-            join.clone(),
-        ),
-        (
-            "Rust room-auth, from the compile cache",
-            &cached,
-            "rust",
-            &room_auth,
-            &auth_manifest,
-            join.clone(),
-        ),
-        (
-            "JS moderate, compiled",
-            &runtime,
-            "js",
-            &profanity,
-            &PluginManifest::default(),
-            js_join,
-        ),
+    let cases = [
+        ReloadCase {
+            label: "Rust room-auth, compiled",
+            runtime: &runtime,
+            tenant: "rust",
+            name: "auth",
+            bytes: &room_auth,
+            manifest: auth_manifest.clone(),
+            request: join.clone(),
+            times: reload_times,
+        },
+        ReloadCase {
+            label: "Rust room-auth, from the compile cache",
+            runtime: &cached,
+            tenant: "rust",
+            name: "auth",
+            bytes: &room_auth,
+            manifest: auth_manifest.clone(),
+            request: join.clone(),
+            times: reload_times,
+        },
+        ReloadCase {
+            label: "JS moderate, compiled",
+            runtime: &runtime,
+            tenant: "js",
+            name: "moderate",
+            bytes: &profanity,
+            manifest: PluginManifest::default(),
+            request: js_join,
+            times: reload_times.div_ceil(3).max(1),
+        },
     ];
-    for (label, rt, tenant, bytes, manifest, request) in cases {
-        let name = if tenant == "js" { "moderate" } else { "auth" };
-        let times = if tenant == "js" {
-            reload_times.div_ceil(3).max(1)
-        } else {
-            reload_times
-        };
-        let (mut took, calls, failures) =
-            reloads(rt, tenant, name, bytes, manifest, request, times).await?;
+    for case in cases {
+        let label = case.label;
+        let (mut took, calls, failures) = reloads(case).await?;
         took.sort();
         println!(
             "| {label} | {} | {:.1} | {:.1} | {calls} | {failures} |",
