@@ -99,6 +99,9 @@ struct Warm {
     store: Store<HostState>,
     guests: Guests,
     calls: u64,
+    /// Memory above which the instance is replaced: halfway from its size after instantiation to the
+    /// cap, so a guest that keeps growing is reset before it reaches the cap mid-call.
+    high_water: usize,
 }
 
 /// Counters of one plugin version.
@@ -403,7 +406,16 @@ impl LoadedPlugin {
         let taken = self.pool.lock().pop();
         let mut warm = match taken {
             Some(warm) => warm,
-            None => self.instantiate()?,
+            None => self.instantiate().inspect_err(|failure| {
+                tracing::warn!(
+                    tenant = %self.ctx.tenant,
+                    plugin = %self.ctx.name,
+                    version = %self.ctx.version,
+                    hook = hook.name(),
+                    error = %failure,
+                    "no plugin instance for a call; the request fails closed"
+                );
+            })?,
         };
         warm.store.data_mut().start_call(self.limits.deadline);
         warm.store.set_epoch_deadline(self.deadline_ticks);
@@ -414,7 +426,7 @@ impl LoadedPlugin {
                 self.breaker.record_success();
                 warm.calls += 1;
                 let tired = warm.calls >= self.limits.calls_per_instance
-                    || warm.store.data().cap.used() > self.limits.memory_bytes / 2;
+                    || warm.store.data().cap.used() > warm.high_water;
                 if !tired {
                     let mut pool = self.pool.lock();
                     if pool.len() < self.limits.warm_instances {
@@ -512,10 +524,12 @@ impl LoadedPlugin {
                 .map_err(unavailable)?,
         };
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        let baseline = store.data().cap.used();
         Ok(Warm {
             store,
             guests,
             calls: 0,
+            high_water: baseline + self.limits.memory_bytes.saturating_sub(baseline) / 2,
         })
     }
 }
