@@ -184,7 +184,7 @@ describe("tenant plugins", () => {
     const [calmA, calmB] = [await connected(url("calm")), await connected(url("calm"))];
     for (const s of [calmA, calmB]) assert.deepEqual(await join(s, "room"), { ok: true });
 
-    for (const [room, kind] of [["chaos:loop", "timeout"], ["chaos:oom", "out_of_memory"], ["chaos:trap", "trap"]]) {
+    for (const [room, kind] of [["chaos:loop", "timeout"], ["chaos:oom", "out_of_memory"], ["chaos:stack", "trap"], ["chaos:trap", "trap"]]) {
       const started = Date.now();
       const answer = await join(victim, room);
       const took = Date.now() - started;
@@ -201,7 +201,9 @@ describe("tenant plugins", () => {
       assert.deepEqual(await publish(calmA, { room: "room", event: "message", args: ["mail a@b.io"] }), { ok: true });
       assert.deepEqual(await got, ["mail [email]"]);
     }
-    assert.match(server.logs.join(""), /plugin call failed; the request fails closed.*tenant="?chaos/);
+    const logs = server.logs.join("");
+    assert.match(logs, /plugin call failed; the request fails closed.*tenant="?chaos/);
+    assert.match(logs, /kind="trap" error=trapped: wasm trap: call stack exhausted/, "the stack overflow is reported as such");
   });
 
   test("repeated failures open the tenant's breaker, which fails closed without calling the plugin", async () => {

@@ -1,12 +1,19 @@
 //! A plugin that misbehaves on request, so tests can prove the sandbox holds: joining room `chaos:loop`
-//! spins forever, `chaos:oom` allocates until the memory cap stops it, `chaos:trap` panics, and
-//! `chaos:refuse` is an ordinary refusal. Events named `loop`, `oom` and `trap` do the same in
+//! spins forever, `chaos:oom` allocates until the memory cap stops it, `chaos:stack` recurses until the
+//! stack cap stops it, `chaos:trap` panics, and
+//! `chaos:refuse` is an ordinary refusal. Events named `loop`, `oom`, `stack` and `trap` do the same in
 //! `transform_event`; any other room or event passes. The setting `label` is echoed in refusals, so a
 //! test can tell which version answered.
 
 use std::hint::black_box;
 
 use ioplex_guest::{ClientEvent, EventAction, JoinRequest, Plugin, host};
+
+/// Recurses without end on the wasm stack (no locals in linear memory, so the wasm stack cap, not the
+/// shadow stack, is what stops it); the mixed operations keep the compiler from making it a loop.
+fn deeper(depth: u64) -> u64 {
+    deeper(black_box(depth + 1)).rotate_left(1) ^ depth
+}
 
 fn misbehave(what: &str) -> Result<(), String> {
     match what {
@@ -22,6 +29,10 @@ fn misbehave(what: &str) -> Result<(), String> {
                 hoard.push(vec![1u8; 1 << 20]);
                 black_box(&hoard);
             }
+        }
+        "stack" => {
+            black_box(deeper(0));
+            Ok(())
         }
         "trap" => panic!("chaos plugin asked to trap"),
         "refuse" => Err(format!(
