@@ -12,6 +12,9 @@ use ioplex_guest::{ClientEvent, EventAction, JoinRequest, Plugin, host};
 /// Recurses without end on the wasm stack (no locals in linear memory, so the wasm stack cap, not the
 /// shadow stack, is what stops it); the mixed operations keep the compiler from making it a loop.
 fn deeper(depth: u64) -> u64 {
+    if black_box(depth) == u64::MAX {
+        return 0;
+    }
     deeper(black_box(depth + 1)).rotate_left(1) ^ depth
 }
 
