@@ -135,6 +135,11 @@ struct ServeArgs {
     /// ~/.cache/ioplex/plugins); `none` turns the cache off.
     #[arg(long, env = "IOPLEX_PLUGIN_CACHE_DIR")]
     plugin_cache_dir: Option<String>,
+    /// On SIGTERM or Ctrl-C, how long to drain (ms): /readyz turns 503, new handshakes are refused,
+    /// open sessions are closed so clients reconnect elsewhere (spread over half this time when there
+    /// are many), then the process exits 0.
+    #[arg(long, env = "IOPLEX_SHUTDOWN_GRACE", default_value_t = 10_000)]
+    shutdown_grace: u64,
     /// Log format.
     #[arg(long, env = "IOPLEX_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -376,7 +381,8 @@ async fn serve_gateway(cli: ServeArgs) -> anyhow::Result<()> {
             tracing::info!(%addr, %path, mode, "ioplex listening");
         }
     }
-    let mut router = Router::new(vec![engine]);
+    let mut router =
+        Router::new(vec![engine]).with_shutdown_grace(Duration::from_millis(cli.shutdown_grace));
     if let Some(check) = readiness {
         router = router.with_readiness(check);
     }

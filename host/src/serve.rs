@@ -6,6 +6,8 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -19,11 +21,27 @@ use crate::engineio::{Body, Engine};
 /// Tells `/readyz` whether the node can take traffic; `Err` carries the reason shown with the 503.
 pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// How long a shutdown may take by default: sessions are closed over the first half, and the process
+/// waits for them (and their close frames) at most this long.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Below this many sessions a drain closes them all at once; above, it spreads the closes over half the
+/// grace period so the clients' reconnects do not land on the other nodes all in the same instant.
+const DRAIN_AT_ONCE: usize = 100;
+
 /// The endpoints served on one set of listeners.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Router {
     engines: Arc<Vec<Engine>>,
     readiness: Option<Readiness>,
+    draining: Arc<AtomicBool>,
+    grace: Duration,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Router::new(Vec::new())
+    }
 }
 
 impl Router {
@@ -32,6 +50,8 @@ impl Router {
         Router {
             engines: Arc::new(engines),
             readiness: None,
+            draining: Arc::new(AtomicBool::new(false)),
+            grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 
@@ -39,6 +59,17 @@ impl Router {
     pub fn with_readiness(mut self, check: Readiness) -> Self {
         self.readiness = Some(check);
         self
+    }
+
+    /// How long [`serve`] may take to drain at shutdown (default [`DEFAULT_SHUTDOWN_GRACE`]).
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Whether a shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// The endpoints.
@@ -53,6 +84,9 @@ impl Router {
             return text(StatusCode::OK, "ok");
         }
         if path == "/readyz" {
+            if self.is_draining() {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down");
+            }
             return match self.readiness.as_ref().map_or(Ok(()), |check| check()) {
                 Ok(()) => text(StatusCode::OK, "ready"),
                 Err(reason) => {
@@ -75,7 +109,10 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     resp
 }
 
-/// Accepts connections on every listener until `shutdown` resolves, then closes every session.
+/// Accepts connections on every listener until `shutdown` resolves, then drains: `/readyz` answers
+/// 503, new handshakes are refused (503), open sessions are closed (clients see `transport close` and
+/// reconnect, through the load balancer, to another node), spread over half the grace period when
+/// there are many; returns once they are gone or the grace period is over.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     router: Router,
@@ -86,11 +123,52 @@ pub async fn serve(
         accept_loops.spawn(accept_loop(listener, router.clone()));
     }
     shutdown.await;
+    drain(&router).await;
     accept_loops.shutdown().await;
+    Ok(())
+}
+
+async fn drain(router: &Router) {
+    let started = tokio::time::Instant::now();
+    let deadline = started + router.grace;
+    router.draining.store(true, Ordering::Release);
+    for engine in router.engines() {
+        engine.begin_drain();
+    }
+    let sessions: Vec<_> = router.engines().iter().flat_map(Engine::sessions).collect();
+    tracing::info!(
+        sessions = sessions.len(),
+        grace_ms = router.grace.as_millis() as u64,
+        "draining: new handshakes refused, closing sessions"
+    );
+    if sessions.len() <= DRAIN_AT_ONCE {
+        for session in &sessions {
+            session.close(crate::engineio::CloseReason::ServerClose);
+        }
+    } else {
+        const BATCHES: usize = 20;
+        let per_batch = sessions.len().div_ceil(BATCHES);
+        let pause = router.grace / 2 / BATCHES as u32;
+        for batch in sessions.chunks(per_batch) {
+            for session in batch {
+                session.close(crate::engineio::CloseReason::ServerClose);
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+    // Sessions leave the table when closed; their writers still send the close frames.
+    while router.engines().iter().any(|e| e.session_count() > 0)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for engine in router.engines() {
         engine.close_all();
     }
-    Ok(())
+    let flush = Duration::from_millis(200)
+        .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+    tokio::time::sleep(flush).await;
+    tracing::info!(took_ms = started.elapsed().as_millis() as u64, "drained");
 }
 
 async fn accept_loop(listener: TcpListener, router: Router) {

@@ -26,6 +26,9 @@ pub enum RequestError {
     /// `EIO` is not 4.
     #[error("Unsupported protocol version")]
     UnsupportedProtocolVersion,
+    /// The server is shutting down and takes no new sessions (503; the client retries elsewhere).
+    #[error("Server shutting down")]
+    Draining,
 }
 
 impl RequestError {
@@ -38,13 +41,17 @@ impl RequestError {
             RequestError::BadRequest => 3,
             RequestError::Forbidden => 4,
             RequestError::UnsupportedProtocolVersion => 5,
+            // Engine.IO has no code for this; clients treat it like a refused handshake and retry.
+            RequestError::Draining => 4,
         }
     }
 
-    /// `{"code":N,"message":M}` with status 400 (403 for [`RequestError::Forbidden`]).
+    /// `{"code":N,"message":M}` with status 400 (403 for [`RequestError::Forbidden`], 503 while
+    /// draining).
     pub fn response(self) -> Response<Body> {
         let status = match self {
             RequestError::Forbidden => StatusCode::FORBIDDEN,
+            RequestError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         let body = format!(r#"{{"code":{},"message":"{}"}}"#, self.code(), self);

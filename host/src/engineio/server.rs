@@ -25,6 +25,8 @@ pub(crate) struct EngineShared {
     pub(crate) config: EngineConfig,
     sessions: DashMap<Sid, Arc<Session>>,
     handler: Arc<dyn EngineHandler>,
+    /// Set at shutdown: new handshakes are refused, existing sessions keep working until closed.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl EngineShared {
@@ -34,6 +36,7 @@ impl EngineShared {
             config,
             sessions: DashMap::new(),
             handler,
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -90,6 +93,7 @@ impl Engine {
                 config: config.normalized(),
                 sessions: DashMap::new(),
                 handler,
+                draining: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -113,6 +117,23 @@ impl Engine {
     /// A session by id.
     pub fn session(&self, sid: Sid) -> Option<Arc<Session>> {
         self.shared.session(sid)
+    }
+
+    /// Refuses new handshakes from now on (503, the client retries, usually on another node); the
+    /// sessions already open keep working until they are closed.
+    pub fn begin_drain(&self) {
+        self.shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The open sessions, for closing them a few at a time.
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        self.shared
+            .sessions
+            .iter()
+            .map(|s| Arc::clone(s.value()))
+            .collect()
     }
 
     /// Closes every session (server shutdown).
@@ -176,6 +197,13 @@ impl Engine {
             }
             if query.eio.as_deref() != Some("4") {
                 return Err(RequestError::UnsupportedProtocolVersion);
+            }
+            if self
+                .shared
+                .draining
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                return Err(RequestError::Draining);
             }
             let handshake = Handshake {
                 path: req.uri().path().to_owned(),

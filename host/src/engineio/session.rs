@@ -336,16 +336,18 @@ impl Session {
                 ClosedAs::Server
             });
             state.direct = None;
-            let keep = reason.client_initiated()
-                && state.transport == TransportKind::Polling
-                && !state.poll_pending;
+            // After an orderly close a polling client learns of it from its next GET (`1` when the
+            // server closed, as Node does, `6` when it raced its own `1`), so the session stays
+            // findable until then. Errors and timeouts forget it at once: the next GET gets 400.
+            let orderly = reason.client_initiated() || reason == CloseReason::ServerClose;
+            let keep = orderly && state.transport == TransportKind::Polling && !state.poll_pending;
             (state.handler.take(), keep)
         };
         self.is_closed.store(true, Ordering::Release);
         if keep_for_next_poll {
-            // The client's GET may be racing its own `1` on another connection: answer that one GET
-            // `6`, as if it had arrived first; later requests get "Session ID unknown". Nobody polling:
-            // forget it after pingTimeout.
+            // Answer the client's next GET (`1`, or `6` if it is racing its own `1` on another
+            // connection); later requests get "Session ID unknown". Nobody polling: forget it after
+            // pingTimeout.
             let me = Arc::clone(self);
             tokio::spawn(async move {
                 tokio::time::sleep(me.engine.config.ping_timeout).await;
