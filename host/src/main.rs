@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use ioplex::adapter::redis::{RedisAdapterFactory, RedisConfig};
-use ioplex::contract::{self, ContractConfig};
+use ioplex::adapter::redis::RedisConfig;
+use ioplex::contract::ContractConfig;
 use ioplex::engineio::{AllowedOrigins, EngineConfig, Transports};
 use ioplex::plugin::{EngineOptions, PluginDir, PluginManifest, PluginRuntime};
 use ioplex::serve::{Router, bind, serve};
-use ioplex::socketio::{SocketIo, SocketIoConfig};
-use ioplex::tenant;
+use ioplex::socketio::SocketIoConfig;
+use ioplex::tenant::config::valid_tenant_id;
+use ioplex::tenant::{DEFAULT_TENANT, GatewayDefaults, TenantConfig, Tenants, TenantsConfig};
 
 /// Multi-tenant Socket.IO gateway (Engine.IO v4 / Socket.IO v5).
 ///
@@ -56,6 +57,10 @@ enum PluginCommand {
 /// Options of `ioplex serve`.
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
+    /// Tenant configuration (TOML; see README). Re-read when it or its tenants directory changes.
+    /// Without it the gateway serves the single default tenant (plus one per plugin directory).
+    #[arg(long, short = 'c', env = "IOPLEX_CONFIG")]
+    config: Option<PathBuf>,
     /// Address to listen on. The default also listens on [::] so clients resolving `localhost` to ::1 connect.
     #[arg(long, env = "IOPLEX_HOST", default_value = "0.0.0.0")]
     host: IpAddr,
@@ -304,6 +309,83 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// The tenants served with no configuration file: `default` (taking requests that name no tenant, on
+/// the gateway's own Redis channels), plus one per plugin directory, selected with `?tenant=<name>`.
+fn implicit_tenants(redis_key: &str, plugins_dir: Option<&Path>) -> TenantsConfig {
+    let mut config = TenantsConfig::default();
+    config.tenants.insert(
+        DEFAULT_TENANT.to_owned(),
+        TenantConfig {
+            default: true,
+            redis_key: Some(redis_key.to_owned()),
+            ..TenantConfig::default()
+        },
+    );
+    if let Some(entries) = plugins_dir.and_then(|d| std::fs::read_dir(d).ok()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.path().is_dir() && valid_tenant_id(&name) && name != DEFAULT_TENANT {
+                config.tenants.insert(name, TenantConfig::default());
+            }
+        }
+    }
+    config
+}
+
+/// Re-reads the configuration when its file or tenants directory changes; a broken edit is logged
+/// and the running configuration stays.
+fn watch_config(file: PathBuf, mut current: TenantsConfig, tenants: Arc<Tenants>) {
+    fn stamp(
+        file: &Path,
+        dir: Option<&Path>,
+    ) -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
+        let meta = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| (m.modified().ok(), m.len()))
+                .unwrap_or((None, 0))
+        };
+        let mut files = vec![file.to_path_buf()];
+        if let Some(entries) = dir.and_then(|d| std::fs::read_dir(d).ok()) {
+            files.extend(entries.flatten().map(|e| e.path()));
+        }
+        files.sort();
+        files
+            .into_iter()
+            .map(|p| {
+                let (modified, len) = meta(&p);
+                (p, modified, len)
+            })
+            .collect()
+    }
+    tokio::spawn(async move {
+        let mut seen = stamp(&file, current.tenants_dir.as_deref());
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let now = stamp(&file, current.tenants_dir.as_deref());
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match TenantsConfig::load(&file) {
+                Ok(next) if next == current => {}
+                Ok(next) => match tenants.reload(&next).await {
+                    Ok(()) => {
+                        tracing::info!(file = %file.display(), tenants = next.tenants.len(), "configuration reloaded");
+                        current = next;
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %format!("{err:#}"), "configuration not applied; the previous one stays")
+                    }
+                },
+                Err(err) => {
+                    tracing::error!(error = %err, "configuration refused; the previous one stays")
+                }
+            }
+        }
+    });
+}
+
 async fn serve_gateway(cli: ServeArgs) -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     let engine_config = cli.engine_config()?;
@@ -329,63 +411,68 @@ async fn serve_gateway(cli: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut builder = SocketIo::builder();
-    let mut readiness: Option<ioplex::serve::Readiness> = None;
-    let mode = match &cli.redis_url {
-        Some(url) => {
-            let mut config = RedisConfig::new(url.clone());
-            config.key = cli.redis_key.clone();
-            config.requests_timeout = Duration::from_millis(cli.redis_requests_timeout);
-            config.reconnect_max = Duration::from_millis(cli.redis_reconnect_max.max(1));
-            config.reconnect_step = Duration::from_millis(cli.redis_reconnect_step.max(1));
-            config.outage.max_messages = cli.redis_outage_buffer.max(1);
-            let factory = RedisAdapterFactory::start(config).await?;
-            let bus = Arc::clone(factory.bus());
-            readiness = Some(Arc::new(move || {
-                if bus.is_connected() {
-                    Ok(())
-                } else {
-                    Err("Redis unreachable: serving local clients only, reconnecting".into())
-                }
-            }));
-            builder = builder.adapter(Arc::new(factory));
-            "fleet: Redis adapter"
-        }
-        None => "embedded default: single node, in-memory adapter",
-    };
-    let io = builder
-        .config(SocketIoConfig {
+    let redis = cli.redis_url.as_ref().map(|url| {
+        let mut config = RedisConfig::new(url.clone());
+        config.key = cli.redis_key.clone();
+        config.requests_timeout = Duration::from_millis(cli.redis_requests_timeout);
+        config.reconnect_max = Duration::from_millis(cli.redis_reconnect_max.max(1));
+        config.reconnect_step = Duration::from_millis(cli.redis_reconnect_step.max(1));
+        config.outage.max_messages = cli.redis_outage_buffer.max(1);
+        config
+    });
+    let defaults = GatewayDefaults {
+        engine: engine_config,
+        socketio: SocketIoConfig {
             connect_timeout: Duration::from_millis(cli.connect_timeout),
             max_dynamic_namespaces: cli.max_dynamic_namespaces,
             ..SocketIoConfig::default()
-        })
-        .dynamic_namespaces({
-            let contract = ContractConfig {
-                max_rooms_per_socket: cli.max_rooms_per_socket,
-                ..ContractConfig::default()
-            };
-            match &plugins {
-                Some(runtime) => tenant::namespace_handlers(contract, Arc::clone(runtime)),
-                None => contract::handlers(contract),
+        },
+        contract: ContractConfig {
+            max_rooms_per_socket: cli.max_rooms_per_socket,
+            ..ContractConfig::default()
+        },
+        redis,
+        redis_key: cli.redis_key.clone(),
+        plugins: plugins.clone(),
+    };
+    let path = defaults.engine.path.clone();
+    let tenants_config = match &cli.config {
+        Some(file) => TenantsConfig::load(file)
+            .with_context(|| format!("cannot use the configuration {}", file.display()))?,
+        None => implicit_tenants(&cli.redis_key, plugins_dir.as_deref()),
+    };
+    let tenants = Tenants::start(defaults, &tenants_config).await?;
+    if let Some(file) = &cli.config {
+        watch_config(file.clone(), tenants_config, Arc::clone(&tenants));
+    }
+    let mode = match (&cli.config, &cli.redis_url) {
+        (Some(_), _) => "tenants from configuration",
+        (None, Some(_)) => "fleet: Redis adapter",
+        (None, None) => "embedded default: single node, in-memory adapter",
+    };
+    let readiness: ioplex::serve::Readiness = {
+        let tenants = Arc::clone(&tenants);
+        Arc::new(move || {
+            if tenants.redis_buses().iter().all(|bus| bus.is_connected()) {
+                Ok(())
+            } else {
+                Err("Redis unreachable: serving local clients only, reconnecting".into())
             }
         })
-        .build();
-    let engine = io.engine(engine_config);
-    let path = engine.config().path.clone();
+    };
 
     let listeners = bind(cli.host, cli.port)
         .await
         .with_context(|| format!("cannot listen on {}:{}", cli.host, cli.port))?;
     for listener in &listeners {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, %path, mode, "ioplex listening");
+            let ids: Vec<String> = tenants.all().iter().map(|t| t.id().to_owned()).collect();
+            tracing::info!(%addr, %path, mode, tenants = ?ids, "ioplex listening");
         }
     }
-    let mut router =
-        Router::new(vec![engine]).with_shutdown_grace(Duration::from_millis(cli.shutdown_grace));
-    if let Some(check) = readiness {
-        router = router.with_readiness(check);
-    }
+    let router = Router::with_endpoints(tenants)
+        .with_shutdown_grace(Duration::from_millis(cli.shutdown_grace))
+        .with_readiness(readiness);
     serve(listeners, router, shutdown_signal()).await?;
     tracing::info!("ioplex stopped");
     Ok(())

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::engineio::{Body, Engine};
+use crate::engineio::{Body, Engine, RequestError};
 
 /// Tells `/readyz` whether the node can take traffic; `Err` carries the reason shown with the 503.
 pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -29,10 +29,34 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// grace period so the clients' reconnects do not land on the other nodes all in the same instant.
 const DRAIN_AT_ONCE: usize = 100;
 
+/// Picks the Engine.IO endpoint for a request: by path for a plain server, by tenant (host name or
+/// `tenant` parameter) for a gateway.
+pub trait Endpoints: Send + Sync + 'static {
+    /// The endpoint for this request; `Ok(None)` when none serves the path (404); `Err` is answered
+    /// as an Engine.IO error (an unknown tenant, say) with nothing created.
+    fn resolve(&self, uri: &Uri, headers: &HeaderMap) -> Result<Option<Engine>, RequestError>;
+
+    /// Every endpoint, for draining at shutdown.
+    fn all(&self) -> Vec<Engine>;
+}
+
+/// Endpoints matched by path, in order.
+struct ByPath(Vec<Engine>);
+
+impl Endpoints for ByPath {
+    fn resolve(&self, uri: &Uri, _headers: &HeaderMap) -> Result<Option<Engine>, RequestError> {
+        Ok(self.0.iter().find(|e| e.matches(uri.path())).cloned())
+    }
+
+    fn all(&self) -> Vec<Engine> {
+        self.0.clone()
+    }
+}
+
 /// The endpoints served on one set of listeners.
 #[derive(Clone)]
 pub struct Router {
-    engines: Arc<Vec<Engine>>,
+    endpoints: Arc<dyn Endpoints>,
     readiness: Option<Readiness>,
     draining: Arc<AtomicBool>,
     grace: Duration,
@@ -47,8 +71,13 @@ impl Default for Router {
 impl Router {
     /// A router over `engines`, matched in order.
     pub fn new(engines: Vec<Engine>) -> Self {
+        Router::with_endpoints(Arc::new(ByPath(engines)))
+    }
+
+    /// A router whose endpoints are chosen per request by `endpoints`.
+    pub fn with_endpoints(endpoints: Arc<dyn Endpoints>) -> Self {
         Router {
-            engines: Arc::new(engines),
+            endpoints,
             readiness: None,
             draining: Arc::new(AtomicBool::new(false)),
             grace: DEFAULT_SHUTDOWN_GRACE,
@@ -72,9 +101,9 @@ impl Router {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// The endpoints.
-    pub fn engines(&self) -> &[Engine] {
-        &self.engines
+    /// Every endpoint.
+    pub fn engines(&self) -> Vec<Engine> {
+        self.endpoints.all()
     }
 
     /// Answers one request.
@@ -96,9 +125,10 @@ impl Router {
                 }
             };
         }
-        match self.engines.iter().find(|e| e.matches(path)) {
-            Some(engine) => engine.handle(req, remote).await,
-            None => text(StatusCode::NOT_FOUND, "not found"),
+        match self.endpoints.resolve(req.uri(), req.headers()) {
+            Ok(Some(engine)) => engine.handle(req, remote).await,
+            Ok(None) => text(StatusCode::NOT_FOUND, "not found"),
+            Err(err) => err.response(),
         }
     }
 }
@@ -132,10 +162,11 @@ async fn drain(router: &Router) {
     let started = tokio::time::Instant::now();
     let deadline = started + router.grace;
     router.draining.store(true, Ordering::Release);
-    for engine in router.engines() {
+    let engines = router.engines();
+    for engine in &engines {
         engine.begin_drain();
     }
-    let sessions: Vec<_> = router.engines().iter().flat_map(Engine::sessions).collect();
+    let sessions: Vec<_> = engines.iter().flat_map(Engine::sessions).collect();
     tracing::info!(
         sessions = sessions.len(),
         grace_ms = router.grace.as_millis() as u64,
@@ -157,12 +188,10 @@ async fn drain(router: &Router) {
         }
     }
     // Sessions leave the table when closed; their writers still send the close frames.
-    while router.engines().iter().any(|e| e.session_count() > 0)
-        && tokio::time::Instant::now() < deadline
-    {
+    while engines.iter().any(|e| e.session_count() > 0) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for engine in router.engines() {
+    for engine in &engines {
         engine.close_all();
     }
     let flush = Duration::from_millis(200)

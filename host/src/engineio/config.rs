@@ -67,6 +67,8 @@ pub struct EngineConfig {
     pub max_buffered_bytes: usize,
     /// Queued packets above which volatile packets are dropped instead of queued.
     pub volatile_high_water: usize,
+    /// Sessions the endpoint may hold; handshakes past it get 503 `Connection limit reached`.
+    pub max_sessions: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +84,7 @@ impl Default for EngineConfig {
             max_buffered_packets: 4096,
             max_buffered_bytes: 8 << 20,
             volatile_high_water: 16,
+            max_sessions: None,
         }
     }
 }

@@ -29,6 +29,12 @@ pub enum RequestError {
     /// The server is shutting down and takes no new sessions (503; the client retries elsewhere).
     #[error("Server shutting down")]
     Draining,
+    /// No tenant answers to this host name or `tenant` parameter (403; nothing was created).
+    #[error("Unknown tenant")]
+    UnknownTenant,
+    /// The endpoint (tenant) holds as many sessions as it may (503).
+    #[error("Connection limit reached")]
+    ConnectionLimit,
 }
 
 impl RequestError {
@@ -41,17 +47,21 @@ impl RequestError {
             RequestError::BadRequest => 3,
             RequestError::Forbidden => 4,
             RequestError::UnsupportedProtocolVersion => 5,
-            // Engine.IO has no code for this; clients treat it like a refused handshake and retry.
-            RequestError::Draining => 4,
+            // Engine.IO has no codes for these; clients treat them like a refused handshake.
+            RequestError::Draining
+            | RequestError::UnknownTenant
+            | RequestError::ConnectionLimit => 4,
         }
     }
 
-    /// `{"code":N,"message":M}` with status 400 (403 for [`RequestError::Forbidden`], 503 while
-    /// draining).
+    /// `{"code":N,"message":M}` with status 400 (403 when refused by policy, 503 while draining or at
+    /// the connection limit).
     pub fn response(self) -> Response<Body> {
         let status = match self {
-            RequestError::Forbidden => StatusCode::FORBIDDEN,
-            RequestError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            RequestError::Forbidden | RequestError::UnknownTenant => StatusCode::FORBIDDEN,
+            RequestError::Draining | RequestError::ConnectionLimit => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::BAD_REQUEST,
         };
         let body = format!(r#"{{"code":{},"message":"{}"}}"#, self.code(), self);

@@ -205,6 +205,11 @@ impl Engine {
             {
                 return Err(RequestError::Draining);
             }
+            if let Some(max) = self.shared.config.max_sessions
+                && self.shared.sessions.len() >= max
+            {
+                return Err(RequestError::ConnectionLimit);
+            }
             let handshake = Handshake {
                 path: req.uri().path().to_owned(),
                 query: req.uri().query().unwrap_or("").to_owned(),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::rate::RateLimit;
 use super::socket::{DisconnectReason, Event, Socket};
 use crate::adapter::{Room, ServerAck};
 use crate::engineio::Handshake;
@@ -71,6 +72,7 @@ pub struct Handlers {
     pub(crate) any: Option<EventHandler>,
     pub(crate) disconnect: Option<DisconnectHandler>,
     pub(crate) server_side: Option<ServerSideHandler>,
+    pub(crate) rate_limit: Option<RateLimit>,
 }
 
 impl Handlers {
@@ -125,6 +127,12 @@ impl Handlers {
         f: impl Fn(Vec<Value>, Option<ServerAck>) + Send + Sync + 'static,
     ) -> Self {
         self.server_side = Some(Arc::new(f));
+        self
+    }
+
+    /// Limits the events each socket of the namespace may send (checked before any handler runs).
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
         self
     }
 

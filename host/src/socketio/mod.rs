@@ -12,6 +12,7 @@ pub mod decoder;
 mod handlers;
 mod namespace;
 pub mod packet;
+mod rate;
 mod server;
 mod socket;
 
@@ -20,5 +21,6 @@ pub use config::SocketIoConfig;
 pub use handlers::{ConnectAccept, ConnectRefusal, ConnectRequest, Handlers};
 pub use namespace::Namespace;
 pub use packet::Payload;
+pub use rate::{RateAction, RateLimit};
 pub use server::{SocketIo, SocketIoBuilder};
 pub use socket::{AckError, AckResponder, DisconnectReason, EmitError, Event, Socket};

@@ -131,6 +131,8 @@ pub struct Socket {
     data: Mutex<Value>,
     acks: Mutex<PendingAcks>,
     connected: AtomicBool,
+    /// Present when the namespace limits event rates.
+    bucket: Option<Mutex<super::rate::TokenBucket>>,
 }
 
 impl Socket {
@@ -142,6 +144,11 @@ impl Socket {
         data: Value,
         user_id: Option<Arc<str>>,
     ) -> Arc<Self> {
+        let bucket = ns
+            .handlers()
+            .rate_limit
+            .as_ref()
+            .map(|limit| Mutex::new(super::rate::TokenBucket::full(limit)));
         Arc::new(Socket {
             id: Sid::random(),
             ns,
@@ -150,6 +157,7 @@ impl Socket {
             auth,
             user_id,
             data: Mutex::new(data),
+            bucket,
             acks: Mutex::new(PendingAcks::default()),
             connected: AtomicBool::new(true),
         })
@@ -387,6 +395,11 @@ impl Socket {
             None => return,
         };
         let handlers = self.ns.handlers();
+        if let (Some(bucket), Some(limit)) = (&self.bucket, &handlers.rate_limit)
+            && !bucket.lock().take(limit, std::time::Instant::now())
+        {
+            return self.over_rate(limit, id);
+        }
         let Some(handler) = handlers.event_handler(&name) else {
             return;
         };
@@ -402,6 +415,30 @@ impl Socket {
             }),
         };
         handler(self, event);
+    }
+
+    /// An event past the namespace's rate limit: refused through its ack, or the socket disconnected.
+    fn over_rate(self: &Arc<Self>, limit: &super::rate::RateLimit, ack_id: Option<u64>) {
+        match limit.action {
+            super::rate::RateAction::Disconnect => {
+                tracing::debug!(socket = %self.id, "event rate exceeded: disconnecting");
+                self.disconnect();
+            }
+            super::rate::RateAction::Reject => {
+                if let Some(id) = ack_id {
+                    let body = serde_json::json!({
+                        "ok": false,
+                        "code": "rate_limited",
+                        "message": format!(
+                            "more than {} events per second (burst {})",
+                            limit.per_second, limit.burst
+                        ),
+                    });
+                    let packet = encode_ack(self.ns.name(), id, &Payload::json(vec![body]));
+                    self.send_encoded(&packet, false);
+                }
+            }
+        }
     }
 
     /// Removes the socket from its namespace and rooms and runs the disconnect handler, once.

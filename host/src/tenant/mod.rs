@@ -1,11 +1,16 @@
 //! Tenants: what ties a tenant's limits, Redis prefix and plugin slot to the sockets it serves.
 //!
-//! Until tenant configuration lands, the gateway serves one tenant, [`DEFAULT_TENANT`], whose plugin
-//! slot is filled from `plugins.d/default/` or through [`crate::plugin::PluginRuntime::install`].
+//! [`config`] reads them from TOML; [`Tenants`] serves them, one Socket.IO server and Engine.IO endpoint
+//! each, chosen per request by host name or `tenant` parameter. With no configuration the gateway
+//! serves one tenant, [`DEFAULT_TENANT`].
 
+pub mod config;
 mod plugins;
+mod registry;
 
+pub use config::{ConfigError, TenantConfig, TenantsConfig};
 pub use plugins::{PluginPolicy, namespace_handlers};
+pub use registry::{GatewayDefaults, Tenant, Tenants};
 
 /// The tenant of the embedded default (and of every connection while no tenants are configured).
 pub const DEFAULT_TENANT: &str = "default";

@@ -8,9 +8,8 @@ use serde_json::Value;
 
 use crate::adapter::Room;
 use crate::contract::{self, ContractConfig, ContractPolicy, Publish, Refusal};
-use crate::engineio::Handshake;
 use crate::plugin::{
-    BroadcastOutcome, EventOutcome, Hook, HookError, PluginChain, PluginRuntime, PluginSlot, types,
+    BroadcastOutcome, EventOutcome, Hook, HookError, PluginChain, PluginSlot, types,
 };
 use crate::socketio::{ConnectAccept, ConnectRefusal, ConnectRequest, Handlers, Payload, Socket};
 
@@ -27,26 +26,17 @@ const HEADERS_FOR_PLUGINS: &[&str] = &[
 
 /// The contract's handlers with the tenant's plugins in front: `authorize-connect` on CONNECT,
 /// `authorize-join` on join, `transform-event` then `transform-broadcast` on publish.
-pub fn namespace_handlers(contract: ContractConfig, runtime: Arc<PluginRuntime>) -> Handlers {
-    let policy = Arc::new(PluginPolicy::new(runtime));
+pub fn namespace_handlers(contract: ContractConfig, slot: Arc<PluginSlot>) -> Handlers {
+    let policy = Arc::new(PluginPolicy::new(slot));
     let authorize = Arc::clone(&policy);
     contract::handlers_with_policy(contract, policy)
         .authorize(move |request| authorize.authorize_connect(request))
 }
 
-/// Answers the contract's questions with the plugin chain of the connection's tenant. Failures fail
-/// closed. Until tenant configuration lands, a connection's tenant is its handshake's `tenant` query
-/// parameter (a tenant with a plugin directory), else [`super::DEFAULT_TENANT`].
+/// Answers the contract's questions with one tenant's plugin chain. Failures fail closed.
 #[derive(Debug)]
 pub struct PluginPolicy {
-    runtime: Arc<PluginRuntime>,
-}
-
-/// The tenant a handshake names, if it names one.
-fn tenant_param(handshake: &Handshake) -> Option<std::borrow::Cow<'_, str>> {
-    form_urlencoded::parse(handshake.query.as_bytes())
-        .find(|(k, _)| k == "tenant")
-        .map(|(_, v)| v)
+    slot: Arc<PluginSlot>,
 }
 
 /// The chain to run for `hook`, or `None` when the tenant has nothing that needs running.
@@ -59,20 +49,9 @@ fn chain_with(slot: &PluginSlot, hook: Hook) -> Option<Arc<PluginChain>> {
 }
 
 impl PluginPolicy {
-    /// A policy backed by `runtime`'s tenant slots.
-    pub fn new(runtime: Arc<PluginRuntime>) -> Self {
-        PluginPolicy { runtime }
-    }
-
-    /// The slot of the handshake's tenant: `Err` for a tenant that does not exist.
-    fn slot(&self, handshake: &Handshake) -> Result<Option<Arc<PluginSlot>>, String> {
-        match tenant_param(handshake) {
-            None => Ok(self.runtime.existing_slot(super::DEFAULT_TENANT)),
-            Some(tenant) => match self.runtime.existing_slot(&tenant) {
-                Some(slot) => Ok(Some(slot)),
-                None => Err(format!("unknown tenant \"{tenant}\"")),
-            },
-        }
+    /// A policy backed by a tenant's plugin slot.
+    pub fn new(slot: Arc<PluginSlot>) -> Self {
+        PluginPolicy { slot }
     }
 
     /// Runs `authorize-connect`; the refusal's message reaches the client's `connect_error`.
@@ -81,17 +60,8 @@ impl PluginPolicy {
         request: &ConnectRequest<'_>,
     ) -> Result<ConnectAccept, ConnectRefusal> {
         let hs = request.handshake;
-        let slot = match self.slot(hs) {
-            Ok(Some(slot)) => slot,
-            Ok(None) => return Ok(ConnectAccept::default()),
-            Err(message) => {
-                return Err(ConnectRefusal {
-                    message,
-                    data: Some(serde_json::json!({ "code": "unknown_tenant" })),
-                });
-            }
-        };
-        let Some(chain) = chain_with(&slot, Hook::AuthorizeConnect) else {
+        let slot = &self.slot;
+        let Some(chain) = chain_with(slot, Hook::AuthorizeConnect) else {
             return Ok(ConnectAccept::default());
         };
         let wit = types::ConnectRequest {
@@ -205,19 +175,10 @@ fn payload_of(body: types::EventBody) -> Result<(String, Payload), Refusal> {
     ))
 }
 
-impl PluginPolicy {
-    /// The slot of a connected socket's tenant (its tenant was checked at CONNECT).
-    fn socket_slot(&self, socket: &Socket) -> Option<Arc<PluginSlot>> {
-        self.slot(socket.handshake()).ok().flatten()
-    }
-}
-
 impl ContractPolicy for PluginPolicy {
     fn authorize_join(&self, socket: &Arc<Socket>, room: &Room) -> Result<(), Refusal> {
-        let Some(slot) = self.socket_slot(socket) else {
-            return Ok(());
-        };
-        let Some(chain) = chain_with(&slot, Hook::AuthorizeJoin) else {
+        let slot = &self.slot;
+        let Some(chain) = chain_with(slot, Hook::AuthorizeJoin) else {
             return Ok(());
         };
         let request = types::JoinRequest {
@@ -234,9 +195,7 @@ impl ContractPolicy for PluginPolicy {
         socket: &Arc<Socket>,
         publish: Publish,
     ) -> Result<Option<Publish>, Refusal> {
-        let Some(slot) = self.socket_slot(socket) else {
-            return Ok(Some(publish));
-        };
+        let slot = &self.slot;
         if slot.is_empty() {
             return Ok(Some(publish));
         }

@@ -1,0 +1,375 @@
+//! Tenant configuration: one TOML file, plus a directory with one file per tenant.
+//!
+//! ```toml
+//! tenants-dir = "tenants.d"          # optional; relative to this file; <id>.toml each
+//!
+//! [tenants.acme]
+//! hosts = ["chat.acme.example"]      # Host header (port ignored)
+//! query = "acme"                     # ?tenant=acme (default: the id)
+//! default = false                    # serves requests that name no tenant
+//! cors-origins = ["https://app.acme.example"]
+//! namespaces = ["/", "/support"]     # default: any namespace a client asks for
+//! redis-url = "redis://10.0.0.5:6379"  # default: the gateway's REDIS_URL
+//! redis-key = "socket.io"            # default: see `TenantConfig::redis_key`
+//! api-keys = ["k_live_..."]
+//!
+//! [tenants.acme.limits]
+//! max-connections = 10000            # per node
+//! events-per-second = 20             # per socket, token bucket
+//! events-burst = 40
+//! on-rate-exceeded = "error"         # or "disconnect"
+//! max-payload = 100000               # bytes per message
+//! max-rooms-per-socket = 100
+//!
+//! [tenants.acme.events]              # client contract event names
+//! join = "join"
+//! leave = "leave"
+//! publish = "publish"
+//! request = "request"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration that cannot be used; the gateway keeps its previous one.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not valid TOML for this schema.
+    #[error("{path}: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message (line, column, field).
+        reason: String,
+    },
+    /// The files are valid one by one but not together.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a tenant is and may do.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TenantConfig {
+    /// Host names that select this tenant (lower case, port ignored).
+    pub hosts: Vec<String>,
+    /// Value of the `tenant` query parameter that selects it (default: the tenant id).
+    pub query: Option<String>,
+    /// Serves requests that match no host and name no tenant.
+    pub default: bool,
+    /// Origins allowed to use polling and to open websockets; empty: same-origin pages only; `*`: any.
+    pub cors_origins: Vec<String>,
+    /// Namespaces clients may join; empty: any.
+    pub namespaces: Vec<String>,
+    /// Redis of the tenant's fleet (default: the gateway's).
+    pub redis_url: Option<String>,
+    /// Channel prefix in Redis (the Node adapter's `key`).
+    pub redis_key: Option<String>,
+    /// Keys the tenant's backend uses for the HTTP API.
+    pub api_keys: Vec<String>,
+    /// Limits.
+    pub limits: TenantLimits,
+    /// Client contract event names.
+    pub events: ContractEvents,
+}
+
+/// Per-tenant limits; absent means the gateway's default.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TenantLimits {
+    /// Sessions this tenant may hold on one node.
+    pub max_connections: Option<usize>,
+    /// Events per second one socket may send (token bucket refill).
+    pub events_per_second: Option<f64>,
+    /// Events one socket may send back to back (bucket size; default: twice the rate, at least 1).
+    pub events_burst: Option<f64>,
+    /// What happens past the rate.
+    pub on_rate_exceeded: OnRateExceeded,
+    /// Largest message, in bytes.
+    pub max_payload: Option<usize>,
+    /// Rooms one socket may be in.
+    pub max_rooms_per_socket: Option<usize>,
+}
+
+/// What a socket over its event rate gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnRateExceeded {
+    /// The event is dropped and its ack says `rate_limited`.
+    #[default]
+    Error,
+    /// The socket is disconnected.
+    Disconnect,
+}
+
+/// Client contract event names, for apps whose own events already use `join` and the like.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContractEvents {
+    /// Joins a room.
+    pub join: String,
+    /// Leaves a room.
+    pub leave: String,
+    /// Publishes to rooms.
+    pub publish: String,
+    /// Asks one socket.
+    pub request: String,
+}
+
+impl Default for ContractEvents {
+    fn default() -> Self {
+        ContractEvents {
+            join: "join".into(),
+            leave: "leave".into(),
+            publish: "publish".into(),
+            request: "request".into(),
+        }
+    }
+}
+
+impl TenantConfig {
+    /// The `tenant` query value that selects it.
+    pub fn query_value<'a>(&'a self, id: &'a str) -> &'a str {
+        self.query.as_deref().unwrap_or(id)
+    }
+
+    /// The Redis channel prefix: the configured one; else the gateway's key when the tenant has a Redis
+    /// of its own (its Node fleet's channels as they are); else `<gateway key>/<id>`, so tenants sharing
+    /// one Redis never share rooms.
+    pub fn redis_key(&self, id: &str, gateway_key: &str) -> String {
+        match (&self.redis_key, &self.redis_url) {
+            (Some(key), _) => key.clone(),
+            (None, Some(_)) => gateway_key.to_owned(),
+            (None, None) => format!("{gateway_key}/{id}"),
+        }
+    }
+
+    /// Whether `other` differs only in what can change on live sessions (routing and API keys).
+    pub fn same_sessions_as(&self, other: &TenantConfig) -> bool {
+        let strip = |c: &TenantConfig| TenantConfig {
+            hosts: Vec::new(),
+            query: None,
+            default: false,
+            api_keys: Vec::new(),
+            ..c.clone()
+        };
+        strip(self) == strip(other)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct MainFile {
+    #[serde(default)]
+    tenants_dir: Option<PathBuf>,
+    #[serde(default)]
+    tenants: BTreeMap<String, TenantConfig>,
+}
+
+/// Every tenant, by id.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TenantsConfig {
+    /// Tenants by id.
+    pub tenants: BTreeMap<String, TenantConfig>,
+    /// The directory of per-tenant files, if any (watched with the main file).
+    pub tenants_dir: Option<PathBuf>,
+}
+
+/// Tenant ids: what may appear in paths, metrics labels and Redis keys.
+pub fn valid_tenant_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+impl TenantsConfig {
+    /// Reads the main file and the tenants directory it names, and checks them together.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let main: MainFile = parse(file, &read(file)?)?;
+        let mut tenants = main.tenants;
+        let tenants_dir = main
+            .tenants_dir
+            .map(|d| file.parent().unwrap_or(Path::new(".")).join(d));
+        if let Some(dir) = &tenants_dir {
+            let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            let mut files: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("toml"))
+                .collect();
+            files.sort();
+            for path in files {
+                let Some(id) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+                    continue;
+                };
+                let tenant: TenantConfig = parse(&path, &read(&path)?)?;
+                if tenants.insert(id.clone(), tenant).is_some() {
+                    return Err(ConfigError::Invalid(format!(
+                        "tenant {id} is defined both in {} and in {}",
+                        file.display(),
+                        path.display()
+                    )));
+                }
+            }
+        }
+        let config = TenantsConfig {
+            tenants,
+            tenants_dir,
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Ids valid, host names and query values unique, at most one default.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let mut hosts = BTreeMap::new();
+        let mut queries = BTreeMap::new();
+        let mut default = None;
+        for (id, t) in &self.tenants {
+            if !valid_tenant_id(id) {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant id \"{id}\": use 1 to 64 lower-case letters, digits, - or _"
+                )));
+            }
+            for host in &t.hosts {
+                if let Some(other) = hosts.insert(host.to_ascii_lowercase(), id) {
+                    return Err(ConfigError::Invalid(format!(
+                        "host {host} is claimed by tenants {other} and {id}"
+                    )));
+                }
+            }
+            if let Some(other) = queries.insert(t.query_value(id), id) {
+                return Err(ConfigError::Invalid(format!(
+                    "query value {} is claimed by tenants {other} and {id}",
+                    t.query_value(id)
+                )));
+            }
+            if t.default
+                && let Some(other) = default.replace(id)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "tenants {other} and {id} are both marked default"
+                )));
+            }
+            if let Some(rate) = t.limits.events_per_second
+                && !(rate > 0.0 && rate.is_finite())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant {id}: events-per-second must be a positive number"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ioplex-config-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("tenants.d")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn main_file_and_directory_are_merged() {
+        let dir = temp_dir("merge");
+        let main = write(
+            &dir,
+            "ioplex.toml",
+            "tenants-dir = \"tenants.d\"\n[tenants.acme]\nhosts = [\"Chat.Acme.example\"]\n[tenants.acme.limits]\nevents-per-second = 5\n",
+        );
+        write(
+            &dir.join("tenants.d"),
+            "globex.toml",
+            "default = true\napi-keys = [\"k\"]\n",
+        );
+        let config = TenantsConfig::load(&main).unwrap();
+        assert_eq!(config.tenants.len(), 2);
+        assert_eq!(config.tenants["acme"].limits.events_per_second, Some(5.0));
+        assert!(config.tenants["globex"].default);
+        assert_eq!(config.tenants["globex"].query_value("globex"), "globex");
+        assert_eq!(
+            config.tenants["acme"].redis_key("acme", "socket.io"),
+            "socket.io/acme"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn conflicts_and_typos_are_errors_naming_the_file() {
+        let dir = temp_dir("conflicts");
+        let main = write(
+            &dir,
+            "a.toml",
+            "[tenants.a]\nhosts = [\"x\"]\n[tenants.b]\nhosts = [\"X\"]\n",
+        );
+        assert!(
+            matches!(TenantsConfig::load(&main), Err(ConfigError::Invalid(m)) if m.contains("host X"))
+        );
+        let typo = write(&dir, "b.toml", "[tenants.a]\nhost = [\"x\"]\n");
+        let err = TenantsConfig::load(&typo).unwrap_err().to_string();
+        assert!(
+            err.contains("b.toml") && err.contains("unknown field `host`"),
+            "{err}"
+        );
+        let bad_id = write(&dir, "c.toml", "[tenants.\"Acme Corp\"]\n");
+        assert!(
+            TenantsConfig::load(&bad_id)
+                .unwrap_err()
+                .to_string()
+                .contains("tenant id")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn routing_and_keys_change_live_the_rest_rebuilds() {
+        let a = TenantConfig::default();
+        let mut b = a.clone();
+        b.hosts.push("x".into());
+        b.api_keys.push("k".into());
+        assert!(a.same_sessions_as(&b));
+        b.limits.max_rooms_per_socket = Some(3);
+        assert!(!a.same_sessions_as(&b));
+    }
+}

@@ -1,0 +1,326 @@
+//! The tenants a gateway serves: one Socket.IO server and Engine.IO endpoint per tenant (its own rooms,
+//! Redis channels, limits and plugins), chosen per request by host name or `tenant` parameter, and
+//! replaced in place when the configuration changes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, Uri, header};
+use parking_lot::Mutex;
+
+use super::config::{OnRateExceeded, TenantConfig, TenantsConfig};
+use crate::adapter::redis::{RedisAdapterFactory, RedisBus, RedisConfig};
+use crate::contract::ContractConfig;
+use crate::engineio::{AllowedOrigins, Engine, EngineConfig, RequestError};
+use crate::plugin::PluginRuntime;
+use crate::serve::Endpoints;
+use crate::socketio::{Handlers, RateAction, RateLimit, SocketIo, SocketIoConfig};
+
+/// What every tenant starts from: the gateway's own settings (flags and environment).
+#[derive(Clone)]
+pub struct GatewayDefaults {
+    /// Engine.IO settings; a tenant overrides CORS, payload size and connection cap.
+    pub engine: EngineConfig,
+    /// Socket.IO settings.
+    pub socketio: SocketIoConfig,
+    /// Client contract settings; a tenant overrides event names and rooms per socket.
+    pub contract: ContractConfig,
+    /// Redis settings when the gateway has a Redis (`REDIS_URL`); a tenant overrides URL and key.
+    pub redis: Option<RedisConfig>,
+    /// The gateway's channel prefix (`--redis-key`).
+    pub redis_key: String,
+    /// Tenant plugins, when a plugin directory is configured.
+    pub plugins: Option<Arc<PluginRuntime>>,
+}
+
+/// One tenant being served.
+pub struct Tenant {
+    id: String,
+    config: TenantConfig,
+    io: SocketIo,
+    engine: Engine,
+}
+
+impl Tenant {
+    /// The tenant id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &TenantConfig {
+        &self.config
+    }
+
+    /// Its Socket.IO server.
+    pub fn io(&self) -> &SocketIo {
+        &self.io
+    }
+
+    /// Its Engine.IO endpoint.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// The routing table, swapped whole on reload.
+#[derive(Default)]
+struct Table {
+    tenants: HashMap<String, Arc<Tenant>>,
+    hosts: HashMap<String, String>,
+    queries: HashMap<String, String>,
+    default: Option<String>,
+}
+
+impl Table {
+    fn build(tenants: HashMap<String, Arc<Tenant>>) -> Table {
+        let mut table = Table::default();
+        for (id, t) in &tenants {
+            for host in &t.config.hosts {
+                table.hosts.insert(host.to_ascii_lowercase(), id.clone());
+            }
+            table
+                .queries
+                .insert(t.config.query_value(id).to_owned(), id.clone());
+            if t.config.default {
+                table.default = Some(id.clone());
+            }
+        }
+        table.tenants = tenants;
+        table
+    }
+}
+
+/// Every tenant of the gateway; the [`Endpoints`] of its router.
+pub struct Tenants {
+    defaults: GatewayDefaults,
+    table: ArcSwap<Table>,
+    /// Redis connections by (URL, key), shared by tenants and kept across rebuilds.
+    factories: Mutex<HashMap<(String, String), Arc<RedisAdapterFactory>>>,
+}
+
+fn request_host(headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    Some(name.to_ascii_lowercase())
+}
+
+fn tenant_param(uri: &Uri) -> Option<String> {
+    form_urlencoded::parse(uri.query()?.as_bytes())
+        .find(|(k, _)| k == "tenant")
+        .map(|(_, v)| v.into_owned())
+}
+
+impl Tenants {
+    /// Starts every tenant of `config` (connecting to Redis where configured).
+    pub async fn start(
+        defaults: GatewayDefaults,
+        config: &TenantsConfig,
+    ) -> anyhow::Result<Arc<Tenants>> {
+        let tenants = Arc::new(Tenants {
+            defaults,
+            table: ArcSwap::from_pointee(Table::default()),
+            factories: Mutex::new(HashMap::new()),
+        });
+        let mut built = HashMap::new();
+        for (id, tc) in &config.tenants {
+            built.insert(id.clone(), Arc::new(tenants.build(id, tc).await?));
+        }
+        tenants.table.store(Arc::new(Table::build(built)));
+        Ok(tenants)
+    }
+
+    /// Applies a new configuration: new tenants start, removed ones are drained, changed ones are
+    /// updated in place when only routing or API keys changed, and otherwise rebuilt (their clients are
+    /// told to reconnect and land on the new settings). On error nothing changes.
+    pub async fn reload(&self, config: &TenantsConfig) -> anyhow::Result<()> {
+        let current = self.table.load_full();
+        let mut next = HashMap::new();
+        let mut rebuilt = Vec::new();
+        for (id, tc) in &config.tenants {
+            let tenant = match current.tenants.get(id) {
+                Some(old) if old.config == *tc => Arc::clone(old),
+                Some(old) if old.config.same_sessions_as(tc) => Arc::new(Tenant {
+                    id: id.clone(),
+                    config: tc.clone(),
+                    io: old.io.clone(),
+                    engine: old.engine.clone(),
+                }),
+                Some(old) => {
+                    rebuilt.push(Arc::clone(old));
+                    Arc::new(self.build(id, tc).await?)
+                }
+                None => Arc::new(self.build(id, tc).await?),
+            };
+            next.insert(id.clone(), tenant);
+        }
+        let removed: Vec<_> = current
+            .tenants
+            .iter()
+            .filter(|(id, _)| !config.tenants.contains_key(*id))
+            .map(|(_, t)| Arc::clone(t))
+            .collect();
+        self.table.store(Arc::new(Table::build(next)));
+        for (old, why) in rebuilt
+            .iter()
+            .map(|t| (t, "settings changed"))
+            .chain(removed.iter().map(|t| (t, "removed")))
+        {
+            tracing::info!(
+                tenant = old.id,
+                sessions = old.engine.session_count(),
+                why,
+                "tenant replaced: its clients are told to reconnect"
+            );
+            old.engine.begin_drain();
+            old.engine.close_all();
+        }
+        Ok(())
+    }
+
+    /// The tenant `id`.
+    pub fn get(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.table.load().tenants.get(id).cloned()
+    }
+
+    /// Every tenant, by id.
+    pub fn all(&self) -> Vec<Arc<Tenant>> {
+        let mut all: Vec<_> = self.table.load().tenants.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// The Redis connections in use, for readiness.
+    pub fn redis_buses(&self) -> Vec<Arc<RedisBus>> {
+        self.factories
+            .lock()
+            .values()
+            .map(|f| Arc::clone(f.bus()))
+            .collect()
+    }
+
+    /// The tenant a request belongs to: its host name; else its `tenant` parameter (a name no tenant
+    /// answers to is unknown, never the default); else the default tenant.
+    pub fn resolve_tenant(&self, uri: &Uri, headers: &HeaderMap) -> Option<Arc<Tenant>> {
+        let table = self.table.load();
+        let by_host = request_host(headers).and_then(|h| table.hosts.get(&h));
+        let id = match (by_host, tenant_param(uri)) {
+            (Some(id), _) => id,
+            (None, Some(q)) => table.queries.get(&q)?,
+            (None, None) => table.default.as_ref()?,
+        };
+        table.tenants.get(id).cloned()
+    }
+
+    async fn redis_factory(&self, config: RedisConfig) -> anyhow::Result<Arc<RedisAdapterFactory>> {
+        let key = (config.url.clone(), config.key.clone());
+        if let Some(f) = self.factories.lock().get(&key) {
+            return Ok(Arc::clone(f));
+        }
+        let factory = Arc::new(RedisAdapterFactory::start(config).await?);
+        Ok(Arc::clone(
+            self.factories.lock().entry(key).or_insert(factory),
+        ))
+    }
+
+    async fn build(&self, id: &str, tc: &TenantConfig) -> anyhow::Result<Tenant> {
+        let d = &self.defaults;
+        let mut engine_config = d.engine.clone();
+        if !tc.cors_origins.is_empty() {
+            engine_config.cors = if tc.cors_origins.iter().any(|o| o == "*") {
+                AllowedOrigins::Any
+            } else {
+                AllowedOrigins::List(tc.cors_origins.clone())
+            };
+        }
+        if let Some(max) = tc.limits.max_payload {
+            engine_config.max_payload = max;
+        }
+        engine_config.max_sessions = tc.limits.max_connections;
+
+        let mut contract = d.contract.clone();
+        contract.join_event = tc.events.join.clone();
+        contract.leave_event = tc.events.leave.clone();
+        contract.publish_event = tc.events.publish.clone();
+        contract.request_event = tc.events.request.clone();
+        if let Some(max) = tc.limits.max_rooms_per_socket {
+            contract.max_rooms_per_socket = max;
+        }
+        let mut handlers: Handlers = match &d.plugins {
+            Some(runtime) => super::namespace_handlers(contract, runtime.slot(id)),
+            None => crate::contract::handlers(contract),
+        };
+        if let Some(rate) = tc.limits.events_per_second {
+            handlers = handlers.rate_limit(RateLimit {
+                per_second: rate,
+                burst: tc.limits.events_burst.unwrap_or((rate * 2.0).max(1.0)),
+                action: match tc.limits.on_rate_exceeded {
+                    OnRateExceeded::Error => RateAction::Reject,
+                    OnRateExceeded::Disconnect => RateAction::Disconnect,
+                },
+            });
+        }
+
+        let mut builder = SocketIo::builder().config(d.socketio.clone());
+        let redis = match (&tc.redis_url, &d.redis) {
+            (Some(url), Some(base)) => Some(RedisConfig {
+                url: url.clone(),
+                ..base.clone()
+            }),
+            (Some(url), None) => Some(RedisConfig::new(url.clone())),
+            (None, Some(base)) => Some(base.clone()),
+            (None, None) => None,
+        };
+        if let Some(mut redis) = redis {
+            redis.key = tc.redis_key(id, &d.redis_key);
+            builder = builder.adapter(self.redis_factory(redis).await?);
+        }
+        builder = if tc.namespaces.is_empty() {
+            builder.dynamic_namespaces(handlers)
+        } else {
+            tc.namespaces
+                .iter()
+                .fold(builder, |b, nsp| b.namespace(nsp, handlers.clone()))
+        };
+        let io = builder.build();
+        let engine = io.engine(engine_config);
+        Ok(Tenant {
+            id: id.to_owned(),
+            config: tc.clone(),
+            io,
+            engine,
+        })
+    }
+}
+
+impl Endpoints for Tenants {
+    fn resolve(&self, uri: &Uri, headers: &HeaderMap) -> Result<Option<Engine>, RequestError> {
+        if !self.defaults.engine_matches(uri.path()) {
+            return Ok(None);
+        }
+        match self.resolve_tenant(uri, headers) {
+            Some(t) => Ok(Some(t.engine.clone())),
+            None => Err(RequestError::UnknownTenant),
+        }
+    }
+
+    fn all(&self) -> Vec<Engine> {
+        self.table
+            .load()
+            .tenants
+            .values()
+            .map(|t| t.engine.clone())
+            .collect()
+    }
+}
+
+impl GatewayDefaults {
+    fn engine_matches(&self, path: &str) -> bool {
+        let prefix = &self.engine.path;
+        path.starts_with(prefix.as_str()) || path == prefix.trim_end_matches('/')
+    }
+}
