@@ -8,6 +8,7 @@
 //! - [`serve`]: binding listeners and routing HTTP requests to an endpoint.
 
 pub mod adapter;
+pub mod api;
 pub mod contract;
 pub mod engineio;
 pub mod plugin;

@@ -470,7 +470,8 @@ async fn serve_gateway(cli: ServeArgs) -> anyhow::Result<()> {
             tracing::info!(%addr, %path, mode, tenants = ?ids, "ioplex listening");
         }
     }
-    let router = Router::with_endpoints(tenants)
+    let router = Router::with_endpoints(Arc::clone(&tenants) as Arc<dyn ioplex::serve::Endpoints>)
+        .with_handler(ioplex::api::PREFIX, ioplex::api::handler(tenants, plugins))
         .with_shutdown_grace(Duration::from_millis(cli.shutdown_grace))
         .with_readiness(readiness);
     serve(listeners, router, shutdown_signal()).await?;

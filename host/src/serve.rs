@@ -53,10 +53,18 @@ impl Endpoints for ByPath {
     }
 }
 
+/// Answers the requests under one path prefix (the HTTP API, say).
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> std::pin::Pin<Box<dyn Future<Output = Response<Body>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// The endpoints served on one set of listeners.
 #[derive(Clone)]
 pub struct Router {
     endpoints: Arc<dyn Endpoints>,
+    handlers: Vec<(String, Handler)>,
     readiness: Option<Readiness>,
     draining: Arc<AtomicBool>,
     grace: Duration,
@@ -78,6 +86,7 @@ impl Router {
     pub fn with_endpoints(endpoints: Arc<dyn Endpoints>) -> Self {
         Router {
             endpoints,
+            handlers: Vec::new(),
             readiness: None,
             draining: Arc::new(AtomicBool::new(false)),
             grace: DEFAULT_SHUTDOWN_GRACE,
@@ -87,6 +96,12 @@ impl Router {
     /// Answers `/readyz` with `check` (without it, `/readyz` is always ready).
     pub fn with_readiness(mut self, check: Readiness) -> Self {
         self.readiness = Some(check);
+        self
+    }
+
+    /// Sends requests whose path starts with `prefix` to `handler`.
+    pub fn with_handler(mut self, prefix: &str, handler: Handler) -> Self {
+        self.handlers.push((prefix.to_owned(), handler));
         self
     }
 
@@ -124,6 +139,13 @@ impl Router {
                     resp
                 }
             };
+        }
+        if let Some((_, handler)) = self
+            .handlers
+            .iter()
+            .find(|(p, _)| path.starts_with(p.as_str()))
+        {
+            return handler(req).await;
         }
         match self.endpoints.resolve(req.uri(), req.headers()) {
             Ok(Some(engine)) => engine.handle(req, remote).await,

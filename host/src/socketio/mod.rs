@@ -22,5 +22,5 @@ pub use handlers::{ConnectAccept, ConnectRefusal, ConnectRequest, Handlers};
 pub use namespace::Namespace;
 pub use packet::Payload;
 pub use rate::{RateAction, RateLimit};
-pub use server::{SocketIo, SocketIoBuilder};
+pub use server::{NamespaceHandle, SocketIo, SocketIoBuilder};
 pub use socket::{AckError, AckResponder, DisconnectReason, EmitError, Event, Socket};

@@ -102,6 +102,26 @@ pub struct SocketIo {
     shared: Arc<Shared>,
 }
 
+/// A namespace held for an operation; see [`SocketIo::namespace_handle`].
+pub struct NamespaceHandle {
+    ns: Arc<Namespace>,
+    shared: Arc<Shared>,
+}
+
+impl std::ops::Deref for NamespaceHandle {
+    type Target = Arc<Namespace>;
+
+    fn deref(&self) -> &Arc<Namespace> {
+        &self.ns
+    }
+}
+
+impl Drop for NamespaceHandle {
+    fn drop(&mut self) {
+        self.shared.release_if_unused(&self.ns);
+    }
+}
+
 /// Builds a [`SocketIo`].
 pub struct SocketIoBuilder {
     config: SocketIoConfig,
@@ -124,6 +144,16 @@ impl SocketIo {
     /// A namespace by name, if it exists.
     pub fn of(&self, name: &str) -> Option<Arc<Namespace>> {
         self.shared.namespaces.read().get(name).cloned()
+    }
+
+    /// A namespace for a server-initiated operation (an HTTP API emit, say): the existing one, or a
+    /// dynamic one made for the operation and forgotten again when the handle drops, if it is still
+    /// empty. `Err` when the name is not one clients could open.
+    pub fn namespace_handle(&self, name: &str) -> Result<NamespaceHandle, &'static str> {
+        Ok(NamespaceHandle {
+            ns: self.shared.namespace_for(name)?,
+            shared: Arc::clone(&self.shared),
+        })
     }
 
     /// Registers (or replaces the handlers of) a namespace at run time.
