@@ -315,6 +315,7 @@ describe("Redis going away and coming back", () => {
     const notReady = await fetch(`${fleet.a.url}/readyz`);
     assert.equal(notReady.status, 503, "readiness reports the outage");
     assert.match(await notReady.text(), /Redis unreachable/);
+    assert.match(await (await fetch(`${fleet.a.url}/metrics`)).text(), /^ioplex_redis_connected\{key="socket\.io"\} 0$/m);
     const local = once(a2, "during");
     const remote = once(b1, "during", 15000);
     assert.deepEqual(await ack(a1, "publish", { room: "outage", event: "during", args: [1] }), { ok: true });
@@ -337,6 +338,10 @@ describe("Redis going away and coming back", () => {
     console.log(`# cross-node delivery resumed ${resumedAfter} ms after Redis restarted`);
     assert.deepEqual(disconnects, [], "no client was disconnected");
     assert.equal((await fetch(`${fleet.a.url}/readyz`)).status, 200);
+    const metrics = await (await fetch(`${fleet.a.url}/metrics`)).text();
+    assert.match(metrics, /^ioplex_redis_connected\{key="socket\.io"\} 1$/m);
+    assert.match(metrics, /^ioplex_redis_reconnects_total\{key="socket\.io"\} [1-9]/m);
+    assert.match(metrics, /^ioplex_redis_published_total\{key="socket\.io"\} [1-9]/m);
   });
 });
 

@@ -11,6 +11,7 @@ pub mod adapter;
 pub mod api;
 pub mod contract;
 pub mod engineio;
+pub mod metrics;
 pub mod plugin;
 pub mod serve;
 pub mod sid;

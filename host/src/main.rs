@@ -453,7 +453,11 @@ async fn serve_gateway(cli: ServeArgs) -> anyhow::Result<()> {
     let readiness: ioplex::serve::Readiness = {
         let tenants = Arc::clone(&tenants);
         Arc::new(move || {
-            if tenants.redis_buses().iter().all(|bus| bus.is_connected()) {
+            if tenants
+                .redis_buses()
+                .iter()
+                .all(|(_, bus)| bus.is_connected())
+            {
                 Ok(())
             } else {
                 Err("Redis unreachable: serving local clients only, reconnecting".into())
@@ -471,6 +475,10 @@ async fn serve_gateway(cli: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let router = Router::with_endpoints(Arc::clone(&tenants) as Arc<dyn ioplex::serve::Endpoints>)
+        .with_handler(
+            "/metrics",
+            ioplex::metrics::handler(Arc::clone(&tenants), plugins.clone()),
+        )
         .with_handler(ioplex::api::PREFIX, ioplex::api::handler(tenants, plugins))
         .with_shutdown_grace(Duration::from_millis(cli.shutdown_grace))
         .with_readiness(readiness);

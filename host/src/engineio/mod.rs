@@ -12,6 +12,7 @@ pub mod packet;
 mod polling;
 mod server;
 mod session;
+mod stats;
 mod websocket;
 pub mod wire;
 pub mod ws_codec;
@@ -21,6 +22,7 @@ pub use error::RequestError;
 pub use packet::{Message, Utf8Bytes};
 pub use server::{Engine, EngineHandler};
 pub use session::{CloseReason, Handshake, SendOutcome, Session, SessionHandler, TransportKind};
+pub use stats::EngineStats;
 pub use wire::WirePacket;
 
 /// The body type of every response the endpoint produces.

@@ -27,6 +27,7 @@ pub(crate) struct EngineShared {
     handler: Arc<dyn EngineHandler>,
     /// Set at shutdown: new handshakes are refused, existing sessions keep working until closed.
     draining: std::sync::atomic::AtomicBool,
+    pub(crate) stats: super::EngineStats,
 }
 
 impl EngineShared {
@@ -37,6 +38,7 @@ impl EngineShared {
             sessions: DashMap::new(),
             handler,
             draining: std::sync::atomic::AtomicBool::new(false),
+            stats: super::EngineStats::default(),
         })
     }
 
@@ -94,6 +96,7 @@ impl Engine {
                 sessions: DashMap::new(),
                 handler,
                 draining: std::sync::atomic::AtomicBool::new(false),
+                stats: super::EngineStats::default(),
             }),
         }
     }
@@ -107,6 +110,11 @@ impl Engine {
     pub fn matches(&self, path: &str) -> bool {
         let prefix = &self.shared.config.path;
         path.starts_with(prefix.as_str()) || path == prefix.trim_end_matches('/')
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &super::EngineStats {
+        &self.shared.stats
     }
 
     /// Number of open sessions.
@@ -210,6 +218,7 @@ impl Engine {
             {
                 return Err(RequestError::ConnectionLimit);
             }
+            super::EngineStats::add(&self.shared.stats.handshakes, 1);
             let handshake = Handshake {
                 path: req.uri().path().to_owned(),
                 query: req.uri().query().unwrap_or("").to_owned(),

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::config::EngineConfig;
 use super::packet::{Message, Packet};
 use super::server::EngineShared;
+use super::stats::EngineStats;
 use super::wire::WirePacket;
 use crate::sid::Sid;
 
@@ -248,11 +249,14 @@ impl Session {
             }
             let cfg = &self.engine.config;
             if volatile && state.queue.len() >= cfg.volatile_high_water {
+                EngineStats::add(&self.engine.stats.dropped_volatile, packets.len() as u64);
                 return SendOutcome::DroppedVolatile;
             }
             let overflow = state.queue.len() + packets.len() > cfg.max_buffered_packets
                 || state.queued_bytes + size > cfg.max_buffered_bytes;
             if !overflow {
+                EngineStats::add(&self.engine.stats.packets_out, packets.len() as u64);
+                EngineStats::add(&self.engine.stats.bytes_out, size as u64);
                 if state.queue.is_empty()
                     && !state.writing
                     && !packets.iter().any(WirePacket::is_separated)
@@ -273,6 +277,7 @@ impl Session {
         // The sender may hold room or socket-table locks that closing takes (a broadcast does), so the
         // close runs on its own task; until then the session refuses further packets.
         if !self.overflowed.swap(true, Ordering::AcqRel) {
+            EngineStats::add(&self.engine.stats.slow_client_closes, 1);
             tracing::debug!(sid = %self.sid, "outgoing queue full; closing the session");
             if let Some(me) = self.engine.session(self.sid) {
                 tokio::spawn(async move { me.close(CloseReason::SlowClient) });
@@ -369,6 +374,12 @@ impl Session {
     pub(crate) fn on_packet(self: &Arc<Self>, packet: Packet) {
         match packet {
             Packet::Message(message) => {
+                let len = match &message {
+                    Message::Text(t) => t.as_bytes().len(),
+                    Message::Binary(b) => b.len(),
+                };
+                EngineStats::add(&self.engine.stats.messages_in, 1);
+                EngineStats::add(&self.engine.stats.bytes_in, len as u64);
                 let handler = self.state.lock().handler.clone();
                 if let Some(handler) = handler {
                     handler.on_message(self, message);

@@ -119,6 +119,51 @@ pub struct PluginStats {
     pub breaker_refusals: AtomicU64,
     /// Instances created (the first, recycled and concurrent ones).
     pub instantiations: AtomicU64,
+    /// How long answered calls took.
+    pub latency: LatencyHistogram,
+}
+
+/// Upper bounds of the latency buckets, in seconds (Prometheus `le`).
+pub const LATENCY_BUCKETS: [f64; 10] = [
+    1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 500e-6, 1e-3, 10e-3,
+];
+
+/// A fixed-bucket histogram of call durations, lock-free.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl LatencyHistogram {
+    fn record(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|le| secs <= *le) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bucket of [`LATENCY_BUCKETS`], the total count and the sum in seconds.
+    pub fn snapshot(&self) -> (Vec<u64>, u64, f64) {
+        let mut running = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                running += b.load(Ordering::Relaxed);
+                running
+            })
+            .collect();
+        (
+            cumulative,
+            self.count.load(Ordering::Relaxed),
+            self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+        )
+    }
 }
 
 /// A plugin version that passed validation and serves calls.
@@ -419,9 +464,11 @@ impl LoadedPlugin {
         };
         warm.store.data_mut().start_call(self.limits.deadline);
         warm.store.set_epoch_deadline(self.deadline_ticks);
+        let started = Instant::now();
         let result = f(&warm.guests, &mut warm.store);
         match result {
             Ok(value) => {
+                self.stats.latency.record(started.elapsed());
                 self.stats.calls.fetch_add(1, Ordering::Relaxed);
                 self.breaker.record_success();
                 warm.calls += 1;

@@ -33,7 +33,7 @@ pub use compile::sha256_hex;
 pub use engine::{EngineOptions, default_cache_dir};
 pub use error::{CallFailure, PluginError};
 pub use limits::PluginLimits;
-pub use loaded::{CONTRACT, Hook, LoadedPlugin, PluginStats};
+pub use loaded::{CONTRACT, Hook, LATENCY_BUCKETS, LatencyHistogram, LoadedPlugin, PluginStats};
 pub use manifest::PluginManifest;
 pub use runtime::PluginRuntime;
 pub use state::PluginContext;

@@ -25,6 +25,8 @@ pub struct Namespace {
     adapter: Arc<dyn Adapter>,
     /// Created on demand for a client (removed again when its last socket leaves).
     pub(crate) dynamic: bool,
+    /// Events received from clients (for `/metrics`).
+    pub(crate) events_in: std::sync::atomic::AtomicU64,
 }
 
 impl Namespace {
@@ -42,8 +44,14 @@ impl Namespace {
                 sockets: RwLock::new(HashMap::new()),
                 adapter: factory.create(name, table),
                 dynamic,
+                events_in: std::sync::atomic::AtomicU64::new(0),
             }
         })
+    }
+
+    /// Events received from clients since the namespace was created.
+    pub fn events_received(&self) -> u64 {
+        self.events_in.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The name, e.g. `/` or `/chat`.

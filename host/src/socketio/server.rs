@@ -141,6 +141,11 @@ impl SocketIo {
         }
     }
 
+    /// Every namespace that exists now.
+    pub fn namespaces(&self) -> Vec<Arc<Namespace>> {
+        self.shared.namespaces.read().values().cloned().collect()
+    }
+
     /// A namespace by name, if it exists.
     pub fn of(&self, name: &str) -> Option<Arc<Namespace>> {
         self.shared.namespaces.read().get(name).cloned()

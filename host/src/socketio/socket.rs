@@ -388,6 +388,9 @@ impl Socket {
         data: Vec<Value>,
         attachments: Vec<bytes::Bytes>,
     ) {
+        self.ns
+            .events_in
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut args = data.into_iter();
         let name = match args.next() {
             Some(Value::String(name)) => name,

@@ -194,13 +194,16 @@ impl Tenants {
         all
     }
 
-    /// The Redis connections in use, for readiness.
-    pub fn redis_buses(&self) -> Vec<Arc<RedisBus>> {
-        self.factories
+    /// The Redis connections in use, with their channel prefix (readiness and metrics).
+    pub fn redis_buses(&self) -> Vec<(String, Arc<RedisBus>)> {
+        let mut buses: Vec<_> = self
+            .factories
             .lock()
-            .values()
-            .map(|f| Arc::clone(f.bus()))
-            .collect()
+            .iter()
+            .map(|((_, key), f)| (key.clone(), Arc::clone(f.bus())))
+            .collect();
+        buses.sort_by(|a, b| a.0.cmp(&b.0));
+        buses
     }
 
     /// The tenant a request belongs to: its host name; else its `tenant` parameter (a name no tenant

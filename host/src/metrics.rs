@@ -1,0 +1,304 @@
+//! `/metrics`: the gateway's state and counters in the Prometheus text format (version 0.0.4).
+//!
+//! Everything is read at scrape time from the counters the layers keep (Engine.IO endpoints, namespaces,
+//! plugin versions, Redis buses); nothing is aggregated on the request path.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, header};
+
+use crate::engineio::{Body, TransportKind};
+use crate::plugin::{LATENCY_BUCKETS, PluginRuntime};
+use crate::serve::Handler;
+use crate::tenant::Tenants;
+
+/// The `/metrics` handler.
+pub fn handler(tenants: Arc<Tenants>, plugins: Option<Arc<PluginRuntime>>) -> Handler {
+    Arc::new(move |_req| {
+        let (tenants, plugins) = (Arc::clone(&tenants), plugins.clone());
+        Box::pin(async move {
+            let text = render(&tenants, plugins.as_deref()).await;
+            let mut resp = Response::new(Body::new(Bytes::from(text)));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        })
+    })
+}
+
+/// A counter family read from one kind of stats: name, help, how to read it.
+type CounterOf<S> = (&'static str, &'static str, fn(&S) -> u64);
+
+/// Escapes a label value.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// One metric family being written.
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl<'a> Family<'a> {
+    fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Self {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        Family { out }
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
+            .collect();
+        let _ = writeln!(self.out, "{name}{{{}}} {value}", labels.join(","));
+    }
+}
+
+/// Renders every metric.
+pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> String {
+    let mut out = String::with_capacity(4096);
+    let all = tenants.all();
+
+    let mut f = Family::new(
+        &mut out,
+        "ioplex_connections",
+        "gauge",
+        "Engine.IO sessions open, by transport.",
+    );
+    for t in &all {
+        let sessions = t.engine().sessions();
+        let ws = sessions
+            .iter()
+            .filter(|s| s.transport() == TransportKind::Websocket)
+            .count();
+        f.sample(
+            "ioplex_connections",
+            &[("tenant", t.id()), ("transport", "websocket")],
+            ws,
+        );
+        f.sample(
+            "ioplex_connections",
+            &[("tenant", t.id()), ("transport", "polling")],
+            sessions.len() - ws,
+        );
+    }
+
+    let counters: [CounterOf<crate::engineio::EngineStats>; 7] = [
+        (
+            "ioplex_handshakes_total",
+            "Engine.IO sessions opened.",
+            |s| s.handshakes.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_messages_received_total",
+            "Engine.IO messages received from clients.",
+            |s| s.messages_in.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_received_bytes_total",
+            "Payload bytes received from clients.",
+            |s| s.bytes_in.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_packets_sent_total",
+            "Packets queued or written to clients.",
+            |s| s.packets_out.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_sent_bytes_total",
+            "Bytes queued or written to clients, framing included.",
+            |s| s.bytes_out.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_dropped_volatile_packets_total",
+            "Volatile packets dropped because the client was behind.",
+            |s| s.dropped_volatile.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_slow_client_disconnects_total",
+            "Sessions closed because their outgoing queue overflowed.",
+            |s| s.slow_client_closes.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, read) in counters {
+        let mut f = Family::new(&mut out, name, "counter", help);
+        for t in &all {
+            f.sample(name, &[("tenant", t.id())], read(t.engine().stats()));
+        }
+    }
+
+    let mut namespaces = Vec::new();
+    for t in &all {
+        let mut list = t.io().namespaces();
+        list.sort_by(|a, b| a.name().cmp(b.name()));
+        for ns in list {
+            let rooms = ns.broadcast().local().all_rooms().await.map_or(0, |r| {
+                r.iter()
+                    .filter(|room| crate::sid::Sid::parse(&room.to_string()).is_none())
+                    .count()
+            });
+            namespaces.push((
+                t.id().to_owned(),
+                ns.name().to_owned(),
+                ns.socket_count(),
+                rooms,
+                ns.events_received(),
+            ));
+        }
+    }
+    let mut f = Family::new(
+        &mut out,
+        "ioplex_sockets",
+        "gauge",
+        "Sockets connected to a namespace on this node.",
+    );
+    for (tenant, nsp, sockets, _, _) in &namespaces {
+        f.sample(
+            "ioplex_sockets",
+            &[("tenant", tenant), ("namespace", nsp)],
+            sockets,
+        );
+    }
+    let mut f = Family::new(
+        &mut out,
+        "ioplex_rooms",
+        "gauge",
+        "Rooms with members on this node (socket id rooms not counted).",
+    );
+    for (tenant, nsp, _, rooms, _) in &namespaces {
+        f.sample(
+            "ioplex_rooms",
+            &[("tenant", tenant), ("namespace", nsp)],
+            rooms,
+        );
+    }
+    let mut f = Family::new(
+        &mut out,
+        "ioplex_events_received_total",
+        "counter",
+        "Socket.IO events received from clients.",
+    );
+    for (tenant, nsp, _, _, events) in &namespaces {
+        f.sample(
+            "ioplex_events_received_total",
+            &[("tenant", tenant), ("namespace", nsp)],
+            events,
+        );
+    }
+
+    if let Some(runtime) = plugins {
+        let chains = runtime.tenants();
+        let mut f = Family::new(
+            &mut out,
+            "ioplex_plugin_calls_total",
+            "counter",
+            "Plugin hook calls that returned an answer.",
+        );
+        for (tenant, chain) in &chains {
+            for p in chain.plugins() {
+                let c = p.context();
+                f.sample(
+                    "ioplex_plugin_calls_total",
+                    &[
+                        ("tenant", tenant),
+                        ("plugin", &c.name),
+                        ("version", &c.version),
+                    ],
+                    p.stats().calls.load(Ordering::Relaxed),
+                );
+            }
+        }
+        let mut f = Family::new(
+            &mut out,
+            "ioplex_plugin_failures_total",
+            "counter",
+            "Plugin hook calls that failed closed, by kind.",
+        );
+        for (tenant, chain) in &chains {
+            for p in chain.plugins() {
+                let (c, s) = (p.context(), p.stats());
+                for (kind, n) in [
+                    ("timeout", &s.timeouts),
+                    ("out_of_memory", &s.out_of_memory),
+                    ("trap", &s.traps),
+                    ("breaker_open", &s.breaker_refusals),
+                ] {
+                    f.sample(
+                        "ioplex_plugin_failures_total",
+                        &[("tenant", tenant), ("plugin", &c.name), ("kind", kind)],
+                        n.load(Ordering::Relaxed),
+                    );
+                }
+            }
+        }
+        let name = "ioplex_plugin_call_duration_seconds";
+        let _ = writeln!(out, "# HELP {name} Time a plugin hook call took.");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (tenant, chain) in &chains {
+            for p in chain.plugins() {
+                let c = p.context();
+                let (cumulative, count, sum) = p.stats().latency.snapshot();
+                let base = format!("tenant=\"{}\",plugin=\"{}\"", label(tenant), label(&c.name));
+                for (le, n) in LATENCY_BUCKETS.iter().zip(&cumulative) {
+                    let _ = writeln!(out, "{name}_bucket{{{base},le=\"{le}\"}} {n}");
+                }
+                let _ = writeln!(out, "{name}_bucket{{{base},le=\"+Inf\"}} {count}");
+                let _ = writeln!(out, "{name}_sum{{{base}}} {sum}");
+                let _ = writeln!(out, "{name}_count{{{base}}} {count}");
+            }
+        }
+    }
+
+    let buses = tenants.redis_buses();
+    let bus_counters: [CounterOf<crate::adapter::redis::RedisBus>; 4] = [
+        (
+            "ioplex_redis_published_total",
+            "Messages published to Redis.",
+            |b| b.stats.published.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_redis_received_total",
+            "Messages received from Redis.",
+            |b| b.stats.received.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_redis_dropped_total",
+            "Messages dropped: outage buffer or publish queue full, or too old.",
+            |b| b.stats.dropped.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_redis_reconnects_total",
+            "Reconnections to Redis.",
+            |b| b.stats.reconnects.load(Ordering::Relaxed),
+        ),
+    ];
+    let mut f = Family::new(
+        &mut out,
+        "ioplex_redis_connected",
+        "gauge",
+        "1 while both Redis connections are up.",
+    );
+    for (key, bus) in &buses {
+        f.sample(
+            "ioplex_redis_connected",
+            &[("key", key)],
+            u8::from(bus.is_connected()),
+        );
+    }
+    for (name, help, read) in bus_counters {
+        let mut f = Family::new(&mut out, name, "counter", help);
+        for (key, bus) in &buses {
+            f.sample(name, &[("key", key)], read(bus));
+        }
+    }
+    out
+}
