@@ -96,4 +96,15 @@ describe("client contract", () => {
     const unknown = await s.timeout(2000).emitWithAck("request", { to: "AAAAAAAAAAAAAAAAAAAA", event: "x" });
     assert.equal(unknown.code, "unknown_socket");
   });
+
+  test("members lists a room's sockets for its members only", async () => {
+    const [a, b] = [await inRoom("company:7"), await inRoom("company:7", { transports: ["polling"] })];
+    const outsider = await inRoom("company:8");
+    const answer = await a.timeout(2000).emitWithAck("members", "company:7");
+    assert.equal(answer.ok, true);
+    assert.deepEqual(answer.members.map((m) => m.id).sort(), [a.id, b.id].sort());
+    assert.ok(answer.members.every((m) => m.data === null));
+    const refused = await outsider.timeout(2000).emitWithAck("members", "company:7");
+    assert.deepEqual(refused, { ok: false, code: "not_in_room", message: 'join "company:7" before listing its members' });
+  });
 });

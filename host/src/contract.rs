@@ -27,6 +27,8 @@ pub struct ContractConfig {
     pub publish_event: String,
     /// Event that asks one socket and returns its ack: `emit("request", {to, event, args}, ack)`.
     pub request_event: String,
+    /// Event that lists a room's members across the fleet: `emit("members", "room", ack)`.
+    pub members_event: String,
     /// Rooms a socket may be in, its own id room not counted.
     pub max_rooms_per_socket: usize,
     /// Longest room name, in bytes.
@@ -42,6 +44,7 @@ impl Default for ContractConfig {
             leave_event: "leave".into(),
             publish_event: "publish".into(),
             request_event: "request".into(),
+            members_event: "members".into(),
             max_rooms_per_socket: 1000,
             max_room_name_len: 256,
             max_request_timeout: Duration::from_secs(30),
@@ -138,7 +141,8 @@ pub fn handlers(config: ContractConfig) -> Handlers {
 /// Handlers implementing the contract, asking `policy` before each join and publish.
 pub fn handlers_with_policy(config: ContractConfig, policy: Arc<dyn ContractPolicy>) -> Handlers {
     let config = Arc::new(config);
-    let (join, leave, publish, request) = (
+    let (join, leave, publish, request, members) = (
+        Arc::clone(&config),
         Arc::clone(&config),
         Arc::clone(&config),
         Arc::clone(&config),
@@ -166,6 +170,50 @@ pub fn handlers_with_policy(config: ContractConfig, policy: Arc<dyn ContractPoli
         .on(&config.request_event, move |socket, event| {
             forward_request(&request, socket, event);
         })
+        .on(&config.members_event, move |socket, event| {
+            list_members(&members, socket, event);
+        })
+}
+
+/// Most members a `members` answer lists.
+const MAX_MEMBERS: usize = 1000;
+
+/// Answers `members`: the sockets in a room the asker is in, on every node, with their data (a plugin's
+/// verified claims, say) so a page can show who is online.
+fn list_members(config: &ContractConfig, socket: &Arc<Socket>, event: Event) {
+    let Event { payload, ack, .. } = event;
+    let room = match parse_room(config, payload.args.first()) {
+        Ok(room) => room,
+        Err(refusal) => return answer(ack, Err(refusal)),
+    };
+    if !socket.rooms().contains(&room) {
+        return answer(
+            ack,
+            Err(Refusal::new(
+                "not_in_room",
+                format!("join \"{room}\" before listing its members"),
+            )),
+        );
+    }
+    let ns = Arc::clone(socket.namespace());
+    tokio::spawn(async move {
+        let result = ns
+            .to(room)
+            .fetch_sockets()
+            .await
+            .map_err(|e| Refusal::new("unavailable", e.to_string()));
+        let result = result.map(|sockets| {
+            let members: Vec<Value> = sockets
+                .into_iter()
+                .take(MAX_MEMBERS)
+                .map(|s| json!({ "id": s.id.to_string(), "data": s.data }))
+                .collect();
+            let mut extra = Map::new();
+            extra.insert("members".into(), Value::Array(members));
+            ok(extra)
+        });
+        answer(ack, result);
+    });
 }
 
 /// Checks a room name a client gave.

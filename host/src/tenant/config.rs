@@ -26,6 +26,7 @@
 //! leave = "leave"
 //! publish = "publish"
 //! request = "request"
+//! members = "members"
 //! ```
 
 use std::collections::BTreeMap;
@@ -125,6 +126,8 @@ pub struct ContractEvents {
     pub publish: String,
     /// Asks one socket.
     pub request: String,
+    /// Lists a room's members.
+    pub members: String,
 }
 
 impl Default for ContractEvents {
@@ -134,6 +137,7 @@ impl Default for ContractEvents {
             leave: "leave".into(),
             publish: "publish".into(),
             request: "request".into(),
+            members: "members".into(),
         }
     }
 }

@@ -250,6 +250,7 @@ impl Tenants {
         contract.leave_event = tc.events.leave.clone();
         contract.publish_event = tc.events.publish.clone();
         contract.request_event = tc.events.request.clone();
+        contract.members_event = tc.events.members.clone();
         if let Some(max) = tc.limits.max_rooms_per_socket {
             contract.max_rooms_per_socket = max;
         }
