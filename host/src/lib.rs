@@ -16,6 +16,7 @@ pub mod plugin;
 pub mod serve;
 pub mod sid;
 pub mod socketio;
+pub mod static_files;
 pub mod tenant;
 
 pub use sid::Sid;

@@ -140,6 +140,10 @@ struct ServeArgs {
     /// ~/.cache/ioplex/plugins); `none` turns the cache off.
     #[arg(long, env = "IOPLEX_PLUGIN_CACHE_DIR")]
     plugin_cache_dir: Option<String>,
+    /// Serve the files of this directory on the same port, for paths nothing else claims (a demo page
+    /// and its client bundle, say).
+    #[arg(long, env = "IOPLEX_STATIC_DIR")]
+    static_dir: Option<PathBuf>,
     /// On SIGTERM or Ctrl-C, how long to drain (ms): /readyz turns 503, new handshakes are refused,
     /// open sessions are closed so clients reconnect elsewhere (spread over half this time when there
     /// are many), then the process exits 0.
@@ -474,14 +478,18 @@ async fn serve_gateway(cli: ServeArgs) -> anyhow::Result<()> {
             tracing::info!(%addr, %path, mode, tenants = ?ids, "ioplex listening");
         }
     }
-    let router = Router::with_endpoints(Arc::clone(&tenants) as Arc<dyn ioplex::serve::Endpoints>)
-        .with_handler(
-            "/metrics",
-            ioplex::metrics::handler(Arc::clone(&tenants), plugins.clone()),
-        )
-        .with_handler(ioplex::api::PREFIX, ioplex::api::handler(tenants, plugins))
-        .with_shutdown_grace(Duration::from_millis(cli.shutdown_grace))
-        .with_readiness(readiness);
+    let mut router =
+        Router::with_endpoints(Arc::clone(&tenants) as Arc<dyn ioplex::serve::Endpoints>)
+            .with_handler(
+                "/metrics",
+                ioplex::metrics::handler(Arc::clone(&tenants), plugins.clone()),
+            )
+            .with_handler(ioplex::api::PREFIX, ioplex::api::handler(tenants, plugins))
+            .with_shutdown_grace(Duration::from_millis(cli.shutdown_grace))
+            .with_readiness(readiness);
+    if let Some(dir) = cli.static_dir.clone() {
+        router = router.with_fallback(ioplex::static_files::handler(dir));
+    }
     serve(listeners, router, shutdown_signal()).await?;
     tracing::info!("ioplex stopped");
     Ok(())

@@ -65,6 +65,7 @@ pub type Handler = Arc<
 pub struct Router {
     endpoints: Arc<dyn Endpoints>,
     handlers: Vec<(String, Handler)>,
+    fallback: Option<Handler>,
     readiness: Option<Readiness>,
     draining: Arc<AtomicBool>,
     grace: Duration,
@@ -87,6 +88,7 @@ impl Router {
         Router {
             endpoints,
             handlers: Vec::new(),
+            fallback: None,
             readiness: None,
             draining: Arc::new(AtomicBool::new(false)),
             grace: DEFAULT_SHUTDOWN_GRACE,
@@ -102,6 +104,12 @@ impl Router {
     /// Sends requests whose path starts with `prefix` to `handler`.
     pub fn with_handler(mut self, prefix: &str, handler: Handler) -> Self {
         self.handlers.push((prefix.to_owned(), handler));
+        self
+    }
+
+    /// Answers requests nothing else claims (static files, say) instead of 404.
+    pub fn with_fallback(mut self, handler: Handler) -> Self {
+        self.fallback = Some(handler);
         self
     }
 
@@ -149,7 +157,10 @@ impl Router {
         }
         match self.endpoints.resolve(req.uri(), req.headers()) {
             Ok(Some(engine)) => engine.handle(req, remote).await,
-            Ok(None) => text(StatusCode::NOT_FOUND, "not found"),
+            Ok(None) => match &self.fallback {
+                Some(fallback) => fallback(req).await,
+                None => text(StatusCode::NOT_FOUND, "not found"),
+            },
             Err(err) => err.response(),
         }
     }

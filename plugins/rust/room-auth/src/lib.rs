@@ -16,6 +16,9 @@ use sha2::Sha256;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Claims {
     pub sub: String,
+    /// A display name, passed through to the socket's data for pages to show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub company: String,
     #[serde(default)]
     pub conversations: Vec<String>,
