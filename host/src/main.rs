@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ioplex::adapter::redis::RedisConfig;
 use ioplex::contract::ContractConfig;
 use ioplex::engineio::{AllowedOrigins, EngineConfig, Transports};
-use ioplex::plugin::{EngineOptions, PluginDir, PluginManifest, PluginRuntime};
+use ioplex::plugin::{EngineOptions, PluginDir, PluginFleet, PluginManifest, PluginRuntime};
 use ioplex::serve::{Router, bind, serve};
 use ioplex::socketio::SocketIoConfig;
 use ioplex::tenant::config::valid_tenant_id;
@@ -446,6 +446,13 @@ async fn serve_gateway(cli: ServeArgs) -> anyhow::Result<()> {
         None => implicit_tenants(&cli.redis_key, plugins_dir.as_deref()),
     };
     let tenants = Tenants::start(defaults, &tenants_config).await?;
+    // Uploaded plugins travel to every node through the gateway's Redis.
+    let plugin_fleet = match (&plugins, &cli.redis_url) {
+        (Some(runtime), Some(url)) => {
+            Some(PluginFleet::start(url, &cli.redis_key, Arc::clone(runtime)).await?)
+        }
+        _ => None,
+    };
     if let Some(file) = &cli.config {
         watch_config(file.clone(), tenants_config, Arc::clone(&tenants));
     }
@@ -484,7 +491,10 @@ async fn serve_gateway(cli: ServeArgs) -> anyhow::Result<()> {
                 "/metrics",
                 ioplex::metrics::handler(Arc::clone(&tenants), plugins.clone()),
             )
-            .with_handler(ioplex::api::PREFIX, ioplex::api::handler(tenants, plugins))
+            .with_handler(
+                ioplex::api::PREFIX,
+                ioplex::api::handler(tenants, plugins, plugin_fleet),
+            )
             .with_shutdown_grace(Duration::from_millis(cli.shutdown_grace))
             .with_readiness(readiness);
     if let Some(dir) = cli.static_dir.clone() {

@@ -9,8 +9,8 @@
 //! | `GET …/rooms/<room>/sockets` | `?namespace=/` | the sockets in a room, fleet-wide |
 //! | `POST …/join`, `…/leave` | `{namespace?, rooms?, socket?, except?, join \| leave}` | the selected sockets join or leave rooms |
 //! | `POST …/disconnect` | `{namespace?, rooms?, socket?, except?, close?}` | the selected sockets are disconnected |
-//! | `PUT …/plugins/<name>` | the component's bytes | validated, then serving on this node |
-//! | `DELETE …/plugins/<name>` | | removed on this node |
+//! | `PUT …/plugins/<name>` | the component's bytes | validated, serving here, then shared with the fleet |
+//! | `DELETE …/plugins/<name>` | | removed here and across the fleet |
 
 mod error;
 
@@ -27,7 +27,7 @@ use error::json_response;
 
 use crate::adapter::Room;
 use crate::engineio::Body;
-use crate::plugin::{PluginManifest, PluginRuntime};
+use crate::plugin::{PluginFleet, PluginManifest, PluginRuntime};
 use crate::serve::Handler;
 use crate::sid::Sid;
 use crate::socketio::{BroadcastOperator, Payload, packet::RESERVED_EVENTS};
@@ -38,9 +38,18 @@ pub const PREFIX: &str = "/api/v1/tenants/";
 /// Largest JSON body accepted.
 const MAX_JSON: usize = 1 << 20;
 
-/// The API over `tenants` (and `plugins`, when plugins are enabled), as a router handler.
-pub fn handler(tenants: Arc<Tenants>, plugins: Option<Arc<PluginRuntime>>) -> Handler {
-    let api = Arc::new(Api { tenants, plugins });
+/// The API over `tenants` (and `plugins`, when plugins are enabled, shared with the fleet through
+/// `fleet` when there is one), as a router handler.
+pub fn handler(
+    tenants: Arc<Tenants>,
+    plugins: Option<Arc<PluginRuntime>>,
+    fleet: Option<Arc<PluginFleet>>,
+) -> Handler {
+    let api = Arc::new(Api {
+        tenants,
+        plugins,
+        fleet,
+    });
     Arc::new(move |req| {
         let api = Arc::clone(&api);
         Box::pin(async move {
@@ -55,6 +64,7 @@ pub fn handler(tenants: Arc<Tenants>, plugins: Option<Arc<PluginRuntime>>) -> Ha
 struct Api {
     tenants: Arc<Tenants>,
     plugins: Option<Arc<PluginRuntime>>,
+    fleet: Option<Arc<PluginFleet>>,
 }
 
 /// Which sockets an operation applies to.
@@ -190,7 +200,7 @@ impl Api {
                 let bytes = read_body(req, 64 << 20).await?;
                 self.install_plugin(&tenant, &name, bytes.to_vec()).await
             }
-            (Method::DELETE, ["plugins", name]) => self.remove_plugin(&tenant, name),
+            (Method::DELETE, ["plugins", name]) => self.remove_plugin(&tenant, name).await,
             _ => Err(ApiError::not_found("no such endpoint")),
         }
     }
@@ -344,7 +354,7 @@ impl Api {
             })
             .unwrap_or_default();
         let plugin = runtime
-            .install(tenant.id(), name, bytes, manifest)
+            .install(tenant.id(), name, bytes.clone(), manifest)
             .await
             .map_err(|e| {
                 ApiError::new(
@@ -354,22 +364,34 @@ impl Api {
                 )
             })?;
         let hooks: Vec<&str> = plugin.hooks().iter().map(|h| h.name()).collect();
+        let fleet = match &self.fleet {
+            None => json!("this node only (no Redis)"),
+            Some(fleet) => match fleet.publish_install(tenant.id(), name, &bytes).await {
+                Ok(()) => json!("shared"),
+                Err(err) => json!(err.to_string()),
+            },
+        };
         ok(json!({
             "ok": true,
             "name": name,
             "version": plugin.context().version,
             "sha256": plugin.sha256(),
             "hooks": hooks,
+            "fleet": fleet,
         }))
     }
 
-    fn remove_plugin(&self, tenant: &Tenant, name: &str) -> Result<Response<Body>, ApiError> {
+    async fn remove_plugin(&self, tenant: &Tenant, name: &str) -> Result<Response<Body>, ApiError> {
         let runtime = self.plugin_runtime()?;
-        if runtime.remove(tenant.id(), name) {
-            ok(json!({ "ok": true }))
-        } else {
-            Err(ApiError::not_found(format!("no plugin {name}")))
+        if !runtime.remove(tenant.id(), name) {
+            return Err(ApiError::not_found(format!("no plugin {name}")));
         }
+        if let Some(fleet) = &self.fleet
+            && let Err(err) = fleet.publish_remove(tenant.id(), name).await
+        {
+            return ok(json!({ "ok": true, "fleet": err.to_string() }));
+        }
+        ok(json!({ "ok": true }))
     }
 
     fn plugin_runtime(&self) -> Result<&Arc<PluginRuntime>, ApiError> {

@@ -20,6 +20,7 @@ mod compile;
 mod deadline;
 mod engine;
 mod error;
+mod fleet;
 mod limits;
 mod loaded;
 mod manifest;
@@ -32,6 +33,7 @@ pub use chain::{BroadcastOutcome, EventOutcome, HookError, PluginChain, PluginSl
 pub use compile::sha256_hex;
 pub use engine::{EngineOptions, default_cache_dir};
 pub use error::{CallFailure, PluginError};
+pub use fleet::{FleetError, PluginFleet};
 pub use limits::PluginLimits;
 pub use loaded::{CONTRACT, Hook, LATENCY_BUCKETS, LatencyHistogram, LoadedPlugin, PluginStats};
 pub use manifest::PluginManifest;
