@@ -6,7 +6,8 @@ import fs from "node:fs";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
-import { startServer } from "./lib/server.mjs";
+import { spawnSync } from "node:child_process";
+import { binaryPath, startServer } from "./lib/server.mjs";
 import { arrives, client, closeAll, connected, once, sleep } from "./lib/client.mjs";
 
 const CONFIG = `
@@ -167,5 +168,21 @@ describe("tenants from configuration", () => {
     assert.match(server.logs.join(""), /configuration refused; the previous one stays/);
     assert.ok((await connected(acmeUrl())).connected, "the previous configuration still serves");
     assert.equal(dropped, false);
+  });
+
+  test("ioplex tenants lists them, with a running node's live connections", async () => {
+    write("ioplex.toml", CONFIG); // undo the broken edit of the previous test
+    const held = [await connected(acmeUrl(), { transports: ["websocket"] }), await connected(acmeUrl(), { transports: ["polling"] })];
+    const run = spawnSync(binaryPath("ioplex"), ["tenants", "--config", path.join(dir, "ioplex.toml"), "--url", `http://127.0.0.1:${server.port}`], { encoding: "utf8" });
+    assert.equal(run.status, 0, run.stdout + run.stderr);
+    assert.match(run.stdout, /^acme: hosts localhost; \?tenant=acme$/m);
+    assert.match(run.stdout, /^globex: hosts 127\.0\.0\.1; \?tenant=globex$/m);
+    assert.match(run.stdout, /^hooli: \?tenant=hooli$/m);
+    assert.match(run.stdout, /limits: connections 3, events\/s 5, payload -, rooms\/socket 2; api keys: 0/);
+    assert.match(run.stdout, /^acme:[^]*?live: 1 websocket, [1-9]\d* polling connections/m);
+    assert.ok(held.every((s) => s.connected));
+    const broken = spawnSync(binaryPath("ioplex"), ["tenants", "--config", path.join(dir, "missing.toml")], { encoding: "utf8" });
+    assert.equal(broken.status, 1);
+    assert.match(broken.stdout, /configuration refused: .*missing\.toml/);
   });
 });

@@ -38,6 +38,19 @@ enum Command {
     /// Work with plugin components.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// List the tenants a configuration defines: how each is reached, its limits, and whether each of
+    /// its plugins would be served; with --url, also the live connections of a running node.
+    Tenants {
+        /// Tenant configuration (default: the tenants a gateway without one serves).
+        #[arg(long, short = 'c', env = "IOPLEX_CONFIG")]
+        config: Option<PathBuf>,
+        /// Plugin directory to validate (`<dir>/<tenant>/<name>.wasm`).
+        #[arg(long, env = "IOPLEX_PLUGINS_DIR")]
+        plugins_dir: Option<PathBuf>,
+        /// A running node (e.g. http://127.0.0.1:3000) whose /metrics give each tenant's connections.
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -306,11 +319,163 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
                 std::process::ExitCode::FAILURE
             });
         }
+        Some(Command::Tenants {
+            config,
+            plugins_dir,
+            url,
+        }) => {
+            init_tracing(LogFormat::Text);
+            let ok =
+                list_tenants(config.as_deref(), plugins_dir.as_deref(), url.as_deref()).await?;
+            return Ok(if ok {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            });
+        }
         Some(Command::Serve(args)) => *args,
         None => cli.serve,
     };
     serve_gateway(args).await?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Live sessions per tenant and transport, from a running node's `/metrics`.
+async fn live_connections(
+    url: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, (u64, u64)>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = url
+        .strip_prefix("http://")
+        .context("--url must be http://host:port")?
+        .trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .with_context(|| format!("cannot reach {authority}"))?;
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {authority}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .context("no body in the /metrics answer")?;
+    let mut live = std::collections::BTreeMap::new();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("ioplex_connections{tenant=\"") else {
+            continue;
+        };
+        let Some((tenant, rest)) = rest.split_once("\",transport=\"") else {
+            continue;
+        };
+        let Some((transport, value)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        let n: u64 = value.trim().parse().unwrap_or(0);
+        let entry: &mut (u64, u64) = live.entry(tenant.to_owned()).or_default();
+        if transport == "websocket" {
+            entry.0 = n;
+        } else {
+            entry.1 = n;
+        }
+    }
+    Ok(live)
+}
+
+/// `ioplex tenants`: exit code 0 when the configuration and every plugin would be served.
+async fn list_tenants(
+    config: Option<&Path>,
+    plugins_dir: Option<&Path>,
+    url: Option<&str>,
+) -> anyhow::Result<bool> {
+    let tenants = match config {
+        Some(file) => match TenantsConfig::load(file) {
+            Ok(c) => c,
+            Err(err) => {
+                println!("configuration refused: {err}");
+                return Ok(false);
+            }
+        },
+        None => implicit_tenants("socket.io", plugins_dir),
+    };
+    let live = match url {
+        Some(url) => Some(live_connections(url).await?),
+        None => None,
+    };
+    let runtime = match plugins_dir {
+        Some(_) => {
+            let mut options = plugin_engine_options(None);
+            options.pooling = false;
+            options.cache_dir = None;
+            Some(PluginRuntime::new(options)?)
+        }
+        None => None,
+    };
+    let mut all_ok = true;
+    for (id, t) in &tenants.tenants {
+        let mut reached = Vec::new();
+        if !t.hosts.is_empty() {
+            reached.push(format!("hosts {}", t.hosts.join(", ")));
+        }
+        reached.push(format!("?tenant={}", t.query_value(id)));
+        if t.default {
+            reached.push("default".into());
+        }
+        println!("{id}: {}", reached.join("; "));
+        let l = &t.limits;
+        let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        println!(
+            "  limits: connections {}, events/s {}, payload {}, rooms/socket {}; api keys: {}",
+            show(l.max_connections.map(|v| v.to_string())),
+            show(l.events_per_second.map(|v| v.to_string())),
+            show(l.max_payload.map(|v| v.to_string())),
+            show(l.max_rooms_per_socket.map(|v| v.to_string())),
+            t.api_keys.len()
+        );
+        if let Some(live) = &live {
+            let (ws, polling) = live.get(id).copied().unwrap_or_default();
+            println!("  live: {ws} websocket, {polling} polling connections");
+        }
+        if let (Some(runtime), Some(dir)) = (&runtime, plugins_dir) {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(id))
+                .map(|entries| entries.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            files.retain(|p| p.extension().and_then(|e| e.to_str()) == Some("wasm"));
+            files.sort();
+            for file in files {
+                let name = file
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("?")
+                    .to_owned();
+                let manifest_path = file.with_extension("toml");
+                let verdict = (|| -> anyhow::Result<String> {
+                    let manifest = match std::fs::read_to_string(&manifest_path) {
+                        Ok(text) => {
+                            PluginManifest::parse(&text, &manifest_path.display().to_string())?
+                        }
+                        Err(_) => PluginManifest::default(),
+                    };
+                    let bytes = std::fs::read(&file)?;
+                    let plugin = runtime.prepare(id, &name, &bytes, manifest)?;
+                    let hooks: Vec<_> = plugin.hooks().iter().map(|h| h.name()).collect();
+                    Ok(format!(
+                        "ok ({}, {})",
+                        plugin.context().version,
+                        hooks.join(", ")
+                    ))
+                })();
+                match verdict {
+                    Ok(text) => println!("  plugin {name}: {text}"),
+                    Err(err) => {
+                        all_ok = false;
+                        println!("  plugin {name}: refused: {err:#}");
+                    }
+                }
+            }
+        }
+    }
+    Ok(all_ok)
 }
 
 /// The tenants served with no configuration file: `default` (taking requests that name no tenant, on

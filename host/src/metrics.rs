@@ -75,7 +75,8 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
         "Engine.IO sessions open, by transport.",
     );
     for t in &all {
-        let sessions = t.engine().sessions();
+        let mut sessions = t.engine().sessions();
+        sessions.retain(|s| !s.is_closed()); // closed polling sessions wait for their last GET
         let ws = sessions
             .iter()
             .filter(|s| s.transport() == TransportKind::Websocket)
