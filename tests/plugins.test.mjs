@@ -148,6 +148,14 @@ describe("tenant plugins", () => {
     });
   });
 
+  test("a request to one socket passes the transform too", async () => {
+    const [a, b] = [await connected(url("calm")), await connected(url("calm"))];
+    b.on("message", (text, ack) => ack(`got: ${text}`));
+    assert.deepEqual(await a.timeout(3000).emitWithAck("request", { to: b.id, event: "message", args: ["mail a@b.io"] }), {
+      ok: true, args: ["got: mail [email]"],
+    });
+  });
+
   test("a broadcast transform runs once per broadcast: every recipient gets the same stamp", async () => {
     const sender = await connected(url("stamp"));
     const receivers = [];

@@ -149,6 +149,7 @@ pub fn handlers_with_policy(config: ContractConfig, policy: Arc<dyn ContractPoli
         Arc::clone(&config),
     );
     let join_policy = Arc::clone(&policy);
+    let request_policy = Arc::clone(&policy);
     Handlers::new()
         .on(&config.join_event, move |socket, event| {
             let result = join_room(&join, &*join_policy, socket, &event).map(|()| ok(Map::new()));
@@ -168,7 +169,7 @@ pub fn handlers_with_policy(config: ContractConfig, policy: Arc<dyn ContractPoli
             answer(ack, result);
         })
         .on(&config.request_event, move |socket, event| {
-            forward_request(&request, socket, event);
+            forward_request(&request, &*request_policy, socket, event);
         })
         .on(&config.members_event, move |socket, event| {
             list_members(&members, socket, event);
@@ -392,7 +393,12 @@ fn publish_to_rooms(
         .map_err(|e| Refusal::new("invalid_event", e.to_string()))
 }
 
-fn forward_request(config: &ContractConfig, socket: &Arc<Socket>, event: Event) {
+fn forward_request(
+    config: &ContractConfig,
+    policy: &dyn ContractPolicy,
+    socket: &Arc<Socket>,
+    event: Event,
+) {
     let Event { payload, ack, .. } = event;
     let Payload { args, attachments } = payload;
     let prepared = (|| {
@@ -419,6 +425,39 @@ fn forward_request(config: &ContractConfig, socket: &Arc<Socket>, event: Event) 
     })();
     let (target, name, payload, timeout) = match prepared {
         Ok(p) => p,
+        Err(refusal) => return answer(ack, Err(refusal)),
+    };
+    // The tenant's rules see a request like a publish to the target's own room; they may rewrite or
+    // drop it, not send it elsewhere.
+    let publish = Publish {
+        event: name,
+        payload,
+        rooms: vec![Room::of_socket(target)],
+        except: Vec::new(),
+        wants_ack: ack.is_some(),
+    };
+    let (name, payload) = match policy.transform_publish(socket, publish) {
+        Ok(Some(p)) if !p.event.is_empty() && !RESERVED_EVENTS.contains(&p.event.as_str()) => {
+            (p.event, p.payload)
+        }
+        Ok(Some(_)) => {
+            return answer(
+                ack,
+                Err(Refusal::new(
+                    "invalid_event",
+                    "the transformed event name is empty or reserved",
+                )),
+            );
+        }
+        Ok(None) => {
+            return answer(
+                ack,
+                Err(Refusal::new(
+                    "dropped",
+                    "the tenant's rules dropped this request",
+                )),
+            );
+        }
         Err(refusal) => return answer(ack, Err(refusal)),
     };
     let ns = Arc::clone(socket.namespace());
