@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use hdrhistogram::Histogram;
-use ioplex::plugin::{EngineOptions, PluginManifest, PluginRuntime, types};
+use ioplex::plugin::{EngineOptions, LoadedPlugin, PluginManifest, PluginRuntime, types};
 
 const SECRET: &str = "bench-secret";
 
@@ -87,6 +87,53 @@ fn measure<T>(
         hist,
         total: started.elapsed(),
     })
+}
+
+/// Warm `authorize-join` calls that must be allowed.
+fn join_row(
+    plugin_label: &'static str,
+    plugin: &LoadedPlugin,
+    request: &types::JoinRequest,
+    iterations: usize,
+) -> anyhow::Result<Row> {
+    measure(
+        "authorize-join",
+        plugin_label,
+        iterations,
+        || match plugin.authorize_join(request)? {
+            Ok(()) => Ok(()),
+            Err(e) => bail!("{plugin_label} refused: {e}"),
+        },
+    )
+}
+
+/// Warm `transform-event` calls on a 1 KiB event the plugin rewrites, then on one it passes.
+fn transform_rows(
+    plugin_label: &'static str,
+    plugin: &LoadedPlugin,
+    rewritten: &types::ClientEvent,
+    passed: &types::ClientEvent,
+    iterations: usize,
+) -> anyhow::Result<[Row; 2]> {
+    let rewrite = measure(
+        "transform-event, 1 KiB, rewritten",
+        plugin_label,
+        iterations,
+        || match plugin.transform_event(rewritten)? {
+            Ok(types::EventAction::Rewrite(_)) => Ok(()),
+            other => bail!("{plugin_label} did not rewrite: {other:?}"),
+        },
+    )?;
+    let pass = measure(
+        "transform-event, 1 KiB, passed",
+        plugin_label,
+        iterations,
+        || match plugin.transform_event(passed)? {
+            Ok(types::EventAction::Pass) => Ok(()),
+            other => bail!("{plugin_label} did not pass: {other:?}"),
+        },
+    )?;
+    Ok([rewrite, pass])
 }
 
 fn us(ns: u64) -> f64 {
@@ -209,61 +256,22 @@ async fn run_inner(
     };
     let event = message_1k(true);
     let plain = message_1k(false);
-    let mut rows = Vec::new();
-    rows.push(measure(
-        "authorize-join",
-        "Rust room-auth",
-        iterations,
-        || match auth.authorize_join(&join)? {
-            Ok(()) => Ok(()),
-            Err(e) => bail!("room-auth refused: {e}"),
-        },
-    )?);
-    rows.push(measure(
-        "transform-event, 1 KiB, rewritten",
-        "Rust redact",
-        iterations,
-        || match redactor.transform_event(&event)? {
-            Ok(types::EventAction::Rewrite(_)) => Ok(()),
-            other => bail!("redact did not rewrite: {other:?}"),
-        },
-    )?);
-    rows.push(measure(
-        "transform-event, 1 KiB, passed",
-        "Rust redact",
-        iterations,
-        || match redactor.transform_event(&plain)? {
-            Ok(types::EventAction::Pass) => Ok(()),
-            other => bail!("redact did not pass: {other:?}"),
-        },
-    )?);
     let js_iterations = (iterations / 5).max(100);
-    rows.push(measure(
-        "authorize-join",
-        "JS moderate",
-        js_iterations,
-        || match js.authorize_join(&join)? {
-            Ok(()) => Ok(()),
-            Err(e) => bail!("moderate refused: {e}"),
-        },
+    let mut rows = vec![join_row("Rust room-auth", &auth, &join, iterations)?];
+    rows.extend(transform_rows(
+        "Rust redact",
+        &redactor,
+        &event,
+        &plain,
+        iterations,
     )?);
-    rows.push(measure(
-        "transform-event, 1 KiB, rewritten",
+    rows.push(join_row("JS moderate", &js, &join, js_iterations)?);
+    rows.extend(transform_rows(
         "JS moderate",
+        &js,
+        &event,
+        &plain,
         js_iterations,
-        || match js.transform_event(&event)? {
-            Ok(types::EventAction::Rewrite(_)) => Ok(()),
-            other => bail!("moderate did not rewrite: {other:?}"),
-        },
-    )?);
-    rows.push(measure(
-        "transform-event, 1 KiB, passed",
-        "JS moderate",
-        js_iterations,
-        || match js.transform_event(&plain)? {
-            Ok(types::EventAction::Pass) => Ok(()),
-            other => bail!("moderate did not pass: {other:?}"),
-        },
     )?);
 
     println!("| hook | plugin | calls | p50 µs | p99 µs | max µs | calls/s (one thread) |");

@@ -20,8 +20,9 @@ use ioplex::tenant::{DEFAULT_TENANT, GatewayDefaults, TenantConfig, Tenants, Ten
 /// Multi-tenant Socket.IO gateway (Engine.IO v4 / Socket.IO v5).
 ///
 /// With no options it serves the embedded default: a single node with an in-memory adapter, every
-/// namespace open, and the client contract (join / leave / publish / request events). Timing and size
-/// options default to Node socket.io's values.
+/// namespace open, and the client contract (join / leave / publish / request / members events). With
+/// --config it serves many tenants, each with its own rooms, limits, Redis channels and plugins, plus an
+/// HTTP API for their backends. Timing and size options default to Node socket.io's values.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Cli {

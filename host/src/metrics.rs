@@ -31,8 +31,17 @@ pub fn handler(tenants: Arc<Tenants>, plugins: Option<Arc<PluginRuntime>>) -> Ha
     })
 }
 
-/// A counter family read from one kind of stats: name, help, how to read it.
-type CounterOf<S> = (&'static str, &'static str, fn(&S) -> u64);
+/// A metric family read from one kind of stats: name, type, help, how to read it.
+type FamilyOf<S> = (&'static str, &'static str, &'static str, fn(&S) -> u64);
+
+/// What `/metrics` reports of one namespace.
+struct NamespaceRow {
+    tenant: String,
+    namespace: String,
+    sockets: u64,
+    rooms: u64,
+    events: u64,
+}
 
 /// Escapes a label value.
 fn label(value: &str) -> String {
@@ -93,45 +102,52 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
         );
     }
 
-    let counters: [CounterOf<crate::engineio::EngineStats>; 7] = [
+    let counters: [FamilyOf<crate::engineio::EngineStats>; 7] = [
         (
             "ioplex_handshakes_total",
+            "counter",
             "Engine.IO sessions opened.",
             |s| s.handshakes.load(Ordering::Relaxed),
         ),
         (
             "ioplex_messages_received_total",
+            "counter",
             "Engine.IO messages received from clients.",
             |s| s.messages_in.load(Ordering::Relaxed),
         ),
         (
             "ioplex_received_bytes_total",
+            "counter",
             "Payload bytes received from clients.",
             |s| s.bytes_in.load(Ordering::Relaxed),
         ),
         (
             "ioplex_packets_sent_total",
+            "counter",
             "Packets queued or written to clients.",
             |s| s.packets_out.load(Ordering::Relaxed),
         ),
         (
             "ioplex_sent_bytes_total",
+            "counter",
             "Bytes queued or written to clients, framing included.",
             |s| s.bytes_out.load(Ordering::Relaxed),
         ),
         (
             "ioplex_dropped_volatile_packets_total",
+            "counter",
             "Volatile packets dropped because the client was behind.",
             |s| s.dropped_volatile.load(Ordering::Relaxed),
         ),
         (
             "ioplex_slow_client_disconnects_total",
+            "counter",
             "Sessions closed because their outgoing queue overflowed.",
             |s| s.slow_client_closes.load(Ordering::Relaxed),
         ),
     ];
-    for (name, help, read) in counters {
-        let mut f = Family::new(&mut out, name, "counter", help);
+    for (name, kind, help, read) in counters {
+        let mut f = Family::new(&mut out, name, kind, help);
         for t in &all {
             f.sample(name, &[("tenant", t.id())], read(t.engine().stats()));
         }
@@ -147,53 +163,44 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
                     .filter(|room| crate::sid::Sid::parse(&room.to_string()).is_none())
                     .count()
             });
-            namespaces.push((
-                t.id().to_owned(),
-                ns.name().to_owned(),
-                ns.socket_count(),
-                rooms,
-                ns.events_received(),
-            ));
+            namespaces.push(NamespaceRow {
+                tenant: t.id().to_owned(),
+                namespace: ns.name().to_owned(),
+                sockets: ns.socket_count() as u64,
+                rooms: rooms as u64,
+                events: ns.events_received(),
+            });
         }
     }
-    let mut f = Family::new(
-        &mut out,
-        "ioplex_sockets",
-        "gauge",
-        "Sockets connected to a namespace on this node.",
-    );
-    for (tenant, nsp, sockets, _, _) in &namespaces {
-        f.sample(
+    let per_namespace: [FamilyOf<NamespaceRow>; 3] = [
+        (
             "ioplex_sockets",
-            &[("tenant", tenant), ("namespace", nsp)],
-            sockets,
-        );
-    }
-    let mut f = Family::new(
-        &mut out,
-        "ioplex_rooms",
-        "gauge",
-        "Rooms with members on this node (socket id rooms not counted).",
-    );
-    for (tenant, nsp, _, rooms, _) in &namespaces {
-        f.sample(
+            "gauge",
+            "Sockets connected to a namespace on this node.",
+            |n| n.sockets,
+        ),
+        (
             "ioplex_rooms",
-            &[("tenant", tenant), ("namespace", nsp)],
-            rooms,
-        );
-    }
-    let mut f = Family::new(
-        &mut out,
-        "ioplex_events_received_total",
-        "counter",
-        "Socket.IO events received from clients.",
-    );
-    for (tenant, nsp, _, _, events) in &namespaces {
-        f.sample(
+            "gauge",
+            "Rooms with members on this node (socket id rooms not counted).",
+            |n| n.rooms,
+        ),
+        (
             "ioplex_events_received_total",
-            &[("tenant", tenant), ("namespace", nsp)],
-            events,
-        );
+            "counter",
+            "Socket.IO events received from clients.",
+            |n| n.events,
+        ),
+    ];
+    for (name, kind, help, read) in per_namespace {
+        let mut f = Family::new(&mut out, name, kind, help);
+        for n in &namespaces {
+            f.sample(
+                name,
+                &[("tenant", &n.tenant), ("namespace", &n.namespace)],
+                read(n),
+            );
+        }
     }
 
     if let Some(runtime) = plugins {
@@ -260,24 +267,28 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
     }
 
     let buses = tenants.redis_buses();
-    let bus_counters: [CounterOf<crate::adapter::redis::RedisBus>; 4] = [
+    let bus_counters: [FamilyOf<crate::adapter::redis::RedisBus>; 4] = [
         (
             "ioplex_redis_published_total",
+            "counter",
             "Messages published to Redis.",
             |b| b.stats.published.load(Ordering::Relaxed),
         ),
         (
             "ioplex_redis_received_total",
+            "counter",
             "Messages received from Redis.",
             |b| b.stats.received.load(Ordering::Relaxed),
         ),
         (
             "ioplex_redis_dropped_total",
+            "counter",
             "Messages dropped: outage buffer or publish queue full, or too old.",
             |b| b.stats.dropped.load(Ordering::Relaxed),
         ),
         (
             "ioplex_redis_reconnects_total",
+            "counter",
             "Reconnections to Redis.",
             |b| b.stats.reconnects.load(Ordering::Relaxed),
         ),
@@ -295,8 +306,8 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
             u8::from(bus.is_connected()),
         );
     }
-    for (name, help, read) in bus_counters {
-        let mut f = Family::new(&mut out, name, "counter", help);
+    for (name, kind, help, read) in bus_counters {
+        let mut f = Family::new(&mut out, name, kind, help);
         for (key, bus) in &buses {
             f.sample(name, &[("key", key)], read(bus));
         }
