@@ -3,6 +3,9 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { binaryPath, startServer } from "./lib/server.mjs";
 
 const run = promisify(execFile);
@@ -19,7 +22,13 @@ describe("ioplex-bench smoke", () => {
   };
 
   test("connect", async () => {
-    const row = await bench("connect", "--clients", "200", "--concurrency", "20", "--hold", "1");
+    const jsonFile = path.join(os.tmpdir(), `ioplex-bench-${process.pid}.jsonl`);
+    const row = await bench("--json", jsonFile, "connect", "--clients", "200", "--concurrency", "20", "--hold", "1");
+    const [result] = fs.readFileSync(jsonFile, "utf8").trim().split("\n").map((l) => JSON.parse(l));
+    fs.rmSync(jsonFile);
+    assert.equal(result.scenario, "connect");
+    assert.equal(result.clients, 200);
+    assert.ok(result.connections_per_s > 0 && result.server_rss_per_connection_kib > 0, JSON.stringify(result));
     assert.equal(row[1], "connect");
     assert.equal(row[2], "200");
     assert.ok(Number(row[5]) > 0, `connections/s: ${row[5]}`);

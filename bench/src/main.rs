@@ -36,8 +36,39 @@ struct Cli {
     /// Pid of the server, to report its memory and CPU.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Connect as this tenant (`?tenant=`), for gateways serving several.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Also append the result, as one JSON object per line, to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
+}
+
+impl Cli {
+    /// Extra query parameters for every connection.
+    fn query(&self) -> String {
+        match &self.tenant {
+            Some(t) => format!("&tenant={t}"),
+            None => String::new(),
+        }
+    }
+
+    /// Appends `result` to the `--json` file, if one was given.
+    fn record(&self, result: serde_json::Value) -> anyhow::Result<()> {
+        let Some(path) = &self.json else {
+            return Ok(());
+        };
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        writeln!(file, "{result}")?;
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -90,7 +121,7 @@ enum Scenario {
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Opens a websocket from 127.0.0.(1 + n % 200) and joins the main namespace.
-async fn connect_client(port: u16, n: usize) -> anyhow::Result<Ws> {
+async fn connect_client(port: u16, n: usize, query: &str) -> anyhow::Result<Ws> {
     let local = Ipv4Addr::new(127, 0, 0, 1 + (n % 200) as u8);
     let socket = TcpSocket::new_v4()?;
     // Lets servers bind ports our closed connections still hold in TIME_WAIT.
@@ -100,7 +131,7 @@ async fn connect_client(port: u16, n: usize) -> anyhow::Result<Ws> {
         .connect(SocketAddr::from(([127, 0, 0, 1], port)))
         .await?;
     stream.set_nodelay(true)?;
-    let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
+    let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket{query}");
     let (mut ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
     expect_prefix(&mut ws, "0").await?;
     ws.send(Message::text("40")).await?;
@@ -145,20 +176,22 @@ async fn open_many(
     port: u16,
     clients: usize,
     concurrency: usize,
+    query: &str,
 ) -> anyhow::Result<(Vec<Ws>, Duration)> {
+    let query: Arc<str> = Arc::from(query);
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let opened = Arc::new(Mutex::new(Vec::with_capacity(clients)));
     let mut workers = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (next, opened) = (Arc::clone(&next), Arc::clone(&opened));
+        let (next, opened, query) = (Arc::clone(&next), Arc::clone(&opened), Arc::clone(&query));
         workers.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed) as usize;
                 if n >= clients {
                     return Ok::<_, anyhow::Error>(());
                 }
-                let ws = connect_client(port, n)
+                let ws = connect_client(port, n, &query)
                     .await
                     .with_context(|| format!("client {n}"))?;
                 opened.lock().await.push(ws);
@@ -180,7 +213,7 @@ async fn connect_scenario(
     hold: u64,
 ) -> anyhow::Result<()> {
     let before = cli.server_pid.and_then(process_usage);
-    let (conns, elapsed) = open_many(cli.port, clients, concurrency).await?;
+    let (conns, elapsed) = open_many(cli.port, clients, concurrency, &cli.query()).await?;
     // Keep them alive (answer pings) while memory settles.
     let mut keepers = Vec::new();
     for mut ws in conns {
@@ -200,13 +233,24 @@ async fn connect_scenario(
         "| scenario | clients | concurrency | seconds | connections/s | server RSS per connection |"
     );
     println!("|---|---|---|---|---|---|");
-    let per_conn = match (before, after) {
-        (Some((b, _)), Some((a, _))) => format!(
-            "{:.2} KiB",
-            (a.saturating_sub(b)) as f64 / 1024.0 / clients as f64
-        ),
-        _ => "n/a (pass --server-pid)".into(),
+    let per_conn_kib = match (before, after) {
+        (Some((b, _)), Some((a, _))) => {
+            Some((a.saturating_sub(b)) as f64 / 1024.0 / clients as f64)
+        }
+        _ => None,
     };
+    let per_conn = per_conn_kib.map_or_else(
+        || "n/a (pass --server-pid)".to_owned(),
+        |k| format!("{k:.2} KiB"),
+    );
+    cli.record(serde_json::json!({
+        "scenario": "connect",
+        "clients": clients,
+        "concurrency": concurrency,
+        "seconds": elapsed.as_secs_f64(),
+        "connections_per_s": clients as f64 / elapsed.as_secs_f64(),
+        "server_rss_per_connection_kib": per_conn_kib,
+    }))?;
     println!(
         "| connect | {clients} | {concurrency} | {:.2} | {:.0} | {per_conn} |",
         elapsed.as_secs_f64(),
@@ -230,7 +274,7 @@ async fn fanout_scenario(
         room_size >= 2,
         "rooms need at least a publisher and a receiver"
     );
-    let (mut conns, _) = open_many(cli.port, clients, 200).await?;
+    let (mut conns, _) = open_many(cli.port, clients, 200, &cli.query()).await?;
     let rooms = clients / room_size;
     anyhow::ensure!(rooms > 0, "fewer clients than one room");
     // Join rooms, waiting for each ack.
@@ -244,7 +288,7 @@ async fn fanout_scenario(
     }
     let mut remote_publishers = Vec::new();
     if let Some(port) = publish_port {
-        let (mut pubs, _) = open_many(port, rooms, 50).await?;
+        let (mut pubs, _) = open_many(port, rooms, 50, &cli.query()).await?;
         for (room, ws) in pubs.iter_mut().enumerate() {
             ws.send(Message::text(format!("420[\"join\",\"room-{room}\"]")))
                 .await?;
@@ -379,6 +423,27 @@ async fn fanout_scenario(
         };
     let server_cores = cores(cpu_before, cpu_after);
     let generator_cores = cores(own_before, own_after);
+    let cpu_us = match (cpu_before, cpu_after) {
+        (Some((_, b)), Some((_, a))) if deliveries > 0 => {
+            Some((a - b).as_secs_f64() * 1e6 / deliveries as f64)
+        }
+        _ => None,
+    };
+    cli.record(serde_json::json!({
+        "scenario": "fanout",
+        "tenant": cli.tenant,
+        "clients": clients,
+        "room_size": room_size,
+        "publishes_per_s": rate,
+        "deliveries_per_s": deliveries as f64 / measured.as_secs_f64(),
+        "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0,
+        "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
+        "max_ms": h.max() as f64 / 1000.0,
+        "server_cpu_us_per_delivery": cpu_us,
+        "server_cores": server_cores.parse::<f64>().ok(),
+        "generator_cores": generator_cores.parse::<f64>().ok(),
+        "cross_node": publish_port.is_some(),
+    }))?;
     println!(
         "| scenario | clients | room size | publishes/s | deliveries/s | p50 | p99 | max | server CPU per delivery | server cores | generator cores |"
     );
