@@ -55,4 +55,22 @@ describe("ioplex-bench smoke", () => {
     }
     assert.ok(rows.slice(-3).every((r) => r.endsWith("| 0 |")), "no failed call during reloads");
   });
+
+  test("sweep: ioplex and Node side by side, JSON lines and a chart", async () => {
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-sweep-"));
+    try {
+      const script = new URL("../bench/sweep", import.meta.url).pathname;
+      const { stdout } = await run(script, ["--debug", "--clients", "100", "--room-size", "10", "--rates", "20", "--duration", "1", "--out", out], { timeout: 120000 });
+      assert.match(stdout, /sustained at p99 <= 50 ms: ioplex \d+ deliveries\/s, node \d+/);
+      const rows = fs.readFileSync(path.join(out, "sweep.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
+      assert.deepEqual(rows.map((r) => r.label), ["ioplex", "node"]);
+      assert.ok(rows.every((r) => r.deliveries_per_s > 100), JSON.stringify(rows));
+      const svg = fs.readFileSync(path.join(out, "sweep.svg"), "utf8");
+      assert.match(svg, /^<svg/);
+      assert.match(svg, />\s*ioplex\s*</, "legend names ioplex");
+      assert.match(svg, />\s*node\s*</, "legend names node");
+    } finally {
+      fs.rmSync(out, { recursive: true, force: true });
+    }
+  });
 });

@@ -25,6 +25,7 @@ use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+mod chart;
 mod plugin_hooks;
 
 #[derive(Parser)]
@@ -42,6 +43,9 @@ struct Cli {
     /// Also append the result, as one JSON object per line, to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Name of the server under test, recorded with `--json` results (e.g. ioplex, node).
+    #[arg(long, default_value = "server")]
+    label: String,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -103,6 +107,16 @@ enum Scenario {
         /// of each room: every delivery then crosses the Redis hop.
         #[arg(long)]
         publish_port: Option<u16>,
+    },
+    /// Draws the fan-out results of a `--json` file (p99 against deliveries/s, one line per --label)
+    /// as an SVG chart.
+    Chart {
+        /// The JSON lines file.
+        #[arg(long)]
+        input: std::path::PathBuf,
+        /// The SVG to write.
+        #[arg(long)]
+        output: std::path::PathBuf,
     },
     /// Plugin hook cost (warm, in-process, no server needed) and reload time.
     Plugins {
@@ -245,6 +259,7 @@ async fn connect_scenario(
     );
     cli.record(serde_json::json!({
         "scenario": "connect",
+        "label": cli.label,
         "clients": clients,
         "concurrency": concurrency,
         "seconds": elapsed.as_secs_f64(),
@@ -431,6 +446,7 @@ async fn fanout_scenario(
     };
     cli.record(serde_json::json!({
         "scenario": "fanout",
+        "label": cli.label,
         "tenant": cli.tenant,
         "clients": clients,
         "room_size": room_size,
@@ -474,6 +490,10 @@ async fn main() -> anyhow::Result<()> {
             duration,
             publish_port,
         } => fanout_scenario(&cli, clients, room_size, rate, duration, publish_port).await,
+        Scenario::Chart {
+            ref input,
+            ref output,
+        } => chart::draw(input, output),
         Scenario::Plugins {
             ref dist,
             iterations,
