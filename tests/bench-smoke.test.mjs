@@ -35,6 +35,13 @@ describe("ioplex-bench smoke", () => {
     assert.match(row[6], /KiB$/);
   });
 
+  test("connect, spread over two generator processes", async () => {
+    const row = await bench("connect", "--clients", "200", "--concurrency", "20", "--hold", "1", "--processes", "2");
+    assert.equal(row[2], "200");
+    assert.ok(Number(row[5]) > 0, `connections/s: ${row[5]}`);
+    assert.match(row[6], /KiB$/);
+  });
+
   test("fanout", async () => {
     const row = await bench("fanout", "--clients", "200", "--room-size", "20", "--rate", "50", "--duration", "1");
     assert.equal(row[1], "fanout");

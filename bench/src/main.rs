@@ -88,6 +88,21 @@ enum Scenario {
         /// Seconds to hold the connections before measuring memory.
         #[arg(long, default_value_t = 2)]
         hold: u64,
+        /// Generator processes the clients are spread over (one process may hold ~20,000 files here);
+        /// default: one per 15,000 clients.
+        #[arg(long)]
+        processes: Option<usize>,
+    },
+    /// One process of a multi-process `connect` (started by it): opens its clients, reports, holds them.
+    #[command(hide = true)]
+    ConnectWorker {
+        #[arg(long)]
+        clients: usize,
+        #[arg(long)]
+        concurrency: usize,
+        /// Number of this worker's first client (spreads source addresses across workers).
+        #[arg(long)]
+        first: usize,
     },
     /// Broadcast fan-out through rooms.
     Fanout {
@@ -192,9 +207,22 @@ async fn open_many(
     concurrency: usize,
     query: &str,
 ) -> anyhow::Result<(Vec<Ws>, Duration)> {
+    open_range(port, 0, clients, concurrency, query, false).await
+}
+
+/// Opens clients `first..first + clients`; with `progress`, reports on stderr every second.
+async fn open_range(
+    port: u16,
+    first: usize,
+    clients: usize,
+    concurrency: usize,
+    query: &str,
+    progress: bool,
+) -> anyhow::Result<(Vec<Ws>, Duration)> {
     let query: Arc<str> = Arc::from(query);
     let started = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(first as u64));
+    let clients = first + clients;
     let opened = Arc::new(Mutex::new(Vec::with_capacity(clients)));
     let mut workers = Vec::new();
     for _ in 0..concurrency.max(1) {
@@ -212,12 +240,113 @@ async fn open_many(
             }
         }));
     }
+    let reporter = progress.then(|| {
+        let next = Arc::clone(&next);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let n = (next.load(Ordering::Relaxed) as usize).min(clients) - first;
+                eprintln!("connecting: {n}/{}", clients - first);
+            }
+        })
+    });
     for worker in workers {
         worker.await??;
+    }
+    if let Some(reporter) = reporter {
+        reporter.abort();
     }
     let elapsed = started.elapsed();
     let opened = std::mem::take(&mut *opened.lock().await);
     Ok((opened, elapsed))
+}
+
+/// Keeps connections open, answering server pings.
+fn keep_alive(conns: Vec<Ws>) -> Vec<tokio::task::JoinHandle<()>> {
+    conns
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                while let Some(Ok(msg)) = ws.next().await {
+                    if matches!(&msg, Message::Text(t) if t.as_str() == "2")
+                        && ws.send(Message::text("3")).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// A worker process: opens its clients, prints `opened <seconds>`, then holds them until stdin closes.
+async fn connect_worker(
+    cli: &Cli,
+    clients: usize,
+    concurrency: usize,
+    first: usize,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    let (conns, elapsed) =
+        open_range(cli.port, first, clients, concurrency, &cli.query(), false).await?;
+    println!("opened {}", elapsed.as_secs_f64());
+    let keepers = keep_alive(conns);
+    let mut sink = Vec::new();
+    let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+    for k in keepers {
+        k.abort();
+    }
+    Ok(())
+}
+
+/// Opens `clients` spread over `processes` worker processes; returns them (to be killed after the
+/// measurement) and the time until the last one was open.
+async fn open_in_processes(
+    cli: &Cli,
+    clients: usize,
+    concurrency: usize,
+    processes: usize,
+) -> anyhow::Result<(Vec<tokio::process::Child>, Duration)> {
+    use tokio::io::AsyncBufReadExt as _;
+    let started = Instant::now();
+    let exe = std::env::current_exe()?;
+    let per = clients.div_ceil(processes);
+    let mut children = Vec::new();
+    let mut readers = Vec::new();
+    for i in 0..processes {
+        let count = per.min(clients.saturating_sub(i * per));
+        if count == 0 {
+            break;
+        }
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.arg("--port").arg(cli.port.to_string());
+        if let Some(t) = &cli.tenant {
+            cmd.arg("--tenant").arg(t);
+        }
+        cmd.args(["connect-worker", "--clients", &count.to_string()])
+            .args([
+                "--concurrency",
+                &(concurrency / processes).max(1).to_string(),
+            ])
+            .args(["--first", &(i * per).to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().context("cannot start a generator process")?;
+        let stdout = child.stdout.take().context("no worker stdout")?;
+        readers.push(tokio::io::BufReader::new(stdout).lines());
+        children.push(child);
+    }
+    let total = readers.len();
+    for (done, lines) in readers.iter_mut().enumerate() {
+        match lines.next_line().await? {
+            Some(line) if line.starts_with("opened ") => {
+                eprintln!("generator processes ready: {}/{total}", done + 1);
+            }
+            other => bail!("a generator process failed: {other:?}"),
+        }
+    }
+    Ok((children, started.elapsed()))
 }
 
 async fn connect_scenario(
@@ -225,24 +354,31 @@ async fn connect_scenario(
     clients: usize,
     concurrency: usize,
     hold: u64,
+    processes: Option<usize>,
 ) -> anyhow::Result<()> {
     let before = cli.server_pid.and_then(process_usage);
-    let (conns, elapsed) = open_many(cli.port, clients, concurrency, &cli.query()).await?;
-    // Keep them alive (answer pings) while memory settles.
-    let mut keepers = Vec::new();
-    for mut ws in conns {
-        keepers.push(tokio::spawn(async move {
-            while let Some(Ok(msg)) = ws.next().await {
-                if matches!(&msg, Message::Text(t) if t.as_str() == "2")
-                    && ws.send(Message::text("3")).await.is_err()
-                {
-                    break;
-                }
-            }
-        }));
-    }
+    let processes = processes.unwrap_or_else(|| clients.div_ceil(15_000)).max(1);
+    let (keepers, children, elapsed) = if processes == 1 {
+        let (conns, elapsed) = open_range(
+            cli.port,
+            0,
+            clients,
+            concurrency,
+            &cli.query(),
+            clients > 5000,
+        )
+        .await?;
+        // Keep them alive (answer pings) while memory settles.
+        (keep_alive(conns), Vec::new(), elapsed)
+    } else {
+        let (children, elapsed) = open_in_processes(cli, clients, concurrency, processes).await?;
+        (Vec::new(), children, elapsed)
+    };
     tokio::time::sleep(Duration::from_secs(hold)).await;
     let after = cli.server_pid.and_then(process_usage);
+    for mut child in children {
+        let _ = child.kill().await;
+    }
     println!(
         "| scenario | clients | concurrency | seconds | connections/s | server RSS per connection |"
     );
@@ -261,6 +397,7 @@ async fn connect_scenario(
         "scenario": "connect",
         "label": cli.label,
         "clients": clients,
+        "generator_processes": processes,
         "concurrency": concurrency,
         "seconds": elapsed.as_secs_f64(),
         "connections_per_s": clients as f64 / elapsed.as_secs_f64(),
@@ -482,7 +619,13 @@ async fn main() -> anyhow::Result<()> {
             clients,
             concurrency,
             hold,
-        } => connect_scenario(&cli, clients, concurrency, hold).await,
+            processes,
+        } => connect_scenario(&cli, clients, concurrency, hold, processes).await,
+        Scenario::ConnectWorker {
+            clients,
+            concurrency,
+            first,
+        } => connect_worker(&cli, clients, concurrency, first).await,
         Scenario::Fanout {
             clients,
             room_size,
