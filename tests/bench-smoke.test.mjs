@@ -80,4 +80,20 @@ describe("ioplex-bench smoke", () => {
       fs.rmSync(out, { recursive: true, force: true });
     }
   });
+
+  test("crossnode: the Redis hop, ioplex and Node side by side", async () => {
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-crossnode-"));
+    try {
+      const script = new URL("../bench/crossnode", import.meta.url).pathname;
+      const { stdout } = await run(script, ["--debug", "--clients", "100", "--room-size", "10", "--rate", "20", "--duration", "1", "--out", out], { timeout: 120000 });
+      assert.match(stdout, /^\| ioplex \| [\d.]+ \/ [\d.]+ ms \| [\d.]+ \/ [\d.]+ ms \| \+/m);
+      assert.match(stdout, /^\| node \| /m);
+      const rows = fs.readFileSync(path.join(out, "crossnode.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
+      assert.deepEqual(rows.map((r) => r.label), ["ioplex-local", "ioplex-remote", "node-local", "node-remote"]);
+      assert.ok(rows.every((r) => r.deliveries_per_s > 100), JSON.stringify(rows));
+      assert.ok(rows.filter((r) => r.label.endsWith("remote")).every((r) => r.cross_node));
+    } finally {
+      fs.rmSync(out, { recursive: true, force: true });
+    }
+  });
 });
