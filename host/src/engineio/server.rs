@@ -27,6 +27,8 @@ pub(crate) struct EngineShared {
     handler: Arc<dyn EngineHandler>,
     /// Set at shutdown: new handshakes are refused, existing sessions keep working until closed.
     draining: std::sync::atomic::AtomicBool,
+    /// Sessions not yet closed (the table also holds closed polling sessions until their last GET).
+    pub(crate) open: std::sync::atomic::AtomicUsize,
     pub(crate) stats: super::EngineStats,
 }
 
@@ -38,6 +40,7 @@ impl EngineShared {
             sessions: DashMap::new(),
             handler,
             draining: std::sync::atomic::AtomicBool::new(false),
+            open: std::sync::atomic::AtomicUsize::new(0),
             stats: super::EngineStats::default(),
         })
     }
@@ -57,6 +60,7 @@ impl EngineShared {
         handshake: Handshake,
     ) -> Arc<Session> {
         let session = Session::new(Arc::clone(self), transport, handshake);
+        self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.sessions.insert(session.sid(), Arc::clone(&session));
         session.set_handler(self.handler.on_open(&session));
         tokio::spawn(Arc::clone(&session).heartbeat());
@@ -96,6 +100,7 @@ impl Engine {
                 sessions: DashMap::new(),
                 handler,
                 draining: std::sync::atomic::AtomicBool::new(false),
+                open: std::sync::atomic::AtomicUsize::new(0),
                 stats: super::EngineStats::default(),
             }),
         }
@@ -214,7 +219,7 @@ impl Engine {
                 return Err(RequestError::Draining);
             }
             if let Some(max) = self.shared.config.max_sessions
-                && self.shared.sessions.len() >= max
+                && self.shared.open.load(std::sync::atomic::Ordering::Acquire) >= max
             {
                 return Err(RequestError::ConnectionLimit);
             }

@@ -349,6 +349,12 @@ impl Session {
             (state.handler.take(), keep)
         };
         self.is_closed.store(true, Ordering::Release);
+        let _ = self
+            .engine
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
         if keep_for_next_poll {
             // Answer the client's next GET (`1`, or `6` if it is racing its own `1` on another
             // connection); later requests get "Session ID unknown". Nobody polling: forget it after
