@@ -8,6 +8,7 @@
 mod config;
 mod cors;
 mod error;
+mod heartbeat;
 pub mod packet;
 mod polling;
 mod server;

@@ -29,7 +29,15 @@ pub(crate) struct EngineShared {
     draining: std::sync::atomic::AtomicBool,
     /// Sessions not yet closed (the table also holds closed polling sessions until their last GET).
     pub(crate) open: std::sync::atomic::AtomicUsize,
+    /// Every session's pings, from one task.
+    heartbeats: Arc<super::heartbeat::Heartbeats>,
     pub(crate) stats: super::EngineStats,
+}
+
+impl Drop for EngineShared {
+    fn drop(&mut self) {
+        self.heartbeats.stop();
+    }
 }
 
 impl EngineShared {
@@ -41,6 +49,7 @@ impl EngineShared {
             handler,
             draining: std::sync::atomic::AtomicBool::new(false),
             open: std::sync::atomic::AtomicUsize::new(0),
+            heartbeats: Arc::default(),
             stats: super::EngineStats::default(),
         })
     }
@@ -63,7 +72,11 @@ impl EngineShared {
         self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.sessions.insert(session.sid(), Arc::clone(&session));
         session.set_handler(self.handler.on_open(&session));
-        tokio::spawn(Arc::clone(&session).heartbeat());
+        self.heartbeats.schedule(
+            &session,
+            tokio::time::Instant::now() + self.config.ping_interval,
+            super::heartbeat::Step::Ping,
+        );
         tracing::debug!(sid = %session.sid(), transport = transport.as_str(), "engine.io session opened");
         session
     }
@@ -101,6 +114,7 @@ impl Engine {
                 handler,
                 draining: std::sync::atomic::AtomicBool::new(false),
                 open: std::sync::atomic::AtomicUsize::new(0),
+                heartbeats: Arc::default(),
                 stats: super::EngineStats::default(),
             }),
         }

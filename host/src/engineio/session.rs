@@ -1,4 +1,4 @@
-//! One Engine.IO session: its outgoing queue, transport state and heartbeat.
+//! One Engine.IO session: its outgoing queue, transport state and heartbeat steps.
 //!
 //! The session is shared between whoever currently writes to the client (a pending polling GET or the
 //! websocket task), whoever reads from it (POST handlers, the websocket task) and the upper layer that sends
@@ -165,8 +165,6 @@ pub struct Session {
     pub(crate) state: Mutex<State>,
     /// Wakes the current writer (pending poll or websocket task) when packets are queued or state changes.
     pub(crate) writer: Notify,
-    /// Wakes the heartbeat when the session closes.
-    closed_signal: Notify,
     is_closed: AtomicBool,
     /// The outgoing queue overflowed; a close is on its way.
     overflowed: AtomicBool,
@@ -197,7 +195,6 @@ impl Session {
                 handler: None,
             }),
             writer: Notify::new(),
-            closed_signal: Notify::new(),
             is_closed: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
         })
@@ -328,7 +325,7 @@ impl Session {
         }
     }
 
-    /// Ends the session: stops its heartbeat, releases its writer and tells the upper layer, once.
+    /// Ends the session: releases its writer and tells the upper layer, once (its heartbeat entry lapses).
     pub fn close(self: &Arc<Self>, reason: CloseReason) {
         let (handler, keep_for_next_poll) = {
             let mut state = self.state.lock();
@@ -369,7 +366,6 @@ impl Session {
         }
         self.writer.notify_waiters();
         self.writer.notify_one();
-        self.closed_signal.notify_waiters();
         tracing::debug!(sid = %self.sid, %reason, "engine.io session closed");
         if let Some(handler) = handler {
             handler.on_close(self, &reason);
@@ -412,54 +408,45 @@ impl Session {
             .is_some_and(|sent| now >= sent + self.engine.config.ping_timeout)
     }
 
-    /// Sends pings every `pingInterval` and closes the session when one goes unanswered for `pingTimeout`.
-    pub(crate) async fn heartbeat(self: Arc<Self>) {
-        let interval = self.engine.config.ping_interval;
-        let timeout = self.engine.config.ping_timeout;
-        let mut next_ping = Instant::now() + interval;
-        loop {
-            if !self.sleep_unless_closed(next_ping).await {
-                return;
-            }
-            let sent = Instant::now();
-            {
-                let mut state = self.state.lock();
-                if state.closed.is_some() {
-                    return;
+    /// One step of the heartbeat (run by the endpoint's heartbeat task): send a ping, or check that the
+    /// last one was answered (else close the session). Returns the next step, or `None` once closed.
+    pub(crate) fn heartbeat_step(
+        self: &Arc<Self>,
+        step: super::heartbeat::Step,
+        now: Instant,
+    ) -> Option<(Instant, super::heartbeat::Step)> {
+        use super::heartbeat::Step;
+        let config = &self.engine.config;
+        match step {
+            Step::Ping => {
+                {
+                    let mut state = self.state.lock();
+                    if state.closed.is_some() {
+                        return None;
+                    }
+                    state.ping_sent = Some(now);
+                    state.queue.push_back(ping_packet());
+                    state.queued_bytes += 3;
                 }
-                state.ping_sent = Some(sent);
-                state.queue.push_back(ping_packet());
-                state.queued_bytes += 3;
+                self.writer.notify_one();
+                Some((now + config.ping_timeout, Step::Check))
             }
-            self.writer.notify_one();
-            if !self.sleep_unless_closed(sent + timeout).await {
-                return;
-            }
-            let answered = {
-                let state = self.state.lock();
-                state.ping_sent.is_none().then_some(state.last_pong)
-            };
-            match answered {
-                Some(pong_at) => next_ping = pong_at + interval,
-                None => {
-                    self.close(CloseReason::PingTimeout);
-                    return;
+            Step::Check => {
+                let answered = {
+                    let state = self.state.lock();
+                    if state.closed.is_some() {
+                        return None;
+                    }
+                    state.ping_sent.is_none().then_some(state.last_pong)
+                };
+                match answered {
+                    Some(pong_at) => Some((pong_at + config.ping_interval, Step::Ping)),
+                    None => {
+                        self.close(CloseReason::PingTimeout);
+                        None
+                    }
                 }
             }
-        }
-    }
-
-    /// Sleeps until `deadline`; false if the session closed first.
-    async fn sleep_unless_closed(&self, deadline: Instant) -> bool {
-        let closed = self.closed_signal.notified();
-        tokio::pin!(closed);
-        closed.as_mut().enable();
-        if self.is_closed() {
-            return false;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => !self.is_closed(),
-            _ = closed => false,
         }
     }
 }
