@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 
 use crate::adapter::Room;
 use crate::sid::Sid;
-use crate::socketio::packet::RESERVED_EVENTS;
+use crate::socketio::packet::relayable_event;
 use crate::socketio::{AckError, AckResponder, Event, Handlers, Payload, Socket};
 
 /// Settings of the client contract.
@@ -271,14 +271,25 @@ fn join_room(
     Ok(())
 }
 
+/// Runs the policy's transform; what it returns must still name an event clients may receive.
+fn transformed(
+    policy: &dyn ContractPolicy,
+    socket: &Arc<Socket>,
+    publish: Publish,
+) -> Result<Option<Publish>, Refusal> {
+    match policy.transform_publish(socket, publish)? {
+        Some(p) if !relayable_event(&p.event) => Err(Refusal::new(
+            "invalid_event",
+            "the transformed event name is empty or reserved",
+        )),
+        other => Ok(other),
+    }
+}
+
 /// The event name a client wants relayed.
 fn relayed_event(spec: &Map<String, Value>) -> Result<String, Refusal> {
     match spec.get("event") {
-        Some(Value::String(name))
-            if !name.is_empty() && !RESERVED_EVENTS.contains(&name.as_str()) =>
-        {
-            Ok(name.clone())
-        }
+        Some(Value::String(name)) if relayable_event(name) => Ok(name.clone()),
         _ => Err(Refusal::new(
             "invalid_event",
             "event must be a non-empty string and not a reserved name",
@@ -361,19 +372,13 @@ fn publish_to_rooms(
         rooms,
         except,
         ..
-    }) = policy.transform_publish(socket, publish)?
+    }) = transformed(policy, socket, publish)?
     else {
         return Ok(());
     };
     if rooms.is_empty() {
         // Routed nowhere: an empty room list would otherwise mean "everyone in the namespace".
         return Ok(());
-    }
-    if RESERVED_EVENTS.contains(&event.as_str()) || event.is_empty() {
-        return Err(Refusal::new(
-            "invalid_event",
-            "the transformed event name is empty or reserved",
-        ));
     }
 
     let mut op = socket.namespace().broadcast();
@@ -436,19 +441,8 @@ fn forward_request(
         except: Vec::new(),
         wants_ack: ack.is_some(),
     };
-    let (name, payload) = match policy.transform_publish(socket, publish) {
-        Ok(Some(p)) if !p.event.is_empty() && !RESERVED_EVENTS.contains(&p.event.as_str()) => {
-            (p.event, p.payload)
-        }
-        Ok(Some(_)) => {
-            return answer(
-                ack,
-                Err(Refusal::new(
-                    "invalid_event",
-                    "the transformed event name is empty or reserved",
-                )),
-            );
-        }
+    let (name, payload) = match transformed(policy, socket, publish) {
+        Ok(Some(p)) => (p.event, p.payload),
         Ok(None) => {
             return answer(
                 ack,

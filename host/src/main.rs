@@ -266,21 +266,30 @@ fn plugin_engine_options(cache_dir: Option<&str>) -> EngineOptions {
     options
 }
 
-/// `ioplex plugin check`: exit code 0 if the gateway would serve the plugin, 1 if it would refuse it.
-fn check_plugin(file: &Path, manifest: Option<&Path>) -> anyhow::Result<bool> {
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let manifest_path = manifest
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| file.with_extension("toml"));
-    let manifest = match std::fs::read_to_string(&manifest_path) {
-        Ok(text) => PluginManifest::parse(&text, &manifest_path.display().to_string())?,
-        Err(_) if manifest.is_none() => PluginManifest::default(),
-        Err(err) => anyhow::bail!("cannot read {}: {err}", manifest_path.display()),
-    };
+/// A plugin runtime for validating files from the command line: no instance pool, no compile cache.
+fn checking_runtime() -> anyhow::Result<Arc<PluginRuntime>> {
     let mut options = plugin_engine_options(None);
     options.pooling = false;
     options.cache_dir = None;
-    let runtime = PluginRuntime::new(options)?;
+    Ok(PluginRuntime::new(options)?)
+}
+
+/// The manifest of the plugin at `wasm`: `explicit` (which must be readable), else `<wasm>.toml` if
+/// it exists, else the defaults.
+fn read_manifest(wasm: &Path, explicit: Option<&Path>) -> anyhow::Result<PluginManifest> {
+    let path = explicit.map_or_else(|| wasm.with_extension("toml"), Path::to_path_buf);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(PluginManifest::parse(&text, &path.display().to_string())?),
+        Err(_) if explicit.is_none() => Ok(PluginManifest::default()),
+        Err(err) => anyhow::bail!("cannot read {}: {err}", path.display()),
+    }
+}
+
+/// `ioplex plugin check`: exit code 0 if the gateway would serve the plugin, 1 if it would refuse it.
+fn check_plugin(file: &Path, manifest: Option<&Path>) -> anyhow::Result<bool> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let manifest = read_manifest(file, manifest)?;
+    let runtime = checking_runtime()?;
     let name = file
         .file_stem()
         .and_then(|s| s.to_str())
@@ -404,12 +413,7 @@ async fn list_tenants(
         None => None,
     };
     let runtime = match plugins_dir {
-        Some(_) => {
-            let mut options = plugin_engine_options(None);
-            options.pooling = false;
-            options.cache_dir = None;
-            Some(PluginRuntime::new(options)?)
-        }
+        Some(_) => Some(checking_runtime()?),
         None => None,
     };
     let mut all_ok = true;
@@ -449,14 +453,8 @@ async fn list_tenants(
                     .and_then(|s| s.to_str())
                     .unwrap_or("?")
                     .to_owned();
-                let manifest_path = file.with_extension("toml");
                 let verdict = (|| -> anyhow::Result<String> {
-                    let manifest = match std::fs::read_to_string(&manifest_path) {
-                        Ok(text) => {
-                            PluginManifest::parse(&text, &manifest_path.display().to_string())?
-                        }
-                        Err(_) => PluginManifest::default(),
-                    };
+                    let manifest = read_manifest(&file, None)?;
                     let bytes = std::fs::read(&file)?;
                     let plugin = runtime.prepare(id, &name, &bytes, manifest)?;
                     let hooks: Vec<_> = plugin.hooks().iter().map(|h| h.name()).collect();

@@ -166,7 +166,15 @@ impl Router {
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+/// The first value of the query parameter `name`, decoded.
+pub fn query_param(uri: &Uri, name: &str) -> Option<String> {
+    form_urlencoded::parse(uri.query()?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A short plain-text answer (health checks, 404s).
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
     resp

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
 use crate::engineio::Body;
-use crate::serve::Handler;
+use crate::serve::{Handler, text};
 
 fn content_type(path: &Path) -> &'static str {
     match path.extension().and_then(|e| e.to_str()) {
@@ -39,12 +39,6 @@ fn resolve(root: &Path, request_path: &str) -> Option<PathBuf> {
         .then(|| root.join(relative))
 }
 
-fn status(code: StatusCode, text: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Body::new(Bytes::from_static(text.as_bytes())));
-    *resp.status_mut() = code;
-    resp
-}
-
 /// A handler serving the files under `root`.
 pub fn handler(root: PathBuf) -> Handler {
     let root = Arc::new(root);
@@ -52,10 +46,10 @@ pub fn handler(root: PathBuf) -> Handler {
         let root = Arc::clone(&root);
         Box::pin(async move {
             if req.method() != Method::GET && req.method() != Method::HEAD {
-                return status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+                return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
             }
             let Some(path) = resolve(&root, req.uri().path()) else {
-                return status(StatusCode::NOT_FOUND, "not found");
+                return text(StatusCode::NOT_FOUND, "not found");
             };
             match tokio::fs::read(&path).await {
                 Ok(bytes) => {
@@ -68,7 +62,7 @@ pub fn handler(root: PathBuf) -> Handler {
                         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                     resp
                 }
-                Err(_) => status(StatusCode::NOT_FOUND, "not found"),
+                Err(_) => text(StatusCode::NOT_FOUND, "not found"),
             }
         })
     })

@@ -28,9 +28,9 @@ use error::json_response;
 use crate::adapter::Room;
 use crate::engineio::Body;
 use crate::plugin::{PluginFleet, PluginManifest, PluginRuntime};
-use crate::serve::Handler;
+use crate::serve::{Handler, query_param};
 use crate::sid::Sid;
-use crate::socketio::{BroadcastOperator, Payload, packet::RESERVED_EVENTS};
+use crate::socketio::{BroadcastOperator, Payload, packet::relayable_event};
 use crate::tenant::{Tenant, Tenants};
 
 /// Where the API is served.
@@ -127,12 +127,6 @@ fn bearer(req: &Request<Incoming>) -> Option<&str> {
         .map(str::trim)
 }
 
-fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
-    form_urlencoded::parse(req.uri().query()?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
 fn ok(body: Value) -> Result<Response<Body>, ApiError> {
     Ok(json_response(StatusCode::OK, &body))
 }
@@ -182,12 +176,12 @@ impl Api {
         match (method, route) {
             (Method::POST, ["emit"]) => self.emit(&tenant, read_json(req).await?).await,
             (Method::GET, ["rooms"]) => {
-                let nsp = query_param(&req, "namespace");
+                let nsp = query_param(req.uri(), "namespace");
                 self.rooms(&tenant, nsp).await
             }
             (Method::GET, ["rooms", room, "sockets"]) => {
                 let room = percent_decode(room)?;
-                let nsp = query_param(&req, "namespace");
+                let nsp = query_param(req.uri(), "namespace");
                 self.sockets(&tenant, nsp, room).await
             }
             (Method::POST, ["join"]) => self.join_leave(&tenant, read_json(req).await?, true).await,
@@ -231,7 +225,7 @@ impl Api {
     }
 
     async fn emit(&self, tenant: &Tenant, body: EmitBody) -> Result<Response<Body>, ApiError> {
-        if body.event.is_empty() || RESERVED_EVENTS.contains(&body.event.as_str()) {
+        if !relayable_event(&body.event) {
             return Err(ApiError::bad_request(
                 "event must be a non-empty string and not a reserved name",
             ));

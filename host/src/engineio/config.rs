@@ -71,6 +71,13 @@ pub struct EngineConfig {
     pub max_sessions: Option<usize>,
 }
 
+impl EngineConfig {
+    /// Whether a request path belongs to an endpoint with this configuration.
+    pub fn serves_path(&self, path: &str) -> bool {
+        path.starts_with(self.path.as_str()) || path == self.path.trim_end_matches('/')
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {

@@ -127,8 +127,7 @@ impl Engine {
 
     /// Whether `path` belongs to this endpoint.
     pub fn matches(&self, path: &str) -> bool {
-        let prefix = &self.shared.config.path;
-        path.starts_with(prefix.as_str()) || path == prefix.trim_end_matches('/')
+        self.shared.config.serves_path(path)
     }
 
     /// Its counters.

@@ -77,6 +77,11 @@ pub const RESERVED_EVENTS: [&str; 6] = [
     "removeListener",
 ];
 
+/// Whether an application may relay an event under `name`: not empty and not reserved.
+pub fn relayable_event(name: &str) -> bool {
+    !name.is_empty() && !RESERVED_EVENTS.contains(&name)
+}
+
 /// Arguments of an event or ack: JSON values with binary placeholders, and the binary buffers they refer to.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Payload {

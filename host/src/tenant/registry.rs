@@ -14,7 +14,7 @@ use crate::adapter::redis::{RedisAdapterFactory, RedisBus, RedisConfig};
 use crate::contract::ContractConfig;
 use crate::engineio::{AllowedOrigins, Engine, EngineConfig, RequestError};
 use crate::plugin::PluginRuntime;
-use crate::serve::Endpoints;
+use crate::serve::{Endpoints, query_param};
 use crate::socketio::{Handlers, RateAction, RateLimit, SocketIo, SocketIoConfig};
 
 /// What every tenant starts from: the gateway's own settings (flags and environment).
@@ -107,12 +107,6 @@ fn request_host(headers: &HeaderMap) -> Option<String> {
         _ => host,
     };
     Some(name.to_ascii_lowercase())
-}
-
-fn tenant_param(uri: &Uri) -> Option<String> {
-    form_urlencoded::parse(uri.query()?.as_bytes())
-        .find(|(k, _)| k == "tenant")
-        .map(|(_, v)| v.into_owned())
 }
 
 impl Tenants {
@@ -211,7 +205,7 @@ impl Tenants {
     pub fn resolve_tenant(&self, uri: &Uri, headers: &HeaderMap) -> Option<Arc<Tenant>> {
         let table = self.table.load();
         let by_host = request_host(headers).and_then(|h| table.hosts.get(&h));
-        let id = match (by_host, tenant_param(uri)) {
+        let id = match (by_host, query_param(uri, "tenant")) {
             (Some(id), _) => id,
             (None, Some(q)) => table.queries.get(&q)?,
             (None, None) => table.default.as_ref()?,
@@ -303,7 +297,7 @@ impl Tenants {
 
 impl Endpoints for Tenants {
     fn resolve(&self, uri: &Uri, headers: &HeaderMap) -> Result<Option<Engine>, RequestError> {
-        if !self.defaults.engine_matches(uri.path()) {
+        if !self.defaults.engine.serves_path(uri.path()) {
             return Ok(None);
         }
         match self.resolve_tenant(uri, headers) {
@@ -319,12 +313,5 @@ impl Endpoints for Tenants {
             .values()
             .map(|t| t.engine.clone())
             .collect()
-    }
-}
-
-impl GatewayDefaults {
-    fn engine_matches(&self, path: &str) -> bool {
-        let prefix = &self.engine.path;
-        path.starts_with(prefix.as_str()) || path == prefix.trim_end_matches('/')
     }
 }
