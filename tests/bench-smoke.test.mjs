@@ -20,6 +20,9 @@ describe("ioplex-bench smoke", () => {
     const row = stdout.trim().split("\n").at(-1).split("|").map((c) => c.trim());
     return row;
   };
+  const script = (name, args, timeout = 180000) =>
+    run(new URL(`../bench/${name}`, import.meta.url).pathname, ["--debug", ...args], { timeout });
+  const jsonLines = (file) => fs.readFileSync(file, "utf8").trim().split("\n").map((l) => JSON.parse(l));
 
   test("connect", async () => {
     const jsonFile = path.join(os.tmpdir(), `ioplex-bench-${process.pid}.jsonl`);
@@ -51,31 +54,77 @@ describe("ioplex-bench smoke", () => {
     assert.match(row[7], /ms$/);
   });
 
-  test("plugins", async () => {
+  test("plugins: a table and JSON lines", async () => {
     const dist = new URL("../plugins/dist", import.meta.url).pathname;
-    const { stdout } = await run(binaryPath("ioplex-bench"), ["plugins", "--dist", dist, "--iterations", "500", "--reloads", "1"], { timeout: 120000 });
-    const rows = stdout.split("\n").filter((l) => l.startsWith("| ") && !l.startsWith("| hook") && !l.startsWith("| reload"));
-    assert.equal(rows.length, 9, stdout); // six hook rows, three reload rows
-    for (const row of rows) {
-      const cells = row.split("|").map((c) => c.trim()).filter(Boolean);
-      assert.ok(cells.slice(2).every((c) => Number.isFinite(Number(c))), row);
+    const jsonFile = path.join(os.tmpdir(), `ioplex-bench-plugins-${process.pid}.jsonl`);
+    try {
+      const { stdout } = await run(binaryPath("ioplex-bench"), ["--json", jsonFile, "plugins", "--dist", dist, "--iterations", "500", "--reloads", "1"], { timeout: 120000 });
+      const rows = stdout.split("\n").filter((l) => l.startsWith("| ") && !l.startsWith("| hook") && !l.startsWith("| reload"));
+      assert.equal(rows.length, 9, stdout); // six hook rows, three reload rows
+      for (const row of rows) {
+        const cells = row.split("|").map((c) => c.trim()).filter(Boolean);
+        assert.ok(cells.slice(2).every((c) => Number.isFinite(Number(c))), row);
+      }
+      assert.ok(rows.slice(-3).every((r) => r.endsWith("| 0 |")), "no failed call during reloads");
+      const results = jsonLines(jsonFile);
+      assert.deepEqual(results.map((r) => r.scenario), [...Array(6).fill("plugin-hook"), ...Array(3).fill("plugin-reload")]);
+      assert.ok(results.slice(0, 6).every((r) => r.p50_us > 0 && r.p99_us >= r.p50_us), JSON.stringify(results));
+      assert.ok(results.slice(6).every((r) => r.failed_calls === 0 && r.p50_ms > 0), JSON.stringify(results));
+    } finally {
+      fs.rmSync(jsonFile, { force: true });
     }
-    assert.ok(rows.slice(-3).every((r) => r.endsWith("| 0 |")), "no failed call during reloads");
   });
 
-  test("sweep: ioplex and Node side by side, JSON lines and a chart", async () => {
+  test("sweep --plugins: ioplex and Node, plugins off and on, JSON lines and a chart", async () => {
     const out = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-sweep-"));
     try {
-      const script = new URL("../bench/sweep", import.meta.url).pathname;
-      const { stdout } = await run(script, ["--debug", "--clients", "100", "--room-size", "10", "--rates", "20", "--duration", "1", "--out", out], { timeout: 120000 });
-      assert.match(stdout, /sustained at p99 <= 50 ms: ioplex \d+ deliveries\/s, node \d+/);
-      const rows = fs.readFileSync(path.join(out, "sweep.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
-      assert.deepEqual(rows.map((r) => r.label), ["ioplex", "node"]);
-      assert.ok(rows.every((r) => r.deliveries_per_s > 100), JSON.stringify(rows));
+      const { stdout } = await script("sweep", ["--plugins", "--clients", "100", "--room-size", "10", "--rates", "20", "--duration", "1", "--out", out]);
+      assert.match(stdout, /ioplex \/ node: [\d.]+x/);
+      assert.match(stdout, /ioplex\+plugins \/ node\+plugins: [\d.]+x/);
+      assert.match(stdout, /ioplex with plugins \/ without: [\d.]+x/);
+      assert.match(stdout, /node with plugins \/ without: [\d.]+x/);
+      const rows = jsonLines(path.join(out, "sweep.jsonl"));
+      assert.deepEqual(rows.map((r) => r.label), ["ioplex", "ioplex+plugins", "node", "node+plugins"]);
+      // 20 publishes/s to 9 other members each; with plugins every join passed room-auth.
+      assert.ok(rows.every((r) => r.deliveries_per_s > 100 && r.text_bytes === 256), JSON.stringify(rows));
       const svg = fs.readFileSync(path.join(out, "sweep.svg"), "utf8");
       assert.match(svg, /^<svg/);
-      assert.match(svg, />\s*ioplex\s*</, "legend names ioplex");
-      assert.match(svg, />\s*node\s*</, "legend names node");
+      for (const label of ["ioplex", "node", "ioplex\\+plugins", "node\\+plugins"]) {
+        assert.match(svg, new RegExp(`>\\s*${label}\\s*<`), `legend names ${label}`);
+      }
+    } finally {
+      fs.rmSync(out, { recursive: true, force: true });
+    }
+  });
+
+  test("idle: RSS per connection and connect rate, ioplex and Node", async () => {
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-idle-"));
+    try {
+      const { stdout } = await script("idle", ["--counts", "300", "--processes", "2", "--hold", "1", "--out", out]);
+      assert.match(stdout, /^\| 300 \| [\d.]+ KiB, \d+\/s \| [\d.]+ KiB, \d+\/s \| [\d.]+ \| [\d.]+ \|$/m);
+      const rows = jsonLines(path.join(out, "idle.jsonl"));
+      assert.deepEqual(rows.map((r) => r.label), ["ioplex", "node"]);
+      assert.ok(rows.every((r) => r.generator_processes === 2 && r.server_rss_per_connection_kib > 0), JSON.stringify(rows));
+    } finally {
+      fs.rmSync(out, { recursive: true, force: true });
+    }
+  });
+
+  test("noisy: the quiet tenant alone and beside a 5x neighbour, ioplex and Node", async () => {
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-noisy-"));
+    try {
+      const { stdout } = await script("noisy", ["--clients", "100", "--room-size", "10", "--rate", "10", "--factor", "5", "--duration", "1", "--out", out]);
+      assert.match(stdout, /^\| ioplex \| [\d.]+ \/ [\d.]+ ms \| [\d.]+ \/ [\d.]+ ms \| \d+, [\d.]+ ms \| [\d.]+x \|$/m);
+      assert.match(stdout, /^\| node \| /m);
+      const rows = jsonLines(path.join(out, "noisy.jsonl"));
+      assert.deepEqual(rows.map((r) => r.label).sort(), ["ioplex-noisy", "ioplex-quiet-alone", "ioplex-quiet-beside", "node-noisy", "node-quiet-alone", "node-quiet-beside"]);
+      assert.ok(rows.every((r) => ["quiet", "noisy"].includes(r.tenant)), JSON.stringify(rows));
+      // 10 (quiet) or 50 (noisy) publishes/s, each reaching the 9 other members of its room and nobody
+      // in the other app's rooms.
+      for (const r of rows) {
+        const expected = (r.tenant === "noisy" ? 50 : 10) * 9;
+        assert.ok(r.deliveries_per_s > expected * 0.6 && r.deliveries_per_s < expected * 1.4, JSON.stringify(r));
+      }
     } finally {
       fs.rmSync(out, { recursive: true, force: true });
     }
@@ -84,11 +133,10 @@ describe("ioplex-bench smoke", () => {
   test("crossnode: the Redis hop, ioplex and Node side by side", async () => {
     const out = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-crossnode-"));
     try {
-      const script = new URL("../bench/crossnode", import.meta.url).pathname;
-      const { stdout } = await run(script, ["--debug", "--clients", "100", "--room-size", "10", "--rate", "20", "--duration", "1", "--out", out], { timeout: 120000 });
+      const { stdout } = await script("crossnode", ["--clients", "100", "--room-size", "10", "--rate", "20", "--duration", "1", "--out", out]);
       assert.match(stdout, /^\| ioplex \| [\d.]+ \/ [\d.]+ ms \| [\d.]+ \/ [\d.]+ ms \| \+/m);
       assert.match(stdout, /^\| node \| /m);
-      const rows = fs.readFileSync(path.join(out, "crossnode.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
+      const rows = jsonLines(path.join(out, "crossnode.jsonl"));
       assert.deepEqual(rows.map((r) => r.label), ["ioplex-local", "ioplex-remote", "node-local", "node-remote"]);
       assert.ok(rows.every((r) => r.deliveries_per_s > 100), JSON.stringify(rows));
       assert.ok(rows.filter((r) => r.label.endsWith("remote")).every((r) => r.cross_node));

@@ -79,9 +79,12 @@ pub fn draw(input: &Path, output: &Path) -> anyhow::Result<()> {
         ))?
         .label("p99 = 50 ms")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.mix(0.4)));
+    // In label order: ioplex, ioplex+plugins, node, node+plugins.
     let colours = [
         RGBColor(214, 69, 65),
+        RGBColor(245, 121, 0),
         RGBColor(52, 101, 164),
+        RGBColor(6, 152, 154),
         RGBColor(78, 154, 6),
     ];
     for (i, (label, points)) in series.iter().enumerate() {

@@ -8,6 +8,10 @@
 //!   time per delivery (`--server-pid`).
 //!
 //! - `plugins`: the cost of tenant plugin hooks (warm, in-process) and of reloading a plugin.
+//! - `chart`: draws a fan-out sweep's JSON lines as an SVG chart.
+//!
+//! `bench/sweep`, `bench/idle`, `bench/crossnode` and `bench/noisy` run these against ioplex and Node
+//! socket.io side by side; `bench/all` runs every scenario.
 //!
 //! Clients spread their source addresses over 127.0.0.x so one run can go past one address's port range.
 
@@ -46,16 +50,26 @@ struct Cli {
     /// Name of the server under test, recorded with `--json` results (e.g. ioplex, node).
     #[arg(long, default_value = "server")]
     label: String,
+    /// Sent as `auth: { token }` in every namespace CONNECT (for servers that authorize connections,
+    /// e.g. the room-auth plugin).
+    #[arg(long)]
+    auth_token: Option<String>,
     #[command(subcommand)]
     scenario: Scenario,
 }
 
 impl Cli {
-    /// Extra query parameters for every connection.
-    fn query(&self) -> String {
-        match &self.tenant {
-            Some(t) => format!("&tenant={t}"),
-            None => String::new(),
+    /// What every client sends to be let in.
+    fn handshake(&self) -> Handshake {
+        Handshake {
+            query: match &self.tenant {
+                Some(t) => format!("&tenant={t}"),
+                None => String::new(),
+            },
+            connect: match &self.auth_token {
+                Some(token) => format!("40{}", serde_json::json!({ "token": token })),
+                None => "40".to_owned(),
+            },
         }
     }
 
@@ -105,24 +119,7 @@ enum Scenario {
         first: usize,
     },
     /// Broadcast fan-out through rooms.
-    Fanout {
-        /// Receiving clients.
-        #[arg(long, default_value_t = 2000)]
-        clients: usize,
-        /// Clients per room.
-        #[arg(long, default_value_t = 100)]
-        room_size: usize,
-        /// Messages published per second, over all rooms (each reaches room_size - 1 clients).
-        #[arg(long, default_value_t = 200)]
-        rate: u64,
-        /// Seconds of measured load.
-        #[arg(long, default_value_t = 5)]
-        duration: u64,
-        /// Publish through extra clients on this port (another node of the fleet) instead of a member
-        /// of each room: every delivery then crosses the Redis hop.
-        #[arg(long)]
-        publish_port: Option<u16>,
-    },
+    Fanout(FanoutArgs),
     /// Draws the fan-out results of a `--json` file (p99 against deliveries/s, one line per --label)
     /// as an SVG chart.
     Chart {
@@ -147,10 +144,47 @@ enum Scenario {
     },
 }
 
+/// What a fan-out run does.
+#[derive(clap::Args)]
+struct FanoutArgs {
+    /// Receiving clients.
+    #[arg(long, default_value_t = 2000)]
+    clients: usize,
+    /// Clients per room.
+    #[arg(long, default_value_t = 100)]
+    room_size: usize,
+    /// Messages published per second, over all rooms (each reaches room_size - 1 clients).
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Publish through extra clients on this port (another node of the fleet) instead of a member
+    /// of each room: every delivery then crosses the Redis hop.
+    #[arg(long)]
+    publish_port: Option<u16>,
+    /// Rooms are named `<prefix><n>` (e.g. `conversation:` for the room-auth plugin; distinct
+    /// prefixes keep two generators on one server apart).
+    #[arg(long, default_value = "room-")]
+    room_prefix: String,
+    /// Send `{"t": <micros>, "text": "<this many bytes, with an e-mail address>"}` instead of a bare
+    /// timestamp, so message transforms have text to work on.
+    #[arg(long, default_value_t = 0)]
+    text: usize,
+}
+
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// The parts of a connection that depend on the server's setup: tenant and credentials.
+struct Handshake {
+    /// Extra query parameters of the Engine.IO handshake.
+    query: String,
+    /// The namespace CONNECT packet.
+    connect: String,
+}
+
 /// Opens a websocket from 127.0.0.(1 + n % 200) and joins the main namespace.
-async fn connect_client(port: u16, n: usize, query: &str) -> anyhow::Result<Ws> {
+async fn connect_client(port: u16, n: usize, handshake: &Handshake) -> anyhow::Result<Ws> {
     let local = Ipv4Addr::new(127, 0, 0, 1 + (n % 200) as u8);
     let socket = TcpSocket::new_v4()?;
     // Lets servers bind ports our closed connections still hold in TIME_WAIT.
@@ -160,11 +194,17 @@ async fn connect_client(port: u16, n: usize, query: &str) -> anyhow::Result<Ws> 
         .connect(SocketAddr::from(([127, 0, 0, 1], port)))
         .await?;
     stream.set_nodelay(true)?;
-    let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket{query}");
+    let url = format!(
+        "ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket{}",
+        handshake.query
+    );
     let (mut ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
     expect_prefix(&mut ws, "0").await?;
-    ws.send(Message::text("40")).await?;
-    expect_prefix(&mut ws, "40").await?;
+    ws.send(Message::text(handshake.connect.as_str())).await?;
+    let reply = expect_prefix(&mut ws, "4").await?;
+    if !reply.starts_with("40") {
+        bail!("the server refused the namespace: {reply}");
+    }
     Ok(ws)
 }
 
@@ -205,9 +245,9 @@ async fn open_many(
     port: u16,
     clients: usize,
     concurrency: usize,
-    query: &str,
+    handshake: Handshake,
 ) -> anyhow::Result<(Vec<Ws>, Duration)> {
-    open_range(port, 0, clients, concurrency, query, false).await
+    open_range(port, 0, clients, concurrency, handshake, false).await
 }
 
 /// Opens clients `first..first + clients`; with `progress`, reports on stderr every second.
@@ -216,24 +256,28 @@ async fn open_range(
     first: usize,
     clients: usize,
     concurrency: usize,
-    query: &str,
+    handshake: Handshake,
     progress: bool,
 ) -> anyhow::Result<(Vec<Ws>, Duration)> {
-    let query: Arc<str> = Arc::from(query);
+    let handshake = Arc::new(handshake);
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(first as u64));
     let clients = first + clients;
     let opened = Arc::new(Mutex::new(Vec::with_capacity(clients)));
     let mut workers = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (next, opened, query) = (Arc::clone(&next), Arc::clone(&opened), Arc::clone(&query));
+        let (next, opened, handshake) = (
+            Arc::clone(&next),
+            Arc::clone(&opened),
+            Arc::clone(&handshake),
+        );
         workers.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed) as usize;
                 if n >= clients {
                     return Ok::<_, anyhow::Error>(());
                 }
-                let ws = connect_client(port, n, &query)
+                let ws = connect_client(port, n, &handshake)
                     .await
                     .with_context(|| format!("client {n}"))?;
                 opened.lock().await.push(ws);
@@ -287,8 +331,15 @@ async fn connect_worker(
     first: usize,
 ) -> anyhow::Result<()> {
     use tokio::io::AsyncReadExt as _;
-    let (conns, elapsed) =
-        open_range(cli.port, first, clients, concurrency, &cli.query(), false).await?;
+    let (conns, elapsed) = open_range(
+        cli.port,
+        first,
+        clients,
+        concurrency,
+        cli.handshake(),
+        false,
+    )
+    .await?;
     println!("opened {}", elapsed.as_secs_f64());
     let keepers = keep_alive(conns);
     let mut sink = Vec::new();
@@ -322,6 +373,9 @@ async fn open_in_processes(
         cmd.arg("--port").arg(cli.port.to_string());
         if let Some(t) = &cli.tenant {
             cmd.arg("--tenant").arg(t);
+        }
+        if let Some(token) = &cli.auth_token {
+            cmd.arg("--auth-token").arg(token);
         }
         cmd.args(["connect-worker", "--clients", &count.to_string()])
             .args([
@@ -364,7 +418,7 @@ async fn connect_scenario(
             0,
             clients,
             concurrency,
-            &cli.query(),
+            cli.handshake(),
             clients > 5000,
         )
         .await?;
@@ -414,36 +468,64 @@ async fn connect_scenario(
     Ok(())
 }
 
-async fn fanout_scenario(
-    cli: &Cli,
-    clients: usize,
-    room_size: usize,
-    rate: u64,
-    duration: u64,
-    publish_port: Option<u16>,
-) -> anyhow::Result<()> {
+/// The text of `--text` messages: prose with an e-mail address in it, `len` bytes long.
+fn message_text(len: usize) -> String {
+    let mut text = String::from("write to someone@example.com about it. ");
+    while text.len() < len {
+        text.push_str("the quick brown fox jumps over the lazy dog. ");
+    }
+    text.truncate(len);
+    text
+}
+
+/// The send timestamp of a delivered `42["m",<micros>]` or `42["m",{..."t":<micros>...}]`.
+fn sent_micros(frame: &str) -> Option<u64> {
+    let rest = frame.strip_prefix("42[\"m\",")?;
+    let rest = match rest.strip_prefix('{') {
+        Some(object) => &object[object.find("\"t\":")? + 4..],
+        None => rest,
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    rest[..digits].parse().ok()
+}
+
+async fn fanout_scenario(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
+    let &FanoutArgs {
+        clients,
+        room_size,
+        rate,
+        duration,
+        publish_port,
+        ref room_prefix,
+        text,
+    } = args;
     anyhow::ensure!(
         room_size >= 2,
         "rooms need at least a publisher and a receiver"
     );
-    let (mut conns, _) = open_many(cli.port, clients, 200, &cli.query()).await?;
+    let (mut conns, _) = open_many(cli.port, clients, 200, cli.handshake()).await?;
     let rooms = clients / room_size;
     anyhow::ensure!(rooms > 0, "fewer clients than one room");
     // Join rooms, waiting for each ack.
     for (i, ws) in conns.iter_mut().enumerate() {
         ws.send(Message::text(format!(
-            "420[\"join\",\"room-{}\"]",
+            "420[\"join\",\"{room_prefix}{}\"]",
             i / room_size % rooms
         )))
         .await?;
-        expect_prefix(ws, "430").await?;
+        let ack = expect_prefix(ws, "430").await?;
+        if !ack.contains("\"ok\":true") {
+            bail!("join refused: {ack}");
+        }
     }
     let mut remote_publishers = Vec::new();
     if let Some(port) = publish_port {
-        let (mut pubs, _) = open_many(port, rooms, 50, &cli.query()).await?;
+        let (mut pubs, _) = open_many(port, rooms, 50, cli.handshake()).await?;
         for (room, ws) in pubs.iter_mut().enumerate() {
-            ws.send(Message::text(format!("420[\"join\",\"room-{room}\"]")))
-                .await?;
+            ws.send(Message::text(format!(
+                "420[\"join\",\"{room_prefix}{room}\"]"
+            )))
+            .await?;
             expect_prefix(ws, "430").await?;
         }
         // Let the other node's subscriptions settle before measuring.
@@ -490,9 +572,7 @@ async fn fanout_scenario(
                     }
                     continue;
                 }
-                // 42["m",<micros since origin>]
-                if let Some(rest) = text.strip_prefix("42[\"m\",")
-                    && let Ok(sent) = rest.trim_end_matches(']').parse::<u64>()
+                if let Some(sent) = sent_micros(text.as_str())
                     && measuring.load(Ordering::Relaxed)
                 {
                     let now = origin.elapsed().as_micros() as u64;
@@ -514,6 +594,12 @@ async fn fanout_scenario(
         tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
         publishers.push((room, sink));
     }
+    // The message text, already a JSON string.
+    let body = if text > 0 {
+        serde_json::to_string(&message_text(text))?
+    } else {
+        String::new()
+    };
     // Publish at `rate` messages/s, round-robin over rooms, from one task.
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let warmup = Duration::from_secs(1);
@@ -536,8 +622,13 @@ async fn fanout_scenario(
         for _ in 0..per_tick {
             let (room, sink) = &mut publishers[(sent as usize) % rooms];
             let now = origin.elapsed().as_micros() as u64;
+            let arg = if body.is_empty() {
+                now.to_string()
+            } else {
+                format!("{{\"t\":{now},\"text\":{body}}}")
+            };
             let frame = format!(
-                "42[\"publish\",{{\"room\":\"room-{room}\",\"event\":\"m\",\"args\":[{now}]}}]"
+                "42[\"publish\",{{\"room\":\"{room_prefix}{room}\",\"event\":\"m\",\"args\":[{arg}]}}]"
             );
             sink.send(Message::text(frame)).await?;
             sent += 1;
@@ -596,6 +687,7 @@ async fn fanout_scenario(
         "server_cores": server_cores.parse::<f64>().ok(),
         "generator_cores": generator_cores.parse::<f64>().ok(),
         "cross_node": publish_port.is_some(),
+        "text_bytes": text,
     }))?;
     println!(
         "| scenario | clients | room size | publishes/s | deliveries/s | p50 | p99 | max | server CPU per delivery | server cores | generator cores |"
@@ -626,13 +718,7 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             first,
         } => connect_worker(&cli, clients, concurrency, first).await,
-        Scenario::Fanout {
-            clients,
-            room_size,
-            rate,
-            duration,
-            publish_port,
-        } => fanout_scenario(&cli, clients, room_size, rate, duration, publish_port).await,
+        Scenario::Fanout(ref args) => fanout_scenario(&cli, args).await,
         Scenario::Chart {
             ref input,
             ref output,
@@ -641,6 +727,39 @@ async fn main() -> anyhow::Result<()> {
             ref dist,
             iterations,
             reloads,
-        } => plugin_hooks::run(dist, iterations, reloads).await,
+        } => {
+            for row in plugin_hooks::run(dist, iterations, reloads).await? {
+                cli.record(row)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{message_text, sent_micros};
+
+    #[test]
+    fn timestamps_are_read_from_bare_and_object_messages() {
+        assert_eq!(sent_micros("42[\"m\",12345]"), Some(12345));
+        assert_eq!(
+            sent_micros("42[\"m\",{\"t\":77,\"text\":\"hi\"}]"),
+            Some(77)
+        );
+        // A transform may reorder keys and add its own.
+        assert_eq!(
+            sent_micros("42[\"m\",{\"sentAt\":1,\"t\":9,\"text\":\"x\"}]"),
+            Some(9)
+        );
+        assert_eq!(sent_micros("42[\"other\",1]"), None);
+        assert_eq!(sent_micros("42[\"m\",{\"text\":\"no stamp\"}]"), None);
+    }
+
+    #[test]
+    fn message_text_has_the_length_asked_for_and_an_address_to_redact() {
+        let text = message_text(1024);
+        assert_eq!(text.len(), 1024);
+        assert!(text.contains("someone@example.com"));
     }
 }

@@ -208,7 +208,13 @@ async fn reloads(case: ReloadCase<'_>) -> anyhow::Result<(Vec<Duration>, u64, u6
     ))
 }
 
-pub async fn run(dist: &Path, iterations: usize, reload_times: usize) -> anyhow::Result<()> {
+/// Prints the tables and returns every row as a JSON object (for `--json`).
+pub async fn run(
+    dist: &Path,
+    iterations: usize,
+    reload_times: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    ensure!(reload_times > 0, "--reloads must be at least 1");
     let cache = std::env::temp_dir().join(format!("ioplex-bench-cache-{}", std::process::id()));
     let result = run_inner(dist, iterations, reload_times, &cache).await;
     let _ = std::fs::remove_dir_all(&cache);
@@ -220,7 +226,7 @@ async fn run_inner(
     iterations: usize,
     reload_times: usize,
     cache: &Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let runtime = PluginRuntime::new(EngineOptions {
         cache_dir: None,
         ..EngineOptions::default()
@@ -274,9 +280,20 @@ async fn run_inner(
         js_iterations,
     )?);
 
+    let mut results = Vec::new();
     println!("| hook | plugin | calls | p50 µs | p99 µs | max µs | calls/s (one thread) |");
     println!("|---|---|---:|---:|---:|---:|---:|");
     for r in &rows {
+        results.push(serde_json::json!({
+            "scenario": "plugin-hook",
+            "hook": r.what,
+            "plugin": r.plugin,
+            "calls": r.hist.len(),
+            "p50_us": us(r.hist.value_at_quantile(0.5)),
+            "p99_us": us(r.hist.value_at_quantile(0.99)),
+            "max_us": us(r.hist.max()),
+            "calls_per_s": r.hist.len() as f64 / r.total.as_secs_f64(),
+        }));
         println!(
             "| {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.0} |",
             r.what,
@@ -341,16 +358,27 @@ async fn run_inner(
         let label = case.label;
         let (mut took, calls, failures) = reloads(case).await?;
         took.sort();
+        let p50_ms = took[took.len() / 2].as_secs_f64() * 1000.0;
+        let max_ms = took[took.len() - 1].as_secs_f64() * 1000.0;
+        results.push(serde_json::json!({
+            "scenario": "plugin-reload",
+            "case": label,
+            "reloads": took.len(),
+            "p50_ms": p50_ms,
+            "max_ms": max_ms,
+            "calls_during": calls,
+            "failed_calls": failures,
+        }));
         println!(
             "| {label} | {} | {:.1} | {:.1} | {calls} | {failures} |",
             took.len(),
-            took[took.len() / 2].as_secs_f64() * 1000.0,
-            took[took.len() - 1].as_secs_f64() * 1000.0,
+            p50_ms,
+            max_ms,
         );
         ensure!(
             failures == 0,
             "{failures} calls failed during reloads of {label}"
         );
     }
-    Ok(())
+    Ok(results)
 }

@@ -8,6 +8,7 @@
 mod config;
 mod cors;
 mod error;
+mod headers;
 mod heartbeat;
 pub mod packet;
 mod polling;
@@ -20,6 +21,7 @@ pub mod ws_codec;
 
 pub use config::{AllowedOrigins, EngineConfig, Transports};
 pub use error::RequestError;
+pub use headers::HandshakeHeaders;
 pub use packet::{Message, Utf8Bytes};
 pub use server::{Engine, EngineHandler};
 pub use session::{CloseReason, Handshake, SendOutcome, Session, SessionHandler, TransportKind};

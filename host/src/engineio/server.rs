@@ -240,7 +240,7 @@ impl Engine {
             let handshake = Handshake {
                 path: req.uri().path().to_owned(),
                 query: req.uri().query().unwrap_or("").to_owned(),
-                headers: detached_headers(req.headers()),
+                headers: super::HandshakeHeaders::from(req.headers()),
                 remote_addr,
                 issued: std::time::SystemTime::now(),
             };
@@ -278,20 +278,6 @@ impl Engine {
             }
         }
     }
-}
-
-/// A copy of the handshake headers that owns its bytes. Header values parsed by hyper share the connection's
-/// read buffer; a plain clone kept for the session's lifetime would pin that whole buffer (about 8 KiB per
-/// connection).
-fn detached_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut copy = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let name = http::header::HeaderName::from_bytes(name.as_str().as_bytes())
-            .unwrap_or_else(|_| name.clone());
-        let value = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-        copy.append(name, value);
-    }
-    copy
 }
 
 /// With an explicit list of origins, a browser page from elsewhere may not open a session at all, over

@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use http::HeaderMap;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -97,7 +96,7 @@ pub struct Handshake {
     /// Query string of the handshake request (without `?`).
     pub query: String,
     /// Request headers of the handshake.
-    pub headers: HeaderMap,
+    pub headers: super::HandshakeHeaders,
     /// Peer address.
     pub remote_addr: SocketAddr,
     /// When the session was opened.
@@ -496,7 +495,7 @@ mod tests {
         let handshake = Handshake {
             path: "/socket.io/".into(),
             query: String::new(),
-            headers: HeaderMap::new(),
+            headers: Default::default(),
             remote_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)),
             issued: std::time::SystemTime::now(),
         };

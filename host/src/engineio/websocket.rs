@@ -7,6 +7,7 @@
 //! switches the session over when `5` arrives; anything else before that aborts the upgrade and polling goes on.
 
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::Body;
 use super::error::RequestError;
@@ -100,9 +101,9 @@ pub(crate) fn accept_new(
             session.close(CloseReason::TransportClose);
             return;
         }
-        Connection::new(session, stream, leftover, Mode::Active)
-            .run()
-            .await;
+        // A task of its own: this one's handshake and upgrade state are not carried for the
+        // connection's lifetime.
+        tokio::spawn(Connection::new(session, stream, leftover, Mode::Active).run());
     });
     Ok(resp)
 }
@@ -144,10 +145,10 @@ pub(crate) fn accept_upgrade(
             let _ = stream.shutdown().await;
             return;
         }
-        let deadline = Instant::now() + session.config().upgrade_timeout;
-        Connection::new(session, stream, leftover, Mode::Probing { deadline })
-            .run()
-            .await;
+        let mut connection = Connection::new(session, stream, leftover, Mode::Probing);
+        let deadline = Instant::now() + connection.session.config().upgrade_timeout;
+        connection.upgrade_timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
+        tokio::spawn(connection.run());
     });
     Ok(resp)
 }
@@ -155,7 +156,7 @@ pub(crate) fn accept_upgrade(
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     /// Upgrading: polling still carries the session; this socket only answers the probe.
-    Probing { deadline: Instant },
+    Probing,
     /// The session's transport.
     Active,
 }
@@ -176,6 +177,9 @@ struct Connection {
     stream: Arc<TcpStream>,
     decoder: FrameDecoder,
     mode: Mode,
+    /// While probing: when the upgrade is given up. Boxed, so that active connections (nearly all of
+    /// them) do not carry a timer in their future.
+    upgrade_timer: Option<Pin<Box<Sleep>>>,
     batch: Vec<WirePacket>,
 }
 
@@ -194,6 +198,7 @@ impl Connection {
             stream: Arc::new(stream),
             decoder,
             mode,
+            upgrade_timer: None,
             batch: Vec::new(),
         };
         if mode == Mode::Active {
@@ -207,9 +212,23 @@ impl Connection {
         self.session.state.lock().direct = Some(Arc::clone(&self.stream));
     }
 
-    async fn run(mut self) {
-        let end = self.drive().await;
-        // The goodbye is best effort and bounded: the peer may be gone or not reading at all.
+    /// The connection's task. Not an `async fn`: that would keep a second copy of `self` in the future,
+    /// which every idle connection carries.
+    #[allow(clippy::manual_async_fn)] // see above: the `async fn` form is larger
+    fn run(mut self) -> impl Future<Output = ()> + Send {
+        async move {
+            let end = self.drive().await;
+            // Boxed: the goodbye happens once, and its futures would otherwise enlarge every idle
+            // connection (a future is as large as its largest await point).
+            Box::pin(self.goodbye(end)).await;
+            // Dropping the last handle closes the socket.
+            self.session.state.lock().direct = None;
+        }
+    }
+
+    /// Closes the session or the upgrade as `end` says and sends a close frame; best effort and bounded,
+    /// since the peer may be gone or not reading at all.
+    async fn goodbye(&mut self, end: End) {
         let goodbye = async {
             match end {
                 End::Close(code, reason) => {
@@ -243,8 +262,6 @@ impl Connection {
             }
         };
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
-        // Dropping the last handle closes the socket.
-        self.session.state.lock().direct = None;
     }
 
     fn abort_upgrade(&self, why: &'static str) {
@@ -284,10 +301,6 @@ impl Connection {
             if has_work {
                 continue;
             }
-            let upgrade_deadline = match self.mode {
-                Mode::Probing { deadline } => Some(deadline),
-                Mode::Active => None,
-            };
             tokio::select! {
                 ready = self.stream.readable() => {
                     if let Err(err) = ready {
@@ -304,7 +317,7 @@ impl Connection {
                     }
                 }
                 _ = notified => {}
-                _ = sleep_until_opt(upgrade_deadline) => return End::AbortUpgrade("upgrade timeout"),
+                _ = expired(&mut self.upgrade_timer) => return End::AbortUpgrade("upgrade timeout"),
             }
         }
     }
@@ -329,9 +342,7 @@ impl Connection {
                                 ws_codec::CLOSE_NORMAL,
                                 CloseReason::ParseError(err.to_string()),
                             ),
-                            Mode::Probing { .. } => {
-                                End::AbortUpgrade("invalid packet during upgrade")
-                            }
+                            Mode::Probing => End::AbortUpgrade("invalid packet during upgrade"),
                         });
                     }
                 };
@@ -344,7 +355,8 @@ impl Connection {
                         self.session.on_packet(packet);
                         None
                     }
-                    Mode::Probing { .. } => self.on_probe_packet(packet).await,
+                    // Boxed, like the pong below: rare, and kept out of every connection's future.
+                    Mode::Probing => Box::pin(self.on_probe_packet(packet)).await,
                 }
             }
             WsEvent::Binary(data) => match self.mode {
@@ -353,10 +365,11 @@ impl Connection {
                         .on_packet(Packet::Message(Message::Binary(data)));
                     None
                 }
-                Mode::Probing { .. } => Some(End::AbortUpgrade("binary frame during upgrade")),
+                Mode::Probing => Some(End::AbortUpgrade("binary frame during upgrade")),
             },
             WsEvent::Ping(payload) => {
-                if let Err(err) = self.write_raw(&ws_codec::pong_frame(&payload)).await {
+                let pong = ws_codec::pong_frame(&payload);
+                if let Err(err) = Box::pin(self.write_raw(&pong)).await {
                     return Some(End::Close(ws_codec::CLOSE_NORMAL, write_failure(err)));
                 }
                 None
@@ -388,6 +401,7 @@ impl Connection {
                     state.transport = TransportKind::Websocket;
                 }
                 self.mode = Mode::Active;
+                self.upgrade_timer = None;
                 self.activate();
                 // A GET still pending must answer `6` now.
                 self.session.writer.notify_waiters();
@@ -410,25 +424,39 @@ impl Connection {
                 Session::take_queue(&mut state, &mut self.batch);
                 state.writing = true;
             }
-            let timeout = self.session.config().ping_interval + self.session.config().ping_timeout;
-            let result =
-                tokio::time::timeout(timeout, write_frames(&self.stream, &self.batch)).await;
+            let result = self.write_batch().await;
             self.batch.clear();
             self.session.state.lock().writing = false;
-            match result {
-                Ok(written) => written?,
-                Err(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "client stopped reading",
-                    ));
-                }
-            }
+            result?;
         }
         if self.batch.capacity() > 256 {
             self.batch = Vec::new();
         }
         Ok(())
+    }
+
+    /// Writes `batch`. Most batches fit in the socket's send buffer and go out without waiting; only one
+    /// that must wait (a slow reader, or a frame to be sent separately) builds the boxed future with
+    /// the stall timeout, which would otherwise be part of every idle connection's future.
+    async fn write_batch(&self) -> io::Result<()> {
+        let (index, offset) = if self.batch.iter().any(WirePacket::is_separated) {
+            (0, 0)
+        } else {
+            write_ready(&self.stream, &self.batch, 0, 0)?
+        };
+        if index == self.batch.len() {
+            return Ok(());
+        }
+        let stall = self.session.config().ping_interval + self.session.config().ping_timeout;
+        let rest = write_frames(&self.stream, &self.batch[index..], offset);
+        Box::pin(tokio::time::timeout(stall, rest))
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client stopped reading",
+                ))
+            })
     }
 
     /// Writes a control frame: behind the queue once active (a partly written frame may be waiting there),
@@ -462,9 +490,10 @@ fn read_available(stream: &TcpStream, decoder: &mut FrameDecoder) -> io::Result<
     Ok(n)
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+/// Completes when `timer` fires; never without one.
+async fn expired(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -472,18 +501,20 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 /// Pause after a frame marked [`WirePacket::separated`] when more frames follow it in the same flush.
 const SEPARATION_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// Writes whole frames, batching them into vectored writes except across a separated frame.
-async fn write_frames(stream: &TcpStream, frames: &[WirePacket]) -> io::Result<()> {
-    let mut rest = frames;
+/// Writes whole frames (the first from `offset`), batching them into vectored writes except across a
+/// separated frame.
+async fn write_frames(stream: &TcpStream, frames: &[WirePacket], offset: usize) -> io::Result<()> {
+    let (mut rest, mut offset) = (frames, offset);
     while let Some(split) = rest.iter().position(WirePacket::is_separated) {
         if split + 1 == rest.len() {
             break;
         }
-        write_vectored_all(stream, &rest[..=split]).await?;
+        write_vectored_all(stream, &rest[..=split], offset).await?;
         tokio::time::sleep(SEPARATION_PAUSE).await;
         rest = &rest[split + 1..];
+        offset = 0;
     }
-    write_vectored_all(stream, rest).await
+    write_vectored_all(stream, rest, offset).await
 }
 
 /// Writes one buffer completely.
@@ -499,9 +530,30 @@ async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes frames with vectored writes of up to 64 frames per system call.
-async fn write_vectored_all(stream: &TcpStream, frames: &[WirePacket]) -> io::Result<()> {
-    let (mut index, mut offset) = (0, 0);
+/// Writes frames (the first from `offset`) with vectored writes of up to 64 frames per system call.
+async fn write_vectored_all(
+    stream: &TcpStream,
+    frames: &[WirePacket],
+    offset: usize,
+) -> io::Result<()> {
+    let (mut index, mut offset) = (0, offset);
+    loop {
+        (index, offset) = write_ready(stream, frames, index, offset)?;
+        if index == frames.len() {
+            return Ok(());
+        }
+        stream.writable().await?;
+    }
+}
+
+/// Writes what the socket takes now of `frames`, from frame `index` at byte `offset`, without waiting;
+/// returns where the unwritten rest starts (`frames.len()` when everything went out).
+fn write_ready(
+    stream: &TcpStream,
+    frames: &[WirePacket],
+    mut index: usize,
+    mut offset: usize,
+) -> io::Result<(usize, usize)> {
     while index < frames.len() {
         match try_write_some(stream, &frames[index..], offset) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -518,11 +570,11 @@ async fn write_vectored_all(stream: &TcpStream, frames: &[WirePacket]) -> io::Re
                     }
                 }
             }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
             Err(err) => return Err(err),
         }
     }
-    Ok(())
+    Ok((index, offset))
 }
 
 /// One non-blocking vectored write of up to 64 frames, the first from `offset`. Synchronous so that the

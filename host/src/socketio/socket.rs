@@ -193,13 +193,8 @@ impl Socket {
         let hs = self.session.handshake();
         let headers: serde_json::Map<String, Value> = hs
             .headers
-            .iter()
-            .filter_map(|(name, value)| {
-                Some((
-                    name.as_str().to_owned(),
-                    Value::String(value.to_str().ok()?.to_owned()),
-                ))
-            })
+            .iter_str()
+            .map(|(name, value)| (name.to_owned(), Value::String(value.to_owned())))
             .collect();
         let query: serde_json::Map<String, Value> = form_urlencoded::parse(hs.query.as_bytes())
             .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
@@ -215,7 +210,7 @@ impl Socket {
             "headers": headers,
             "time": time,
             "address": hs.remote_addr.ip().to_string(),
-            "xdomain": hs.headers.contains_key(http::header::ORIGIN),
+            "xdomain": hs.headers.contains("origin"),
             "secure": false,
             "issued": issued,
             "url": format!("{}?{}", hs.path, hs.query),

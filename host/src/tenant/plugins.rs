@@ -74,7 +74,7 @@ impl PluginPolicy {
             headers: HEADERS_FOR_PLUGINS
                 .iter()
                 .filter_map(|name| {
-                    let value = hs.headers.get(*name)?.to_str().ok()?;
+                    let value = hs.headers.get_str(name)?;
                     Some(types::Header {
                         name: (*name).to_owned(),
                         value: value.to_owned(),
