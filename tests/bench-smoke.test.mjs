@@ -133,8 +133,8 @@ describe("ioplex-bench smoke", () => {
   test("crossnode: the Redis hop, ioplex and Node side by side", async () => {
     const out = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-crossnode-"));
     try {
-      const { stdout } = await script("crossnode", ["--clients", "100", "--room-size", "10", "--rate", "20", "--duration", "1", "--out", out]);
-      assert.match(stdout, /^\| ioplex \| [\d.]+ \/ [\d.]+ ms \| [\d.]+ \/ [\d.]+ ms \| \+/m);
+      const { stdout } = await script("crossnode", ["--clients", "100", "--room-size", "10", "--rates", "20", "--duration", "1", "--out", out]);
+      assert.match(stdout, /^\| ioplex \| 20 \| [\d.]+ \/ [\d.]+ ms \| [\d.]+ \/ [\d.]+ ms \| [+-][\d.]+ \/ [+-][\d.]+ ms \|$/m);
       assert.match(stdout, /^\| node \| /m);
       const rows = jsonLines(path.join(out, "crossnode.jsonl"));
       assert.deepEqual(rows.map((r) => r.label), ["ioplex-local", "ioplex-remote", "node-local", "node-remote"]);

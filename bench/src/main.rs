@@ -538,7 +538,9 @@ async fn fanout_scenario(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         1, 60_000_000, 3,
     )?));
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Readers wait for a frame or for this; a timer per reader would wake 10,000 idle tasks ten times a
+    // second and make the generator, not the server, the bottleneck.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut publishers = Vec::new();
     let mut readers = Vec::new();
     for (i, ws) in conns.into_iter().enumerate() {
@@ -547,24 +549,24 @@ async fn fanout_scenario(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
             publishers.push((i / room_size, sink));
             continue;
         }
-        let (received, histogram, measuring, stopping) = (
+        let (received, histogram, measuring, mut stopping) = (
             Arc::clone(&received),
             Arc::clone(&histogram),
             Arc::clone(&measuring),
-            Arc::clone(&stopping),
+            stopping.clone(),
         );
         readers.push(tokio::spawn(async move {
             let mut local =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             let mut count = 0u64;
             loop {
-                let msg =
-                    match tokio::time::timeout(Duration::from_millis(100), stream.next()).await {
-                        Ok(Some(Ok(msg))) => msg,
-                        Ok(_) => break,
-                        Err(_) if stopping.load(Ordering::Relaxed) => break,
-                        Err(_) => continue,
-                    };
+                let msg = tokio::select! {
+                    msg = stream.next() => match msg {
+                        Some(Ok(msg)) => msg,
+                        _ => break,
+                    },
+                    _ = stopping.wait_for(|stop| *stop) => break,
+                };
                 let Message::Text(text) = msg else { continue };
                 if text.as_str() == "2" {
                     if sink.send(Message::text("3")).await.is_err() {
@@ -643,7 +645,7 @@ async fn fanout_scenario(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     for (_, mut sink) in publishers {
         let _ = sink.close().await;
     }
-    stopping.store(true, Ordering::Relaxed);
+    let _ = stop.send(true);
     for r in readers {
         let _ = r.await;
     }
