@@ -1,5 +1,5 @@
 // CORS and origin checks of the binary with --cors-origin.
-import { after, before, describe, test } from "node:test";
+import { after, afterEach, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { startServer } from "./lib/server.mjs";
 import { client, closeAll, connected, once } from "./lib/client.mjs";
@@ -42,5 +42,20 @@ describe("allowed origins", () => {
     assert.equal((await handshake()).status, 200);
     const s = await connected(server.url, { transports: ["websocket"] });
     assert.ok(s.connected);
+  });
+});
+
+describe("the same-origin default", () => {
+  let server;
+  before(async () => { server = await startServer(); });
+  after(async () => server.stop());
+  afterEach(closeAll);
+
+  test("a page from another site cannot open a websocket; a page from the gateway's own origin can", async () => {
+    const evil = client(server.url, { transports: ["websocket"], extraHeaders: { Origin: "https://evil.example" } });
+    const [err] = await once(evil, "connect_error");
+    assert.equal(err.message, "websocket error");
+    const own = await connected(server.url, { transports: ["websocket"], extraHeaders: { Origin: server.url } });
+    assert.ok(own.connected);
   });
 });

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use hdrhistogram::Histogram;
-use ioplex::plugin::{EngineOptions, LoadedPlugin, PluginManifest, PluginRuntime, types};
+use ioplex::plugin::{
+    EngineOptions, LoadedPlugin, PluginManifest, PluginRuntime, PluginSource, types,
+};
 
 const SECRET: &str = "bench-secret";
 
@@ -192,7 +194,7 @@ async fn reloads(case: ReloadCase<'_>) -> anyhow::Result<(Vec<Duration>, u64, u6
         manifest.settings.insert("reload".into(), i.to_string());
         let started = Instant::now();
         runtime
-            .install(tenant, name, bytes.to_vec(), manifest)
+            .install(tenant, name, bytes.to_vec(), manifest, PluginSource::Api)
             .await?;
         took.push(started.elapsed());
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -241,10 +243,22 @@ async fn run_inner(
         read(dist, "profanity")?,
     );
     let auth = runtime
-        .install("rust", "auth", room_auth.clone(), auth_manifest.clone())
+        .install(
+            "rust",
+            "auth",
+            room_auth.clone(),
+            auth_manifest.clone(),
+            PluginSource::Api,
+        )
         .await?;
     let redactor = runtime
-        .install("rust", "redact", redact, PluginManifest::default())
+        .install(
+            "rust",
+            "redact",
+            redact,
+            PluginManifest::default(),
+            PluginSource::Api,
+        )
         .await?;
     let js = runtime
         .install(
@@ -252,6 +266,7 @@ async fn run_inner(
             "moderate",
             profanity.clone(),
             PluginManifest::default(),
+            PluginSource::Api,
         )
         .await?;
 
@@ -316,7 +331,13 @@ async fn run_inner(
         ..EngineOptions::default()
     })?;
     cached
-        .install("rust", "auth", room_auth.clone(), auth_manifest.clone())
+        .install(
+            "rust",
+            "auth",
+            room_auth.clone(),
+            auth_manifest.clone(),
+            PluginSource::Api,
+        )
         .await?; // fills the compile cache
     let js_join = types::JoinRequest {
         socket: socket("null"),

@@ -45,7 +45,7 @@ impl Default for ContractConfig {
             publish_event: "publish".into(),
             request_event: "request".into(),
             members_event: "members".into(),
-            max_rooms_per_socket: 1000,
+            max_rooms_per_socket: 100,
             max_room_name_len: 256,
             max_request_timeout: Duration::from_secs(30),
         }

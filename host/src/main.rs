@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ioplex::adapter::redis::RedisConfig;
 use ioplex::contract::ContractConfig;
 use ioplex::engineio::{AllowedOrigins, EngineConfig, Transports};
-use ioplex::plugin::{EngineOptions, PluginDir, PluginFleet, PluginManifest, PluginRuntime};
+use ioplex::plugin::{
+    EngineOptions, FleetKey, PluginDir, PluginFleet, PluginManifest, PluginRuntime,
+};
 use ioplex::serve::{Router, bind, serve};
 use ioplex::socketio::SocketIoConfig;
 use ioplex::tenant::config::valid_tenant_id;
@@ -119,7 +121,7 @@ struct ServeArgs {
     #[arg(long, env = "IOPLEX_MAX_DYNAMIC_NAMESPACES", default_value_t = 1000)]
     max_dynamic_namespaces: usize,
     /// Rooms a client may join through the client contract.
-    #[arg(long, env = "IOPLEX_MAX_ROOMS_PER_SOCKET", default_value_t = 1000)]
+    #[arg(long, env = "IOPLEX_MAX_ROOMS_PER_SOCKET", default_value_t = 100)]
     max_rooms_per_socket: usize,
     /// Redis to share rooms and broadcasts with the rest of the fleet (ioplex and Node socket.io servers
     /// using `@socket.io/redis-adapter`): `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
@@ -139,9 +141,16 @@ struct ServeArgs {
     /// Growth of the delay between Redis reconnect attempts, in ms.
     #[arg(long, env = "IOPLEX_REDIS_RECONNECT_STEP", default_value_t = 50)]
     redis_reconnect_step: u64,
+    /// Largest message accepted from Redis, in bytes; larger ones are dropped unread and counted.
+    #[arg(long, env = "IOPLEX_REDIS_MAX_MESSAGE_BYTES", default_value_t = ioplex::adapter::redis::DEFAULT_MAX_MESSAGE_BYTES)]
+    redis_max_message_bytes: usize,
     /// Broadcasts held while Redis is unreachable, sent after it returns; older ones are dropped past this.
     #[arg(long, env = "IOPLEX_REDIS_OUTAGE_BUFFER", default_value_t = 10_000)]
     redis_outage_buffer: usize,
+    /// Secret (32+ bytes) shared by the fleet's nodes, never stored in Redis, that signs plugin uploads
+    /// shared through Redis; without it uploads serve on the receiving node only. `openssl rand -hex 32`.
+    #[arg(long, env = "IOPLEX_FLEET_KEY", hide_env_values = true)]
+    fleet_key: Option<String>,
     /// Directory of tenant plugins: `<dir>/<tenant>/<name>.wasm` plus an optional `<name>.toml`
     /// (settings, limits). Watched: a changed file is validated and swapped in with no restart; a
     /// broken one is refused and the previous version keeps serving. Default: ./plugins.d if it exists.
@@ -163,6 +172,28 @@ struct ServeArgs {
     /// are many), then the process exits 0.
     #[arg(long, env = "IOPLEX_SHUTDOWN_GRACE", default_value_t = 10_000)]
     shutdown_grace: u64,
+    /// HTTP connections held at once (websockets not included); past it the oldest idle connection is
+    /// closed to make room. Default: the file-descriptor limit less a reserve.
+    #[arg(long, env = "IOPLEX_MAX_HTTP_CONNECTIONS")]
+    max_http_connections: Option<usize>,
+    /// Idle HTTP connections (no request in flight) one client address may hold; a new one closes that
+    /// address's oldest. 0: no cap (behind a load balancer that pools idle connections).
+    #[arg(
+        long,
+        env = "IOPLEX_MAX_IDLE_CONNECTIONS_PER_IP",
+        default_value_t = 128
+    )]
+    max_idle_connections_per_ip: usize,
+    /// Milliseconds a client has to send a request's headers, on a new or a kept-alive connection.
+    #[arg(long, env = "IOPLEX_HEADER_READ_TIMEOUT", default_value_t = 10_000)]
+    header_read_timeout: u64,
+    /// Largest request head (request line and headers), in bytes; larger ones get 431 (Node's default).
+    #[arg(long, env = "IOPLEX_MAX_HEADER_BYTES", default_value_t = 16 << 10)]
+    max_header_bytes: usize,
+    /// Bearer token /metrics requires (it lists tenant ids and client-chosen namespaces); without it
+    /// /metrics is open, for a port only the monitoring network reaches.
+    #[arg(long, env = "IOPLEX_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     /// Log format.
     #[arg(long, env = "IOPLEX_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -362,7 +393,10 @@ async fn live_connections(
     let mut stream = tokio::net::TcpStream::connect(authority)
         .await
         .with_context(|| format!("cannot reach {authority}"))?;
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: {authority}\r\n\r\n");
+    let token = std::env::var("IOPLEX_METRICS_TOKEN")
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {authority}\r\n{token}\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
@@ -586,6 +620,7 @@ async fn serve_gateway(cli: ServeArgs) -> anyhow::Result<()> {
         config.reconnect_max = Duration::from_millis(cli.redis_reconnect_max.max(1));
         config.reconnect_step = Duration::from_millis(cli.redis_reconnect_step.max(1));
         config.outage.max_messages = cli.redis_outage_buffer.max(1);
+        config.max_message_bytes = cli.redis_max_message_bytes.max(1024);
         config
     });
     let defaults = GatewayDefaults {
@@ -611,9 +646,22 @@ async fn serve_gateway(cli: ServeArgs) -> anyhow::Result<()> {
     };
     let tenants = Tenants::start(defaults, &tenants_config).await?;
     // Uploaded plugins travel to every node through the gateway's Redis.
-    let plugin_fleet = match (&plugins, &cli.redis_url) {
-        (Some(runtime), Some(url)) => {
-            Some(PluginFleet::start(url, &cli.redis_key, Arc::clone(runtime)).await?)
+    let plugin_fleet = match (&plugins, &cli.redis_url, &cli.fleet_key) {
+        (Some(runtime), Some(url), Some(key)) => {
+            let key = FleetKey::new(key).context("IOPLEX_FLEET_KEY")?;
+            let known = Arc::clone(&tenants);
+            let tenant_exists: ioplex::plugin::TenantExists =
+                Arc::new(move |id: &str| known.get(id).is_some());
+            Some(
+                PluginFleet::start(url, &cli.redis_key, Arc::clone(runtime), key, tenant_exists)
+                    .await?,
+            )
+        }
+        (Some(_), Some(_), None) => {
+            tracing::warn!(
+                "no IOPLEX_FLEET_KEY: plugin uploads serve on the receiving node only (set the same key on every node to share them through Redis)"
+            );
+            None
         }
         _ => None,
     };
@@ -649,11 +697,25 @@ async fn serve_gateway(cli: ServeArgs) -> anyhow::Result<()> {
             tracing::info!(%addr, %path, mode, tenants = ?ids, "ioplex listening");
         }
     }
+    let admission = ioplex::serve::Admission::new(ioplex::serve::ListenerLimits {
+        max_connections: cli
+            .max_http_connections
+            .unwrap_or_else(ioplex::serve::admission::fd_budget),
+        max_idle_per_ip: cli.max_idle_connections_per_ip,
+        header_read_timeout: Duration::from_millis(cli.header_read_timeout.max(1)),
+        max_header_bytes: cli.max_header_bytes.max(1024),
+    });
     let mut router =
         Router::with_endpoints(Arc::clone(&tenants) as Arc<dyn ioplex::serve::Endpoints>)
+            .with_admission(Arc::clone(&admission))
             .with_handler(
                 "/metrics",
-                ioplex::metrics::handler(Arc::clone(&tenants), plugins.clone()),
+                ioplex::metrics::handler(
+                    Arc::clone(&tenants),
+                    plugins.clone(),
+                    Arc::clone(admission.stats()),
+                    cli.metrics_token.clone(),
+                ),
             )
             .with_handler(
                 ioplex::api::PREFIX,

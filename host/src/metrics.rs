@@ -12,15 +12,41 @@ use http::{HeaderValue, Response, header};
 
 use crate::engineio::{Body, TransportKind};
 use crate::plugin::{LATENCY_BUCKETS, PluginRuntime};
-use crate::serve::Handler;
+use crate::serve::{Handler, ListenerStats};
 use crate::tenant::Tenants;
 
-/// The `/metrics` handler.
-pub fn handler(tenants: Arc<Tenants>, plugins: Option<Arc<PluginRuntime>>) -> Handler {
-    Arc::new(move |_req| {
-        let (tenants, plugins) = (Arc::clone(&tenants), plugins.clone());
+/// The `/metrics` handler. With a `token`, only scrapes that present it as a bearer token are answered
+/// (the page names tenants and the namespaces their clients chose); without one it is open, for a
+/// listener on a private network.
+pub fn handler(
+    tenants: Arc<Tenants>,
+    plugins: Option<Arc<PluginRuntime>>,
+    listeners: Arc<ListenerStats>,
+    token: Option<String>,
+) -> Handler {
+    let expected = token.map(|t| format!("Bearer {t}"));
+    Arc::new(move |req| {
+        let (tenants, plugins, listeners) = (
+            Arc::clone(&tenants),
+            plugins.clone(),
+            Arc::clone(&listeners),
+        );
+        let authorized = expected.as_deref().is_none_or(|expected| {
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .is_some_and(|v| v.as_bytes() == expected.as_bytes())
+        });
         Box::pin(async move {
-            let text = render(&tenants, plugins.as_deref()).await;
+            if !authorized {
+                let mut resp = Response::new(Body::new(Bytes::from_static(
+                    b"metrics need the bearer token given by --metrics-token\n",
+                )));
+                *resp.status_mut() = http::StatusCode::UNAUTHORIZED;
+                return resp;
+            }
+            let mut text = render(&tenants, plugins.as_deref()).await;
+            render_listeners(&mut text, &listeners);
+            render_process(&mut text);
             let mut resp = Response::new(Body::new(Bytes::from(text)));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -239,6 +265,8 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
                     ("out_of_memory", &s.out_of_memory),
                     ("trap", &s.traps),
                     ("breaker_open", &s.breaker_refusals),
+                    ("instantiation", &s.instantiation_failures),
+                    ("slow_start", &s.slow_instantiations),
                 ] {
                     f.sample(
                         "ioplex_plugin_failures_total",
@@ -248,6 +276,22 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
                 }
             }
         }
+        let mut f = Family::new(
+            &mut out,
+            "ioplex_plugin_instances",
+            "gauge",
+            "Plugin instances a tenant holds (warm and in use), against its share.",
+        );
+        for (tenant, _) in &chains {
+            let instances = runtime.slot(tenant).quota().instances();
+            f.sample("ioplex_plugin_instances", &[("tenant", tenant)], instances);
+        }
+        let name = "ioplex_plugin_fleet_rejected_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Plugin changes from Redis refused: bad signature, unknown tenant, invalid name, directory plugin.\n# TYPE {name} counter\n{name} {}",
+            runtime.fleet_rejected.load(Ordering::Relaxed)
+        );
         let name = "ioplex_plugin_call_duration_seconds";
         let _ = writeln!(out, "# HELP {name} Time a plugin hook call took.");
         let _ = writeln!(out, "# TYPE {name} histogram");
@@ -267,7 +311,7 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
     }
 
     let buses = tenants.redis_buses();
-    let bus_counters: [FamilyOf<crate::adapter::redis::RedisBus>; 4] = [
+    let bus_counters: [FamilyOf<crate::adapter::redis::RedisBus>; 6] = [
         (
             "ioplex_redis_published_total",
             "counter",
@@ -285,6 +329,18 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
             "counter",
             "Messages dropped: outage buffer or publish queue full, or too old.",
             |b| b.stats.dropped.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_redis_refused_total",
+            "counter",
+            "Messages from Redis refused unread: over the size cap or the decoding bounds.",
+            |b| b.stats.refused.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_redis_remote_joins_refused_total",
+            "counter",
+            "Joins asked by fleet peers that would have put a socket over its rooms limit.",
+            |b| b.stats.remote_joins_refused.load(Ordering::Relaxed),
         ),
         (
             "ioplex_redis_reconnects_total",
@@ -313,4 +369,85 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
         }
     }
     out
+}
+
+/// The listeners' admission counters (connections held, shed, refused, timed out).
+pub fn render_listeners(out: &mut String, stats: &ListenerStats) {
+    let families: [FamilyOf<ListenerStats>; 6] = [
+        (
+            "ioplex_http_connections",
+            "gauge",
+            "HTTP connections held (upgraded websockets not included).",
+            |s| s.open.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_http_connections_accepted_total",
+            "counter",
+            "TCP connections accepted and admitted.",
+            |s| s.accepted.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_http_connections_shed_total",
+            "counter",
+            "Idle connections closed to make room (per-address idle cap, connection cap, out of descriptors).",
+            |s| s.shed.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_http_connections_refused_total",
+            "counter",
+            "New connections closed at once: the connection cap was reached with nothing idle to shed.",
+            |s| s.refused.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_http_header_timeouts_total",
+            "counter",
+            "Connections closed because request headers did not arrive within the header read timeout.",
+            |s| s.header_timeouts.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_accept_errors_total",
+            "counter",
+            "Failed accepts (out of file descriptors, mostly).",
+            |s| s.accept_errors.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, read) in families {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+            read(stats)
+        );
+    }
+}
+
+/// The process: Tokio tasks alive, open file descriptors and resident memory (Linux `/proc`), the
+/// figures a leak shows in first.
+pub fn render_process(out: &mut String) {
+    let tasks = tokio::runtime::Handle::try_current()
+        .map(|h| h.metrics().num_alive_tasks())
+        .unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "# HELP ioplex_runtime_alive_tasks Tokio tasks alive.\n# TYPE ioplex_runtime_alive_tasks gauge\nioplex_runtime_alive_tasks {tasks}"
+    );
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        let _ = writeln!(
+            out,
+            "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}",
+            fds.count()
+        );
+    }
+    let rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        });
+    if let Some(kib) = rss_kib {
+        let _ = writeln!(
+            out,
+            "# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}",
+            kib * 1024
+        );
+    }
 }

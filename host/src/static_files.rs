@@ -1,5 +1,6 @@
 //! Serves a directory of static files (a demo page, a client bundle) on the gateway's port, for paths
-//! no endpoint claims. Read-only, GET and HEAD only, no directory listings, no path outside the folder.
+//! no endpoint claims. Read-only, GET and HEAD only, no directory listings, no path outside the folder
+//! (a symbolic link is followed only when its target is inside the folder too).
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -39,16 +40,24 @@ fn resolve(root: &Path, request_path: &str) -> Option<PathBuf> {
         .then(|| root.join(relative))
 }
 
+/// The file to serve for `request_path`: named safely, and still inside `root` (canonical) once
+/// symbolic links are resolved.
+async fn locate(root: &Path, request_path: &str) -> Option<PathBuf> {
+    let path = resolve(root, request_path)?;
+    let real = tokio::fs::canonicalize(&path).await.ok()?;
+    real.starts_with(root).then_some(real)
+}
+
 /// A handler serving the files under `root`.
 pub fn handler(root: PathBuf) -> Handler {
-    let root = Arc::new(root);
+    let root = Arc::new(std::fs::canonicalize(&root).unwrap_or(root));
     Arc::new(move |req| {
         let root = Arc::clone(&root);
         Box::pin(async move {
             if req.method() != Method::GET && req.method() != Method::HEAD {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
             }
-            let Some(path) = resolve(&root, req.uri().path()) else {
+            let Some(path) = locate(&root, req.uri().path()).await else {
                 return text(StatusCode::NOT_FOUND, "not found");
             };
             match tokio::fs::read(&path).await {
@@ -93,5 +102,26 @@ mod tests {
             resolve(root, "//etc/passwd"),
             Some(PathBuf::from("/srv/www/etc/passwd"))
         );
+    }
+
+    #[tokio::test]
+    async fn links_out_of_the_folder_are_not_followed() {
+        let base = std::env::temp_dir().join(format!("ioplex-static-{}", std::process::id()));
+        let (root, outside) = (base.join("root"), base.join("outside"));
+        std::fs::create_dir_all(&root).expect("root");
+        std::fs::create_dir_all(&outside).expect("outside");
+        std::fs::write(outside.join("secret.txt"), "secret").expect("write");
+        std::fs::write(root.join("page.html"), "page").expect("write");
+        std::os::unix::fs::symlink(outside.join("secret.txt"), root.join("leak.txt"))
+            .expect("link");
+        std::os::unix::fs::symlink(root.join("page.html"), root.join("alias.html")).expect("link");
+        let root = std::fs::canonicalize(&root).expect("canonical");
+        assert!(locate(&root, "/page.html").await.is_some());
+        assert!(
+            locate(&root, "/alias.html").await.is_some(),
+            "links inside are fine"
+        );
+        assert_eq!(locate(&root, "/leak.txt").await, None);
+        std::fs::remove_dir_all(&base).expect("cleanup");
     }
 }

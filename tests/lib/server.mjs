@@ -72,10 +72,14 @@ export async function startServer(options = {}) {
   }
 }
 
-async function startOnce({ name = "ioplex", args = [], env = {}, readyTimeoutMs = 15000 }) {
+async function startOnce({ name = "ioplex", args = [], env = {}, readyTimeoutMs = 15000, fileLimit = null }) {
   const port = await freePort();
   const logs = [];
-  const child = spawn(binaryPath(name), args, {
+  // With `fileLimit`, the server runs under `ulimit -n` (soft and hard) of that many descriptors.
+  const [command, argv] = fileLimit
+    ? ["bash", ["-c", `ulimit -n ${Number(fileLimit)} && exec "$0" "$@"`, binaryPath(name), ...args]]
+    : [binaryPath(name), args];
+  const child = spawn(command, argv, {
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn", PORT: String(port), ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -152,6 +152,30 @@ impl LocalAdapter {
         }
     }
 
+    /// Joins the local sockets targeted by `opts` to `rooms`, except where a socket would then be in more
+    /// than `max_rooms` rooms (a peer's request must not lift a tenant's limit); returns the joins refused.
+    pub fn local_join_capped(
+        &self,
+        opts: &BroadcastOptions,
+        rooms: &[Room],
+        max_rooms: usize,
+    ) -> usize {
+        let mut index = self.index.write();
+        let mut refused = 0;
+        for sid in index.targets(opts) {
+            for room in rooms {
+                let held = index.sockets.get(&sid);
+                let member = held.is_some_and(|r| r.contains(room));
+                if !member && held.map_or(0, HashSet::len) >= max_rooms {
+                    refused += 1;
+                    continue;
+                }
+                index.add(sid, room);
+            }
+        }
+        refused
+    }
+
     /// Disconnects the local sockets targeted by `opts`.
     pub fn local_disconnect(&self, opts: &BroadcastOptions, close: bool) {
         let targets = self.local_targets(opts);

@@ -348,7 +348,13 @@ impl Api {
             })
             .unwrap_or_default();
         let plugin = runtime
-            .install(tenant.id(), name, bytes.clone(), manifest)
+            .install(
+                tenant.id(),
+                name,
+                bytes.clone(),
+                manifest,
+                crate::plugin::PluginSource::Api,
+            )
             .await
             .map_err(|e| {
                 ApiError::new(

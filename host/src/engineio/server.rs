@@ -280,16 +280,43 @@ impl Engine {
     }
 }
 
-/// With an explicit list of origins, a browser page from elsewhere may not open a session at all, over
-/// polling or websocket (browsers do not apply CORS to websockets). Requests without `Origin` (not from a
-/// browser page) are not concerned.
+/// Whether a browser page may open a session: with an explicit list, its origin must be listed; with
+/// the same-origin default, its origin must be the host it connects to (browsers do not apply CORS to
+/// websockets, so without this any site could open one with the visitor's cookies). Requests without
+/// `Origin` (not from a browser page) are not concerned.
 fn origin_allowed(cors: &super::AllowedOrigins, headers: &HeaderMap) -> bool {
-    match (cors, headers.get(header::ORIGIN)) {
-        (super::AllowedOrigins::List(_), Some(origin)) => {
-            origin.to_str().is_ok_and(|o| cors.allows(o))
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    match cors {
+        super::AllowedOrigins::Any => true,
+        super::AllowedOrigins::List(_) => cors.allows(origin),
+        super::AllowedOrigins::SameOrigin => {
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+            host.is_some_and(|host| same_authority(origin, host))
         }
-        _ => true,
     }
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names the authority `host` (a Host header), default
+/// ports allowed on either side.
+fn same_authority(origin: &str, host: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return false,
+    };
+    let strip = |a: &str| -> String {
+        let a = a.to_ascii_lowercase();
+        a.strip_suffix(default_port).map(str::to_owned).unwrap_or(a)
+    };
+    strip(authority) == strip(host)
 }
 
 /// The query parameters Engine.IO reads (first occurrence wins; others are ignored).
@@ -321,4 +348,40 @@ impl Query {
 /// Sets a header from a static string.
 pub(crate) fn set_static(headers: &mut HeaderMap, name: header::HeaderName, value: &'static str) {
     headers.insert(name, HeaderValue::from_static(value));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_origin_means_the_host_connected_to() {
+        assert!(same_authority("http://127.0.0.1:3000", "127.0.0.1:3000"));
+        assert!(same_authority("https://Chat.Example", "chat.example:443"));
+        assert!(same_authority("http://chat.example:80", "chat.example"));
+        assert!(!same_authority("http://evil.example", "chat.example"));
+        assert!(!same_authority(
+            "http://chat.example:3001",
+            "chat.example:3000"
+        ));
+        assert!(!same_authority("null", "chat.example"));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, http::HeaderValue::from_static("chat.example"));
+        assert!(origin_allowed(
+            &crate::engineio::AllowedOrigins::SameOrigin,
+            &headers
+        ));
+        headers.insert(
+            header::ORIGIN,
+            http::HeaderValue::from_static("https://evil.example"),
+        );
+        assert!(!origin_allowed(
+            &crate::engineio::AllowedOrigins::SameOrigin,
+            &headers
+        ));
+        assert!(origin_allowed(
+            &crate::engineio::AllowedOrigins::Any,
+            &headers
+        ));
+    }
 }

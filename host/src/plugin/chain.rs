@@ -9,8 +9,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::bindings::types;
-use super::error::CallFailure;
+use super::error::{CallFailure, PluginError};
 use super::loaded::{Hook, LoadedPlugin};
+use super::runtime::TenantQuota;
 
 /// Why a chain did not say yes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -269,6 +270,9 @@ impl PluginChain {
 #[derive(Debug)]
 pub struct PluginSlot {
     tenant: Arc<str>,
+    quota: Arc<TenantQuota>,
+    /// One install (compile and validation) of this tenant at a time.
+    pub(crate) installing: tokio::sync::Semaphore,
     chain: ArcSwap<PluginChain>,
     /// Serialises read-modify-write of the chain (installs of two plugins at once); never held across an await.
     writer: parking_lot::Mutex<()>,
@@ -278,6 +282,8 @@ impl PluginSlot {
     pub(crate) fn new(tenant: Arc<str>) -> Self {
         PluginSlot {
             tenant,
+            quota: Arc::new(TenantQuota::default()),
+            installing: tokio::sync::Semaphore::new(1),
             chain: ArcSwap::from_pointee(PluginChain::default()),
             writer: parking_lot::Mutex::new(()),
         }
@@ -286,6 +292,11 @@ impl PluginSlot {
     /// The tenant this slot serves.
     pub fn tenant(&self) -> &str {
         &self.tenant
+    }
+
+    /// What the tenant's plugins may hold.
+    pub fn quota(&self) -> &Arc<TenantQuota> {
+        &self.quota
     }
 
     /// The chain serving now; hold it for the whole request.
@@ -306,10 +317,28 @@ impl PluginSlot {
         self.chain.store(Arc::new(next));
     }
 
-    pub(crate) fn install(&self, plugin: Arc<LoadedPlugin>) {
+    /// Puts `plugin` in the chain, unless it is a new name past the tenant's plugin count.
+    pub(crate) fn install(&self, plugin: Arc<LoadedPlugin>) -> Result<(), PluginError> {
         let _writer = self.writer.lock();
-        let next = self.chain.load().with(plugin);
+        let chain = self.chain.load();
+        let name = &plugin.context().name;
+        let max = self.quota.max_plugins();
+        if chain.get(name).is_none() && chain.plugins.len() >= max {
+            return Err(PluginError::Limit(format!(
+                "tenant {} already has {max} plugins, its limit; remove one first",
+                self.tenant
+            )));
+        }
+        plugin.bind_quota(Arc::clone(&self.quota));
+        let next = chain.with(plugin);
         self.chain.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Whether one more plugin named `name` fits (checked before compiling it).
+    pub(crate) fn has_room_for(&self, name: &str) -> bool {
+        let chain = self.chain.load();
+        chain.get(name).is_some() || chain.plugins.len() < self.quota.max_plugins()
     }
 
     pub(crate) fn remove(&self, name: &str) -> bool {

@@ -50,6 +50,9 @@ pub enum PluginError {
     /// The engine could not be set up.
     #[error("plugin engine: {0}")]
     Engine(String),
+    /// The tenant is at one of its plugin limits (plugins, compile jobs).
+    #[error("{0}")]
+    Limit(String),
 }
 
 /// A hook call that produced no answer. Every kind fails closed and counts toward the tenant's breaker.

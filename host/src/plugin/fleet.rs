@@ -1,11 +1,16 @@
 //! Plugin versions shared by every node of a fleet through Redis.
 //!
 //! An upload validated on one node is stored once (`<prefix>:plugin:blob:<sha256>`), recorded as the
-//! tenant's active version (`<prefix>:plugins:<tenant>`, a hash of name → sha256; tenants listed in
-//! `<prefix>:plugins:tenants`), and announced on `<prefix>:plugins:changed`. Every node installs announced
-//! versions through the same validation; because pub/sub may lose a message, each node also reconciles
-//! against the hashes at start-up and every 30 s. A version that fails validation on a node is refused
-//! there with a log line; the node keeps its previous version.
+//! tenant's active version (`<prefix>:plugins:<tenant>`, a hash of name → `sha256:signature`; tenants
+//! listed in `<prefix>:plugins:tenants`), and announced on `<prefix>:plugins:changed`. Every node installs
+//! announced versions through the same validation; because pub/sub may lose a message, each node also
+//! reconciles against the hashes at start-up and every 30 s. A version that fails validation on a node is
+//! refused there with a log line; the node keeps its previous version.
+//!
+//! Redis is not trusted with the decision: records and announcements are signed with the fleet key
+//! (configuration, never in Redis), and a node acts only on a valid signature, for a tenant it serves and
+//! a valid plugin name. A plugin installed from this node's plugin directory is never replaced or removed
+//! by the fleet. A blob no record points to any more is deleted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,10 +25,15 @@ use fred::types::config::{Config, ReconnectPolicy};
 use serde::{Deserialize, Serialize};
 
 use super::compile::sha256_hex;
+use super::fleet_key::FleetKey;
+use super::loaded::PluginSource;
 use super::manifest::PluginManifest;
 use super::runtime::PluginRuntime;
+use super::watch::valid_name;
 
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// How far an announcement's time may be from this node's clock (replays of old ones are refused).
+const ANNOUNCEMENT_WINDOW_MS: u64 = 10 * 60 * 1000;
 
 #[derive(Serialize, Deserialize)]
 struct Change {
@@ -33,7 +43,37 @@ struct Change {
     sha256: Option<String>,
     /// The node that made the change (it has applied it already).
     origin: String,
+    /// When, in ms since the Unix epoch.
+    issued: u64,
+    /// The fleet key's signature of all of the above.
+    sig: String,
 }
+
+impl Change {
+    fn signed_parts(&self) -> [String; 6] {
+        [
+            "ioplex-plugin-change-v1".into(),
+            self.tenant.clone(),
+            self.name.clone(),
+            self.sha256.clone().unwrap_or_else(|| "-".into()),
+            self.origin.clone(),
+            self.issued.to_string(),
+        ]
+    }
+}
+
+fn record_parts<'a>(tenant: &'a str, name: &'a str, sha: &'a str) -> [&'a str; 4] {
+    ["ioplex-plugin-record-v1", tenant, name, sha]
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether a tenant exists on this node (the fleet acts only for those).
+pub type TenantExists = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// This node's link to the fleet's plugin store.
 pub struct PluginFleet {
@@ -42,6 +82,8 @@ pub struct PluginFleet {
     prefix: String,
     node: String,
     runtime: Arc<PluginRuntime>,
+    key: FleetKey,
+    tenant_exists: TenantExists,
 }
 
 /// Why a change could not be shared with the fleet (it still serves on this node).
@@ -62,6 +104,8 @@ impl PluginFleet {
         url: &str,
         prefix: &str,
         runtime: Arc<PluginRuntime>,
+        key: FleetKey,
+        tenant_exists: TenantExists,
     ) -> Result<Arc<Self>, FleetError> {
         let mut config = Config::from_url(url)?;
         config.fail_fast = false;
@@ -73,6 +117,8 @@ impl PluginFleet {
             prefix: prefix.to_owned(),
             node: crate::sid::Sid::random().to_string(),
             runtime,
+            key,
+            tenant_exists,
         });
         fleet.client.connect();
         fleet.subscriber.connect();
@@ -116,24 +162,90 @@ impl PluginFleet {
         bytes: &[u8],
     ) -> Result<(), FleetError> {
         let sha = sha256_hex(bytes);
+        let previous = self.recorded(tenant, name).await;
         self.client
             .set::<(), _, _>(self.blob_key(&sha), bytes.to_vec(), None, None, false)
             .await?;
+        let record = format!("{sha}:{}", self.key.sign(&record_parts(tenant, name, &sha)));
         self.client
-            .hset::<(), _, _>(self.tenant_key(tenant), (name, sha.as_str()))
+            .hset::<(), _, _>(self.tenant_key(tenant), (name, record.as_str()))
             .await?;
         self.client
             .sadd::<(), _, _>(self.tenants_key(), tenant)
             .await?;
-        self.announce(tenant, name, Some(sha)).await
+        self.announce(tenant, name, Some(sha.clone())).await?;
+        if let Some(old) = previous.filter(|old| *old != sha) {
+            self.delete_if_unreferenced(&old).await;
+        }
+        Ok(())
     }
 
     /// Shares a removal.
     pub async fn publish_remove(&self, tenant: &str, name: &str) -> Result<(), FleetError> {
+        let previous = self.recorded(tenant, name).await;
         self.client
             .hdel::<(), _, _>(self.tenant_key(tenant), name)
             .await?;
-        self.announce(tenant, name, None).await
+        self.announce(tenant, name, None).await?;
+        if let Some(old) = previous {
+            self.delete_if_unreferenced(&old).await;
+        }
+        Ok(())
+    }
+
+    /// The version recorded for `tenant/name` (signature not checked: used to find garbage only).
+    async fn recorded(&self, tenant: &str, name: &str) -> Option<String> {
+        let record: Option<String> = self.client.hget(self.tenant_key(tenant), name).await.ok()?;
+        record.map(|r| r.split(':').next().unwrap_or_default().to_owned())
+    }
+
+    /// Deletes the blob of `sha` unless a record of any tenant still points to it.
+    async fn delete_if_unreferenced(&self, sha: &str) {
+        let tenants: Vec<String> = match self.client.smembers(self.tenants_key()).await {
+            Ok(t) => t,
+            Err(_) => return,
+        };
+        for tenant in tenants {
+            let records: HashMap<String, String> =
+                match self.client.hgetall(self.tenant_key(&tenant)).await {
+                    Ok(r) => r,
+                    Err(_) => return, // unsure: keep it
+                };
+            if records.values().any(|r| r.split(':').next() == Some(sha)) {
+                return;
+            }
+        }
+        if let Err(err) = self.client.del::<(), _>(self.blob_key(sha)).await {
+            tracing::debug!(error = %err, sha, "cannot delete an unreferenced plugin blob");
+        } else {
+            tracing::info!(sha, "deleted a plugin blob no tenant uses any more");
+        }
+    }
+
+    /// Counts and logs an announcement or record this node will not act on.
+    fn reject(&self, tenant: &str, name: &str, why: &str) {
+        self.runtime
+            .fleet_rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            tenant,
+            plugin = name,
+            why,
+            "ignoring a plugin change from Redis"
+        );
+    }
+
+    /// Whether this node may act on a change for `tenant/name` at all.
+    fn acceptable(&self, tenant: &str, name: &str) -> bool {
+        if !(self.tenant_exists)(tenant) {
+            self.reject(tenant, name, "no such tenant on this node");
+            return false;
+        }
+        if !valid_name(name) {
+            self.reject(tenant, name, "invalid plugin name");
+            return false;
+        }
+        true
     }
 
     async fn announce(
@@ -142,12 +254,18 @@ impl PluginFleet {
         name: &str,
         sha256: Option<String>,
     ) -> Result<(), FleetError> {
-        let change = Change {
+        let mut change = Change {
             tenant: tenant.to_owned(),
             name: name.to_owned(),
             sha256,
             origin: self.node.clone(),
+            issued: now_ms(),
+            sig: String::new(),
         };
+        let parts = change.signed_parts();
+        change.sig = self
+            .key
+            .sign(&parts.iter().map(String::as_str).collect::<Vec<_>>());
         let text = serde_json::to_string(&change).map_err(|e| FleetError(e.to_string()))?;
         self.client
             .publish::<(), _, _>(self.channel(), text)
@@ -170,10 +288,31 @@ impl PluginFleet {
                 continue;
             };
             let Ok(change) = serde_json::from_str::<Change>(&text) else {
-                tracing::warn!("ignoring a malformed plugin change announcement");
+                self.reject("?", "?", "malformed announcement");
                 continue;
             };
-            if change.origin != self.node {
+            if change.origin == self.node {
+                continue;
+            }
+            let parts = change.signed_parts();
+            let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+            if !self.key.verify(&parts, &change.sig) {
+                self.reject(
+                    &change.tenant,
+                    &change.name,
+                    "bad signature (wrong or no fleet key)",
+                );
+                continue;
+            }
+            if now_ms().abs_diff(change.issued) > ANNOUNCEMENT_WINDOW_MS {
+                self.reject(
+                    &change.tenant,
+                    &change.name,
+                    "announcement too old (a replay?)",
+                );
+                continue;
+            }
+            if self.acceptable(&change.tenant, &change.name) {
                 self.apply(&change.tenant, &change.name, change.sha256.as_deref())
                     .await;
             }
@@ -202,8 +341,22 @@ impl PluginFleet {
                 .hgetall(self.tenant_key(&tenant))
                 .await
                 .unwrap_or_default();
-            for (name, sha) in active {
-                self.apply(&tenant, &name, Some(&sha)).await;
+            for (name, record) in active {
+                let Some((sha, sig)) = record.split_once(':') else {
+                    self.reject(&tenant, &name, "unsigned record");
+                    continue;
+                };
+                if !self.key.verify(&record_parts(&tenant, &name, sha), sig) {
+                    self.reject(
+                        &tenant,
+                        &name,
+                        "bad record signature (wrong or no fleet key)",
+                    );
+                    continue;
+                }
+                if self.acceptable(&tenant, &name) {
+                    self.apply(&tenant, &name, Some(sha)).await;
+                }
             }
         }
     }
@@ -212,10 +365,29 @@ impl PluginFleet {
     async fn apply(&self, tenant: &str, name: &str, sha: Option<&str>) {
         let chain = self.runtime.slot(tenant).chain();
         let current = chain.get(name);
+        // The plugin directory is the operator's word on this node: the fleet neither replaces nor
+        // removes what it installed.
+        let from_directory = current.is_some_and(|p| p.source() == PluginSource::Directory);
         let Some(sha) = sha else {
-            self.runtime.remove(tenant, name);
+            if from_directory {
+                self.reject(
+                    tenant,
+                    name,
+                    "installed from the plugin directory: only the directory removes it",
+                );
+            } else {
+                self.runtime.remove(tenant, name);
+            }
             return;
         };
+        if from_directory {
+            tracing::debug!(
+                tenant,
+                plugin = name,
+                "keeping the plugin directory's version over the fleet's"
+            );
+            return;
+        }
         if current.is_some_and(|p| p.sha256() == sha) {
             return;
         }
@@ -241,7 +413,11 @@ impl PluginFleet {
                 limits: p.limits().clone(),
             })
             .unwrap_or_default();
-        if let Err(err) = self.runtime.install(tenant, name, bytes, manifest).await {
+        if let Err(err) = self
+            .runtime
+            .install(tenant, name, bytes, manifest, PluginSource::Fleet)
+            .await
+        {
             tracing::warn!(tenant, plugin = name, error = %err, "a fleet plugin version is refused on this node");
         }
     }

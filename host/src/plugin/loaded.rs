@@ -2,8 +2,8 @@
 //! instances, and the call path that enforces deadline, memory cap and breaker.
 
 use std::pin::pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use super::breaker::Breaker;
 use super::engine::PluginEngine;
 use super::error::{CallFailure, PluginError};
 use super::limits::PluginLimits;
+use super::runtime::{QuotaSeat, TenantQuota};
 use super::state::{HostState, PluginContext};
 
 /// The contract version whose hooks this host calls.
@@ -25,6 +26,32 @@ pub const CONTRACT: &str = "ioplex:plugin@0.1.0";
 
 /// Deadline for instantiating (guest start-up code), separate from the per-call deadline.
 const INSTANTIATE_DEADLINE: Duration = Duration::from_secs(1);
+/// An instantiation slower than this counts as a failure toward the breaker: a plugin that needs this
+/// long to start, again and again, is taking a core from other tenants.
+const SLOW_INSTANTIATE: Duration = Duration::from_millis(50);
+/// After a failure, the plugin's calls run off the Tokio workers for this long (see [`LoadedPlugin::call`]).
+const SUSPECT_FOR: Duration = Duration::from_secs(60);
+
+/// Where a plugin version came from; the fleet may replace but never remove a directory plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PluginSource {
+    /// The node's plugin directory (the operator's files).
+    #[default]
+    Directory,
+    /// An upload through this node's HTTP API.
+    Api,
+    /// Another node's upload, through Redis.
+    Fleet,
+}
+
+/// Runs `f` where blocking does not stall other tasks: in a multi-threaded Tokio runtime the worker hands
+/// its queue to another thread first; elsewhere (tests, the CLI) it simply runs.
+fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
 
 /// Drives a plugin call to its end with one poll. Nothing a plugin can reach waits on real I/O (the WASI
 /// context has no files, sockets or stdio) and deadlines trap rather than yield, so a call that is still
@@ -96,6 +123,8 @@ struct Guests {
 
 /// An instantiated plugin ready for a call.
 struct Warm {
+    /// Its place in the tenant's instance share (none for the validation instance).
+    _seat: Option<QuotaSeat>,
     store: Store<HostState>,
     guests: Guests,
     calls: u64,
@@ -119,6 +148,10 @@ pub struct PluginStats {
     pub breaker_refusals: AtomicU64,
     /// Instances created (the first, recycled and concurrent ones).
     pub instantiations: AtomicU64,
+    /// Instantiations that failed (trap, deadline, memory, or the tenant's instance share used up).
+    pub instantiation_failures: AtomicU64,
+    /// Instantiations slower than 50 ms (each counts toward the breaker).
+    pub slow_instantiations: AtomicU64,
     /// How long answered calls took.
     pub latency: LatencyHistogram,
 }
@@ -177,9 +210,15 @@ pub struct LoadedPlugin {
     deadline_ticks: u64,
     instantiate_ticks: u64,
     pool: Mutex<Vec<Warm>>,
+    /// Held while an instance is being made: one instantiation per version at a time.
+    starting: Mutex<()>,
     breaker: Breaker,
     stats: PluginStats,
     loaded_at: Instant,
+    pub(crate) source: PluginSource,
+    quota: OnceLock<Arc<TenantQuota>>,
+    /// Milliseconds since `loaded_at` until which calls run off the Tokio workers (0: never failed).
+    suspect_until: AtomicU64,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -225,9 +264,13 @@ impl LoadedPlugin {
             instantiate_ticks: engine.ticks(INSTANTIATE_DEADLINE),
             limits,
             pool: Mutex::new(Vec::new()),
+            starting: Mutex::new(()),
             breaker: Breaker::new(),
             stats: PluginStats::default(),
             loaded_at: Instant::now(),
+            source: PluginSource::Directory,
+            quota: OnceLock::new(),
+            suspect_until: AtomicU64::new(0),
         };
         if plugin.hooks().is_empty() {
             let found: Vec<String> = component
@@ -275,7 +318,7 @@ impl LoadedPlugin {
             }
         };
         // Instantiating the first warm instance also proves the component links.
-        let warm = self.instantiate().map_err(|f| match f {
+        let warm = self.instantiate(None).map_err(|f| match f {
             CallFailure::Unavailable(m) => PluginError::Instantiate(m),
             other => PluginError::SmokeCall {
                 hook: "instantiate",
@@ -361,6 +404,31 @@ impl LoadedPlugin {
         self.loaded_at
     }
 
+    /// Where it came from.
+    pub fn source(&self) -> PluginSource {
+        self.source
+    }
+
+    /// Counts this version's instances against `quota` (its tenant's share) from now on.
+    pub(crate) fn bind_quota(&self, quota: Arc<TenantQuota>) {
+        let _ = self.quota.set(quota);
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.loaded_at.elapsed().as_millis() as u64
+    }
+
+    /// Whether the plugin failed lately, so its calls should not run on a Tokio worker.
+    fn is_suspect(&self) -> bool {
+        let until = self.suspect_until.load(Ordering::Relaxed);
+        until != 0 && self.elapsed_ms() < until
+    }
+
+    fn mark_suspect(&self) {
+        let until = self.elapsed_ms() + SUSPECT_FOR.as_millis() as u64;
+        self.suspect_until.store(until.max(1), Ordering::Relaxed);
+    }
+
     /// The hooks the component exports.
     pub fn hooks(&self) -> Vec<Hook> {
         let i = &self.indices;
@@ -439,6 +507,11 @@ impl LoadedPlugin {
 
     /// Runs one hook call on a warm instance under the deadline. A failed instance is dropped with its
     /// store (a trapped store cannot be entered again); a healthy one goes back to the pool.
+    ///
+    /// A healthy plugin's call runs right here, on the caller's thread (microseconds). What can take
+    /// long runs off the Tokio worker, so the worker's other tasks (other tenants' sockets) move on:
+    /// making a new instance (guest start-up code, up to a second), and every call of a plugin that
+    /// failed in the last minute (it may spend its whole deadline again).
     fn call<R>(
         &self,
         hook: Hook,
@@ -449,19 +522,90 @@ impl LoadedPlugin {
             return Err(CallFailure::BreakerOpen(remaining));
         }
         let taken = self.pool.lock().pop();
-        let mut warm = match taken {
-            Some(warm) => warm,
-            None => self.instantiate().inspect_err(|failure| {
-                tracing::warn!(
-                    tenant = %self.ctx.tenant,
-                    plugin = %self.ctx.name,
-                    version = %self.ctx.version,
-                    hook = hook.name(),
-                    error = %failure,
-                    "no plugin instance for a call; the request fails closed"
-                );
-            })?,
+        match taken {
+            Some(warm) if !self.is_suspect() => self.call_on(hook, warm, f),
+            taken => off_worker(|| {
+                let warm = match taken {
+                    Some(warm) => warm,
+                    None => self.fresh_instance(hook)?,
+                };
+                self.call_on(hook, warm, f)
+            }),
+        }
+    }
+
+    /// Makes an instance for a call that found the pool empty: one at a time per version (a burst of
+    /// calls waits for it rather than starting its own), counted against the tenant's share, and a
+    /// failure or a slow start counts toward the breaker.
+    fn fresh_instance(&self, hook: Hook) -> Result<Warm, CallFailure> {
+        let Some(_turn) = self.starting.try_lock_for(INSTANTIATE_DEADLINE) else {
+            return Err(self.instantiation_failed(
+                hook,
+                CallFailure::Unavailable("the plugin is still starting an instance".into()),
+            ));
         };
+        if let Some(warm) = self.pool.lock().pop() {
+            return Ok(warm);
+        }
+        let seat = match self.quota.get() {
+            Some(quota) => Some(quota.take_seat().ok_or_else(|| {
+                self.instantiation_failed(
+                    hook,
+                    CallFailure::Unavailable(format!(
+                        "the tenant's plugins hold {} instances, their share",
+                        quota.max_instances()
+                    )),
+                )
+            })?),
+            None => None,
+        };
+        let started = Instant::now();
+        let warm = self
+            .instantiate(seat)
+            .map_err(|failure| self.instantiation_failed(hook, failure))?;
+        let took = started.elapsed();
+        if took > SLOW_INSTANTIATE {
+            self.stats
+                .slow_instantiations
+                .fetch_add(1, Ordering::Relaxed);
+            self.mark_suspect();
+            let opened = self.breaker.record_failure();
+            tracing::warn!(
+                tenant = %self.ctx.tenant,
+                plugin = %self.ctx.name,
+                version = %self.ctx.version,
+                took_ms = took.as_millis() as u64,
+                breaker_opened = opened.is_some(),
+                "plugin instance slow to start; counted toward its breaker"
+            );
+        }
+        Ok(warm)
+    }
+
+    fn instantiation_failed(&self, hook: Hook, failure: CallFailure) -> CallFailure {
+        self.stats
+            .instantiation_failures
+            .fetch_add(1, Ordering::Relaxed);
+        self.mark_suspect();
+        let opened = self.breaker.record_failure();
+        tracing::warn!(
+            tenant = %self.ctx.tenant,
+            plugin = %self.ctx.name,
+            version = %self.ctx.version,
+            hook = hook.name(),
+            error = %failure,
+            breaker_opened = opened.is_some(),
+            "no plugin instance for a call; the request fails closed"
+        );
+        failure
+    }
+
+    fn call_on<R>(
+        &self,
+        hook: Hook,
+        mut warm: Warm,
+        f: impl FnOnce(&Guests, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallFailure> {
         warm.store.data_mut().start_call(self.limits.deadline);
         warm.store.set_epoch_deadline(self.deadline_ticks);
         let started = Instant::now();
@@ -509,6 +653,7 @@ impl LoadedPlugin {
             _ => &self.stats.traps,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.mark_suspect();
         let opened = self.breaker.record_failure();
         tracing::warn!(
             tenant = %self.ctx.tenant,
@@ -531,7 +676,7 @@ impl LoadedPlugin {
         }
     }
 
-    fn instantiate(&self) -> Result<Warm, CallFailure> {
+    fn instantiate(&self, seat: Option<QuotaSeat>) -> Result<Warm, CallFailure> {
         let engine = self.pre.engine();
         let mut store = Store::new(
             engine,
@@ -573,6 +718,7 @@ impl LoadedPlugin {
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let baseline = store.data().cap.used();
         Ok(Warm {
+            _seat: seat,
             store,
             guests,
             calls: 0,

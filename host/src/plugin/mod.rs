@@ -21,6 +21,7 @@ mod deadline;
 mod engine;
 mod error;
 mod fleet;
+mod fleet_key;
 mod limits;
 mod loaded;
 mod manifest;
@@ -33,10 +34,13 @@ pub use chain::{BroadcastOutcome, EventOutcome, HookError, PluginChain, PluginSl
 pub use compile::sha256_hex;
 pub use engine::{EngineOptions, default_cache_dir};
 pub use error::{CallFailure, PluginError};
-pub use fleet::{FleetError, PluginFleet};
+pub use fleet::{FleetError, PluginFleet, TenantExists};
+pub use fleet_key::{FleetKey, WeakKey};
 pub use limits::PluginLimits;
-pub use loaded::{CONTRACT, Hook, LATENCY_BUCKETS, LatencyHistogram, LoadedPlugin, PluginStats};
+pub use loaded::{
+    CONTRACT, Hook, LATENCY_BUCKETS, LatencyHistogram, LoadedPlugin, PluginSource, PluginStats,
+};
 pub use manifest::PluginManifest;
-pub use runtime::PluginRuntime;
+pub use runtime::{DEFAULT_MAX_INSTANCES, DEFAULT_MAX_PLUGINS, PluginRuntime, TenantQuota};
 pub use state::PluginContext;
 pub use watch::{PluginDir, ScanReport};

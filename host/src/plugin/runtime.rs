@@ -2,7 +2,8 @@
 //! (compile off the request path, validate, swap).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use wasmtime::component::Component;
@@ -11,14 +12,83 @@ use super::chain::{PluginChain, PluginSlot};
 use super::compile::{compile, sha256_hex};
 use super::engine::{EngineOptions, PluginEngine};
 use super::error::PluginError;
-use super::loaded::LoadedPlugin;
+use super::loaded::{LoadedPlugin, PluginSource};
 use super::manifest::PluginManifest;
 use super::state::PluginContext;
+
+/// Default of [`TenantQuota::max_plugins`].
+pub const DEFAULT_MAX_PLUGINS: usize = 16;
+/// Default of [`TenantQuota::max_instances`].
+pub const DEFAULT_MAX_INSTANCES: usize = 64;
+/// Compile jobs of all tenants at once (each tenant also runs one at a time).
+const COMPILE_JOBS: usize = 2;
+/// Longest an install waits for a compile slot before it is refused.
+const COMPILE_QUEUE_WAIT: Duration = Duration::from_secs(60);
+
+/// What one tenant's plugins may hold, so that one tenant cannot use up the engine's shared instance
+/// pool or fill it with plugins.
+#[derive(Debug)]
+pub struct TenantQuota {
+    max_plugins: AtomicUsize,
+    max_instances: AtomicUsize,
+    instances: AtomicUsize,
+}
+
+impl Default for TenantQuota {
+    fn default() -> Self {
+        TenantQuota {
+            max_plugins: AtomicUsize::new(DEFAULT_MAX_PLUGINS),
+            max_instances: AtomicUsize::new(DEFAULT_MAX_INSTANCES),
+            instances: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl TenantQuota {
+    /// Plugins the tenant may have installed at once.
+    pub fn max_plugins(&self) -> usize {
+        self.max_plugins.load(Ordering::Relaxed)
+    }
+
+    /// Instances (warm and in use) all the tenant's plugins may hold at once.
+    pub fn max_instances(&self) -> usize {
+        self.max_instances.load(Ordering::Relaxed)
+    }
+
+    /// Instances held now.
+    pub fn instances(&self) -> usize {
+        self.instances.load(Ordering::Relaxed)
+    }
+
+    /// Takes one instance seat; `None` when the tenant's share is used up.
+    pub(crate) fn take_seat(self: &Arc<Self>) -> Option<QuotaSeat> {
+        let max = self.max_instances();
+        self.instances
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(QuotaSeat(Arc::clone(self)))
+    }
+}
+
+/// One instance counted against its tenant's share; released on drop.
+#[derive(Debug)]
+pub(crate) struct QuotaSeat(Arc<TenantQuota>);
+
+impl Drop for QuotaSeat {
+    fn drop(&mut self) {
+        self.0.instances.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Runs every tenant's plugins.
 pub struct PluginRuntime {
     engine: Arc<PluginEngine>,
     slots: DashMap<Arc<str>, Arc<PluginSlot>>,
+    compiles: tokio::sync::Semaphore,
+    /// Plugin changes from Redis this node refused (bad signature, unknown tenant, ...).
+    pub fleet_rejected: AtomicU64,
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -35,7 +105,19 @@ impl PluginRuntime {
         Ok(Arc::new(PluginRuntime {
             engine: Arc::new(PluginEngine::new(options)?),
             slots: DashMap::new(),
+            compiles: tokio::sync::Semaphore::new(COMPILE_JOBS),
+            fleet_rejected: AtomicU64::new(0),
         }))
+    }
+
+    /// Sets what `tenant`'s plugins may hold (from its configuration); applies to calls from now on.
+    pub fn set_quota(&self, tenant: &str, max_plugins: usize, max_instances: usize) {
+        let slot = self.slot(tenant);
+        let quota = slot.quota();
+        quota.max_plugins.store(max_plugins, Ordering::Relaxed);
+        quota
+            .max_instances
+            .store(max_instances.max(1), Ordering::Relaxed);
     }
 
     /// The slot of `tenant`, created empty on first use.
@@ -50,11 +132,6 @@ impl PluginRuntime {
                 .entry(Arc::clone(&tenant))
                 .or_insert_with(|| Arc::new(PluginSlot::new(tenant))),
         )
-    }
-
-    /// The slot of `tenant` if it has one (a tenant directory, or an install).
-    pub fn existing_slot(&self, tenant: &str) -> Option<Arc<PluginSlot>> {
-        self.slots.get(tenant).map(|s| Arc::clone(&s))
     }
 
     /// Every tenant with its current chain.
@@ -96,15 +173,33 @@ impl PluginRuntime {
     }
 
     /// Validates a new version off the request path and swaps it in. Calls in flight finish on the old
-    /// version; on any error the old version keeps serving.
+    /// version; on any error the old version keeps serving. A tenant compiles one version at a time,
+    /// and all tenants together at most two, so uploads cannot take the node's cores.
     pub async fn install(
         self: &Arc<Self>,
         tenant: &str,
         name: &str,
         bytes: Vec<u8>,
         manifest: PluginManifest,
+        source: PluginSource,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let started = Instant::now();
+        let slot = self.slot(tenant);
+        if !slot.has_room_for(name) {
+            return Err(PluginError::Limit(format!(
+                "tenant {tenant} already has {} plugins, its limit; remove one first",
+                slot.quota().max_plugins()
+            )));
+        }
+        let busy = || PluginError::Limit("too many plugin uploads at once; retry later".into());
+        let _tenant_turn = tokio::time::timeout(COMPILE_QUEUE_WAIT, slot.installing.acquire())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| busy())?;
+        let _compile_slot = tokio::time::timeout(COMPILE_QUEUE_WAIT, self.compiles.acquire())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| busy())?;
         let runtime = Arc::clone(self);
         let (t, n) = (tenant.to_owned(), name.to_owned());
         let prepared =
@@ -112,13 +207,16 @@ impl PluginRuntime {
                 .await
                 .map_err(|e| PluginError::Engine(format!("validation task failed: {e}")))?;
         let plugin = match prepared {
-            Ok(plugin) => Arc::new(plugin),
+            Ok(mut plugin) => {
+                plugin.source = source;
+                Arc::new(plugin)
+            }
             Err(err) => {
                 tracing::warn!(tenant, plugin = name, error = %err, "plugin version refused; the previous version keeps serving");
                 return Err(err);
             }
         };
-        self.slot(tenant).install(Arc::clone(&plugin));
+        slot.install(Arc::clone(&plugin))?;
         tracing::info!(
             tenant,
             plugin = name,

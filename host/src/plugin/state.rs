@@ -40,10 +40,54 @@ pub(crate) struct HostState {
     pub(crate) clock: CallClock,
 }
 
+/// Random bytes one WASI call may ask for (guest runtimes seed themselves with a few dozen).
+const MAX_RANDOM_BYTES: u64 = 4096;
+
+/// The WASI context of a plugin: nothing to open, clocks no finer than `host.now-ms` gives (a
+/// millisecond; a finer timer would serve timing side channels), random bytes in small amounts.
+fn sandbox_wasi() -> WasiCtx {
+    WasiCtx::builder()
+        .wall_clock(MillisecondWallClock)
+        .monotonic_clock(MillisecondMonotonicClock(std::time::Instant::now()))
+        .max_random_size(MAX_RANDOM_BYTES)
+        .build()
+}
+
+const MILLISECOND: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Wall-clock time truncated to the millisecond.
+struct MillisecondWallClock;
+
+impl wasmtime_wasi::HostWallClock for MillisecondWallClock {
+    fn resolution(&self) -> std::time::Duration {
+        MILLISECOND
+    }
+
+    fn now(&self) -> std::time::Duration {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        std::time::Duration::from_millis(now.as_millis() as u64)
+    }
+}
+
+/// Monotonic time since the instance started, truncated to the millisecond (in nanoseconds).
+struct MillisecondMonotonicClock(std::time::Instant);
+
+impl wasmtime_wasi::HostMonotonicClock for MillisecondMonotonicClock {
+    fn resolution(&self) -> u64 {
+        MILLISECOND.as_nanos() as u64
+    }
+
+    fn now(&self) -> u64 {
+        (self.0.elapsed().as_millis() as u64).saturating_mul(1_000_000)
+    }
+}
+
 impl HostState {
     pub(crate) fn new(ctx: Arc<PluginContext>, memory_bytes: usize) -> Self {
         HostState {
-            wasi: WasiCtx::builder().build(),
+            wasi: sandbox_wasi(),
             table: ResourceTable::new(),
             cap: MemoryCap::new(memory_bytes),
             ctx,

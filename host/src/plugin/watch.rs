@@ -55,7 +55,8 @@ pub struct ScanReport {
     pub removed: Vec<String>,
 }
 
-fn valid_name(name: &str) -> bool {
+/// Plugin names: what may appear in file names, metrics labels and Redis keys.
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -191,7 +192,13 @@ impl PluginDir {
                     return Ok(false); // touched, not changed
                 }
                 self.runtime
-                    .install(&c.tenant, &c.name, bytes, manifest)
+                    .install(
+                        &c.tenant,
+                        &c.name,
+                        bytes,
+                        manifest,
+                        super::loaded::PluginSource::Directory,
+                    )
                     .await
                     .map(|_| true)
                     .map_err(|e| e.to_string())

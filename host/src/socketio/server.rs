@@ -91,9 +91,15 @@ impl Shared {
     }
 }
 
-/// Namespace names clients may create dynamically: `/` then at most 128 printable characters.
+/// Namespace names clients may create dynamically: `/` then at most 128 printable characters. `#` and
+/// the glob characters `*?[]\` are refused: namespace names end up in Redis channel names (`<key>#<nsp>#<room>#`) and subscription
+/// patterns, where they would let one namespace's subscription match another's channels.
 fn valid_namespace_name(name: &str) -> bool {
-    name.starts_with('/') && name.len() <= 129 && !name.chars().any(char::is_control)
+    name.starts_with('/')
+        && name.len() <= 129
+        && !name
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '#' | '*' | '?' | '[' | ']' | '\\'))
 }
 
 /// The Socket.IO server. Cheap to clone.

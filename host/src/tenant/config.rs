@@ -12,6 +12,7 @@
 //! redis-url = "redis://10.0.0.5:6379"  # default: the gateway's REDIS_URL
 //! redis-key = "socket.io"            # default: see `TenantConfig::redis_key`
 //! api-keys = ["k_live_..."]
+//! share-credentials = false          # fetchSockets replies carry cookie/authorization/auth
 //!
 //! [tenants.acme.limits]
 //! max-connections = 10000            # per node
@@ -20,6 +21,8 @@
 //! on-rate-exceeded = "error"         # or "disconnect"
 //! max-payload = 100000               # bytes per message
 //! max-rooms-per-socket = 100
+//! max-plugins = 16                   # installed at once
+//! max-plugin-instances = 64          # warm and in use, all its plugins together
 //!
 //! [tenants.acme.events]              # client contract event names
 //! join = "join"
@@ -79,6 +82,9 @@ pub struct TenantConfig {
     pub redis_key: Option<String>,
     /// Keys the tenant's backend uses for the HTTP API.
     pub api_keys: Vec<String>,
+    /// Answer the fleet's `fetchSockets` with the sockets' `cookie` / `authorization` headers and CONNECT
+    /// `auth`. Off by default: anyone who can publish on the tenant's channels could read them.
+    pub share_credentials: bool,
     /// Limits.
     pub limits: TenantLimits,
     /// Client contract event names.
@@ -101,6 +107,10 @@ pub struct TenantLimits {
     pub max_payload: Option<usize>,
     /// Rooms one socket may be in.
     pub max_rooms_per_socket: Option<usize>,
+    /// Plugins the tenant may have installed at once (default 16).
+    pub max_plugins: Option<usize>,
+    /// Plugin instances (warm and in use) the tenant's plugins may hold at once (default 64).
+    pub max_plugin_instances: Option<usize>,
 }
 
 /// What a socket over its event rate gets.
@@ -190,6 +200,19 @@ pub struct TenantsConfig {
     pub tenants_dir: Option<PathBuf>,
 }
 
+/// `host:port` of a Redis URL (scheme, credentials and database left out), lower case.
+fn redis_server(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let authority = authority.to_ascii_lowercase();
+    if authority.contains(':') && !authority.ends_with(']') {
+        authority
+    } else {
+        format!("{authority}:6379")
+    }
+}
+
 /// Tenant ids: what may appear in paths, metrics labels and Redis keys.
 pub fn valid_tenant_id(id: &str) -> bool {
     !id.is_empty()
@@ -251,7 +274,33 @@ impl TenantsConfig {
             tenants_dir,
         };
         config.check()?;
+        config.check_channels(None, "socket.io")?;
         Ok(config)
+    }
+
+    /// No two tenants on one Redis with one channel prefix: they would read each other's broadcasts.
+    /// `gateway_url` is the gateway's `REDIS_URL` (tenants without a `redis-url` use it); Redis pub/sub
+    /// ignores the database number, so `/0` and `/1` of one server are the same channels.
+    pub fn check_channels(
+        &self,
+        gateway_url: Option<&str>,
+        gateway_key: &str,
+    ) -> Result<(), ConfigError> {
+        let mut seen: BTreeMap<(String, String), &str> = BTreeMap::new();
+        for (id, t) in &self.tenants {
+            let Some(url) = t.redis_url.as_deref().or(gateway_url) else {
+                continue;
+            };
+            let key = t.redis_key(id, gateway_key);
+            let server = redis_server(url);
+            if let Some(other) = seen.insert((server.clone(), key.clone()), id) {
+                return Err(ConfigError::Invalid(format!(
+                    "tenants {other} and {id} would share the channels \"{key}\" on the Redis at \
+                     {server}: give one of them its own redis-key"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Ids valid, host names and query values unique, at most one default.

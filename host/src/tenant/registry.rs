@@ -115,6 +115,10 @@ impl Tenants {
         defaults: GatewayDefaults,
         config: &TenantsConfig,
     ) -> anyhow::Result<Arc<Tenants>> {
+        config.check_channels(
+            defaults.redis.as_ref().map(|r| r.url.as_str()),
+            &defaults.redis_key,
+        )?;
         let tenants = Arc::new(Tenants {
             defaults,
             table: ArcSwap::from_pointee(Table::default()),
@@ -132,6 +136,10 @@ impl Tenants {
     /// updated in place when only routing or API keys changed, and otherwise rebuilt (their clients are
     /// told to reconnect and land on the new settings). On error nothing changes.
     pub async fn reload(&self, config: &TenantsConfig) -> anyhow::Result<()> {
+        config.check_channels(
+            self.defaults.redis.as_ref().map(|r| r.url.as_str()),
+            &self.defaults.redis_key,
+        )?;
         let current = self.table.load_full();
         let mut next = HashMap::new();
         let mut rebuilt = Vec::new();
@@ -248,6 +256,18 @@ impl Tenants {
         if let Some(max) = tc.limits.max_rooms_per_socket {
             contract.max_rooms_per_socket = max;
         }
+        let contract_rooms = contract.max_rooms_per_socket;
+        if let Some(runtime) = &d.plugins {
+            runtime.set_quota(
+                id,
+                tc.limits
+                    .max_plugins
+                    .unwrap_or(crate::plugin::DEFAULT_MAX_PLUGINS),
+                tc.limits
+                    .max_plugin_instances
+                    .unwrap_or(crate::plugin::DEFAULT_MAX_INSTANCES),
+            );
+        }
         let mut handlers: Handlers = match &d.plugins {
             Some(runtime) => super::namespace_handlers(contract, runtime.slot(id)),
             None => crate::contract::handlers(contract),
@@ -275,6 +295,8 @@ impl Tenants {
         };
         if let Some(mut redis) = redis {
             redis.key = tc.redis_key(id, &d.redis_key);
+            redis.max_rooms_per_socket = contract_rooms;
+            redis.share_credentials = tc.share_credentials;
             builder = builder.adapter(self.redis_factory(redis).await?);
         }
         builder = if tc.namespaces.is_empty() {

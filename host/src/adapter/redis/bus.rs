@@ -36,6 +36,10 @@ pub struct BusStats {
     pub dropped: AtomicU64,
     /// Reconnections to Redis.
     pub reconnects: AtomicU64,
+    /// Messages refused unread: larger than `max_message_bytes`, or over the decoding bounds.
+    pub refused: AtomicU64,
+    /// Joins asked by peers that would have put a socket over its rooms limit.
+    pub remote_joins_refused: AtomicU64,
 }
 
 struct Outgoing {
@@ -60,6 +64,7 @@ pub struct RedisBus {
     outage: Mutex<OutageBuffer>,
     reconnected: Notify,
     connected: AtomicBool,
+    last_refusal_log: Mutex<Option<Instant>>,
     /// Counters.
     pub stats: BusStats,
 }
@@ -108,6 +113,7 @@ impl RedisBus {
             }),
             reconnected: Notify::new(),
             connected: AtomicBool::new(false),
+            last_refusal_log: Mutex::new(None),
             stats: BusStats::default(),
         });
         bus.publisher.connect();
@@ -335,6 +341,22 @@ impl RedisBus {
         }
     }
 
+    /// Counts a message refused before decoding; logs at most once per second.
+    pub(crate) fn refuse(&self, channel: &str, reason: &str) {
+        let refused = self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut last = self.last_refusal_log.lock();
+        if last.is_none_or(|at| now.duration_since(at) > Duration::from_secs(1)) {
+            *last = Some(now);
+            tracing::warn!(
+                channel,
+                reason,
+                refused_so_far = refused + 1,
+                "Redis message refused"
+            );
+        }
+    }
+
     /// The registered adapters whose namespaces still exist.
     fn live_adapters(&self) -> Vec<Arc<RedisAdapter>> {
         self.adapters
@@ -378,6 +400,10 @@ impl RedisBus {
                 }
                 _ => continue,
             };
+            if payload.len() > self.config.max_message_bytes {
+                self.refuse(&channel, "larger than --redis-max-message-bytes");
+                continue;
+            }
             let channel: &str = &channel;
             for adapter in self.live_adapters() {
                 if adapter.on_message(channel, &payload) {

@@ -95,7 +95,7 @@ impl RedisAdapter {
         let incoming = match wire::decode_broadcast(payload, "/") {
             Ok(incoming) => incoming,
             Err(err) => {
-                tracing::debug!(%err, nsp = %self.nsp, "ignoring undecodable Redis broadcast");
+                self.undecodable(&err, "broadcast");
                 return;
             }
         };
@@ -106,9 +106,20 @@ impl RedisAdapter {
             .broadcast(&BroadcastPacket::new(incoming.packet), &incoming.opts);
     }
 
+    /// A message that did not decode: counted as refused when it was over the bounds, else ignored.
+    fn undecodable(&self, err: &wire::WireError, what: &str) {
+        if matches!(err, wire::WireError::Bounds(_)) {
+            self.bus
+                .refuse(&self.channels.broadcast, &format!("{what} {err}"));
+        } else {
+            tracing::debug!(%err, nsp = %self.nsp, what, "ignoring an undecodable Redis message");
+        }
+    }
+
     fn on_response(&self, payload: &[u8]) {
-        let Ok((value, attachments)) = wire::decode_any(payload) else {
-            return;
+        let (value, attachments) = match wire::decode_any(payload) {
+            Ok(decoded) => decoded,
+            Err(err) => return self.undecodable(&err, "response"),
         };
         let Some(id) = value.get("requestId").and_then(Value::as_str) else {
             return;
@@ -144,10 +155,7 @@ impl RedisAdapter {
     fn on_request(&self, payload: &[u8]) {
         let (request, attachments) = match wire::decode_any(payload) {
             Ok(decoded) => decoded,
-            Err(err) => {
-                tracing::debug!(%err, nsp = %self.nsp, "ignoring undecodable Redis request");
-                return;
-            }
+            Err(err) => return self.undecodable(&err, "request"),
         };
         let Some(kind) = RequestType::from_value(&request) else {
             return;
@@ -181,16 +189,22 @@ impl RedisAdapter {
                 if let Some(opts) = request.get("opts") {
                     // We applied our own requests when sending them.
                     if !self.sent_by_us(&request) {
-                        self.local.local_update_rooms(
-                            &wire::parse_opts(Some(opts)),
-                            &wire::request_rooms(&request),
-                            join,
-                        );
+                        let (opts, rooms) =
+                            (wire::parse_opts(Some(opts)), wire::request_rooms(&request));
+                        if join {
+                            self.join_capped(&opts, &rooms);
+                        } else {
+                            self.local.local_update_rooms(&opts, &rooms, false);
+                        }
                     }
                 } else if let Some(sid) = self.legacy_target(&request) {
                     let rooms = wire::request_rooms(&request);
                     if join {
-                        self.local.add_all(sid, &rooms);
+                        let opts = BroadcastOptions {
+                            rooms: vec![Room::of_socket(sid)],
+                            ..Default::default()
+                        };
+                        self.join_capped(&opts, &rooms);
                     } else {
                         for room in &rooms {
                             self.local.del(sid, room);
@@ -218,11 +232,17 @@ impl RedisAdapter {
             }
             RequestType::RemoteFetch if !self.is_mine(&request) => {
                 let opts = wire::parse_opts(request.get("opts"));
+                let share = self.bus.config.share_credentials;
                 let sockets: Vec<Value> = self
                     .local
                     .local_socket_infos(&opts)
-                    .iter()
-                    .map(socket_json)
+                    .iter_mut()
+                    .map(|info| {
+                        if !share {
+                            strip_credentials(&mut info.handshake);
+                        }
+                        socket_json(info)
+                    })
                     .collect();
                 self.respond_json(
                     &request,
@@ -236,6 +256,20 @@ impl RedisAdapter {
                 self.on_broadcast_with_ack(&request, attachments)
             }
             _ => {}
+        }
+    }
+
+    /// Applies a peer's join under the tenant's rooms-per-socket limit, counting what it refuses.
+    fn join_capped(&self, opts: &BroadcastOptions, rooms: &[Room]) {
+        // A socket's own room is not one it joined.
+        let refused =
+            self.local
+                .local_join_capped(opts, rooms, self.bus.config.max_rooms_per_socket + 1);
+        if refused > 0 {
+            self.bus
+                .stats
+                .remote_joins_refused
+                .fetch_add(refused as u64, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -282,7 +316,8 @@ impl RedisAdapter {
             .and_then(|o| o.get("flags"))
             .and_then(|f| f.get("timeout"))
             .and_then(Value::as_u64)
-            .map_or(self.bus.config.requests_timeout, Duration::from_millis);
+            .map_or(self.bus.config.requests_timeout, Duration::from_millis)
+            .min(self.bus.config.max_ack_timeout);
         let (tx, rx) = mpsc::unbounded_channel();
         let count =
             self.local
@@ -402,6 +437,30 @@ impl Drop for RedisAdapter {
         if tokio::runtime::Handle::try_current().is_ok() {
             self.bus.unregister(pattern, channels);
         }
+    }
+}
+
+/// Headers that carry a client's credentials; left out of fetch replies unless the tenant opts in.
+const CREDENTIAL_HEADERS: [&str; 4] = [
+    "cookie",
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+];
+
+/// Removes what would let a peer act as the client: credential headers and the CONNECT `auth`.
+fn strip_credentials(handshake: &mut Value) {
+    if let Some(headers) = handshake.get_mut("headers").and_then(Value::as_object_mut) {
+        headers.retain(|name, _| {
+            !CREDENTIAL_HEADERS
+                .iter()
+                .any(|c| name.eq_ignore_ascii_case(c))
+        });
+    }
+    if let Some(hs) = handshake.as_object_mut()
+        && hs.contains_key("auth")
+    {
+        hs.insert("auth".into(), Value::Object(Map::new()));
     }
 }
 

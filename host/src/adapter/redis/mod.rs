@@ -4,6 +4,7 @@
 //! (two Redis connections per node). ioplex nodes and Node servers on the same Redis and key prefix form
 //! one fleet: same channels, same msgpack and JSON messages, same request types.
 
+pub mod bounds;
 pub mod bus;
 pub mod classic;
 pub mod msgpack;
@@ -55,7 +56,21 @@ pub struct RedisConfig {
     pub reconnect_max: Duration,
     /// The outage buffer's bounds.
     pub outage: OutageLimits,
+    /// Largest message accepted from Redis; larger ones are dropped unread and counted
+    /// (`ioplex_redis_refused_total`).
+    pub max_message_bytes: usize,
+    /// Longest ack timeout a peer's broadcast-with-ack may ask for; longer ones are cut to it.
+    pub max_ack_timeout: Duration,
+    /// Rooms a peer's join may bring a local socket to (the tenant's `max-rooms-per-socket`).
+    pub max_rooms_per_socket: usize,
+    /// Answer peers' `fetchSockets` with the sockets' cookie and authorization headers and CONNECT
+    /// `auth`; off by default, since any peer on the channels would read them.
+    pub share_credentials: bool,
 }
+
+/// Default of [`RedisConfig::max_message_bytes`]: four times Node's `maxHttpBufferSize`, room for one
+/// client message and its envelope.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4_000_000;
 
 impl RedisConfig {
     /// Node's defaults for a Redis at `url`.
@@ -68,6 +83,10 @@ impl RedisConfig {
             reconnect_step: Duration::from_millis(50),
             reconnect_max: Duration::from_millis(500),
             outage: OutageLimits::default(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_ack_timeout: Duration::from_secs(60),
+            max_rooms_per_socket: 100,
+            share_credentials: false,
         }
     }
 }

@@ -73,13 +73,25 @@ pub struct Channels {
     response_prefix: String,
 }
 
+/// `text` with Redis glob characters escaped, so a pattern built from it matches it literally.
+pub fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 impl Channels {
     /// The channels of namespace `nsp` under `key`, for the node `uid`.
     pub fn new(key: &str, nsp: &str, uid: &str) -> Self {
         let broadcast = format!("{key}#{nsp}#");
         let response = format!("{key}-response#{nsp}#");
         Channels {
-            pattern: format!("{broadcast}*"),
+            pattern: format!("{}*", glob_escape(&broadcast)),
             own_response: format!("{response}{uid}#"),
             response_prefix: response.clone(),
             broadcast,
@@ -131,13 +143,18 @@ pub enum WireError {
     /// Decoded, but not the expected structure.
     #[error("unexpected message shape: {0}")]
     Shape(&'static str),
+    /// Refused before decoding: too many values or too deep.
+    #[error("refused before decoding: {0}")]
+    Bounds(#[from] super::bounds::BoundsError),
 }
 
 /// Decodes a request or response: JSON when it starts with `{`, msgpack otherwise.
 pub fn decode_any(bytes: &[u8]) -> Result<(Value, Vec<Bytes>), WireError> {
     if bytes.first() == Some(&b'{') {
+        super::bounds::check_json(bytes)?;
         return Ok((serde_json::from_slice(bytes)?, Vec::new()));
     }
+    super::bounds::check_msgpack(bytes)?;
     let mut attachments = Vec::new();
     let value = msgpack::to_json(msgpack::decode(bytes)?, &mut attachments);
     Ok((value, attachments))
@@ -272,6 +289,7 @@ pub fn encode_broadcast(uid: &str, packet: &Packet, opts: &BroadcastOptions) -> 
 
 /// Decodes a broadcast.
 pub fn decode_broadcast(bytes: &[u8], default_nsp: &str) -> Result<IncomingBroadcast, WireError> {
+    super::bounds::check_msgpack(bytes)?;
     let mut attachments = Vec::new();
     let value = msgpack::to_json(msgpack::decode(bytes)?, &mut attachments);
     let Value::Array(mut parts) = value else {
@@ -298,6 +316,8 @@ mod tests {
         let c = Channels::new("socket.io", "/", "2hVDiL");
         assert_eq!(c.broadcast, "socket.io#/#");
         assert_eq!(c.pattern, "socket.io#/#*");
+        let globby = Channels::new("k[1]", "/a*?\\", "2hVDiL");
+        assert_eq!(globby.pattern, "k\\[1\\]#/a\\*\\?\\\\#*");
         assert_eq!(c.request, "socket.io-request#/#");
         assert_eq!(c.response, "socket.io-response#/#");
         assert_eq!(c.own_response, "socket.io-response#/#2hVDiL#");

@@ -1,9 +1,10 @@
 //! A plugin that misbehaves on request, so tests can prove the sandbox holds: joining room `chaos:loop`
 //! spins forever, `chaos:oom` allocates until the memory cap stops it, `chaos:stack` recurses until the
-//! stack cap stops it, `chaos:trap` panics, and
-//! `chaos:refuse` is an ordinary refusal. Events named `loop`, `oom`, `stack` and `trap` do the same in
-//! `transform_event`; any other room or event passes. The setting `label` is echoed in refusals, so a
-//! test can tell which version answered.
+//! stack cap stops it, `chaos:trap` panics, `chaos:churn` keeps 70 MiB (so the host throws the instance
+//! away after the call), and `chaos:refuse` is an ordinary refusal. Events named `loop`, `oom`, `stack`,
+//! `trap` and `churn` do the same in `transform_event`; any other room or event passes. The setting
+//! `label` is echoed in refusals, so a test can tell which version answered; the setting `start-spins`
+//! makes every instance spin that many iterations while it starts (a slow start function).
 
 use std::hint::black_box;
 
@@ -20,6 +21,10 @@ fn deeper(depth: u64) -> u64 {
 
 fn misbehave(what: &str) -> Result<(), String> {
     match what {
+        "churn" => {
+            std::mem::forget(black_box(vec![1u8; 70 << 20]));
+            Ok(())
+        }
         "loop" => {
             let mut n: u64 = 0;
             loop {

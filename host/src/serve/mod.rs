@@ -2,6 +2,9 @@
 //!
 //! This is the only module that accepts TCP connections. It speaks HTTP/1.1 with upgrades (websockets leave
 //! hyper here) and sends each request to the first endpoint whose path matches; everything else is 404.
+//! Which connections it keeps, and for how long before a request arrives, is [`admission`]'s job.
+
+pub mod admission;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -17,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::engineio::{Body, Engine, RequestError};
+pub use admission::{Admission, ListenerLimits, ListenerStats};
 
 /// Tells `/readyz` whether the node can take traffic; `Err` carries the reason shown with the 503.
 pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -69,6 +73,7 @@ pub struct Router {
     readiness: Option<Readiness>,
     draining: Arc<AtomicBool>,
     grace: Duration,
+    admission: Arc<Admission>,
 }
 
 impl Default for Router {
@@ -92,7 +97,19 @@ impl Router {
             readiness: None,
             draining: Arc::new(AtomicBool::new(false)),
             grace: DEFAULT_SHUTDOWN_GRACE,
+            admission: Admission::new(ListenerLimits::default()),
         }
+    }
+
+    /// Admits connections with `admission` (default: [`ListenerLimits::default`]).
+    pub fn with_admission(mut self, admission: Arc<Admission>) -> Self {
+        self.admission = admission;
+        self
+    }
+
+    /// The admission table of the listeners, whose counters `/metrics` shows.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
     }
 
     /// Answers `/readyz` with `check` (without it, `/readyz` is always ready).
@@ -242,30 +259,87 @@ async fn drain(router: &Router) {
 }
 
 async fn accept_loop(listener: TcpListener, router: Router) {
+    let admission = Arc::clone(&router.admission);
+    let limits = admission.limits().clone();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_header_bytes);
+    let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(conn) => conn,
             Err(err) => {
-                // Usually EMFILE: back off briefly instead of spinning.
-                tracing::warn!(%err, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                admission
+                    .stats()
+                    .accept_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                // Out of file descriptors, usually: idle connections make room for working ones.
+                let shed = admission.shed_oldest(16);
+                if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) {
+                    tracing::warn!(%err, shed, "accept failed; closing idle connections to make room");
+                    last_warning = Some(tokio::time::Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(if shed > 0 { 2 } else { 50 })).await;
                 continue;
             }
         };
+        let Some(ticket) = admission.admit(remote.ip()) else {
+            // Full, with nothing idle to shed: closing the socket is the answer.
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let router = router.clone();
-                async move { Ok::<_, std::convert::Infallible>(router.handle(req, remote).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(err) = conn.await {
+        let http = http.clone();
+        tokio::spawn(serve_connection(
+            stream,
+            remote,
+            router,
+            http,
+            Arc::new(ticket),
+        ));
+    }
+}
+
+/// Serves one HTTP connection until it ends, is upgraded away, or the admission table sheds it.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    router: Router,
+    http: hyper::server::conn::http1::Builder,
+    ticket: Arc<admission::Ticket>,
+) {
+    let stats = Arc::clone(router.admission.stats());
+    let service = {
+        let ticket = Arc::clone(&ticket);
+        service_fn(move |req| {
+            let router = router.clone();
+            let busy = ticket.busy();
+            let ticket = Arc::clone(&ticket);
+            async move {
+                let resp = router.handle(req, remote).await;
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    ticket.upgraded();
+                }
+                drop(busy);
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        })
+    };
+    let conn = http
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::select! {
+        ended = conn => {
+            if let Err(err) = ended {
+                if err.is_timeout() {
+                    stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::debug!(%err, %remote, "http connection ended with an error");
             }
-        });
+        }
+        () = ticket.shed() => tracing::debug!(%remote, "idle connection shed"),
     }
 }
 
