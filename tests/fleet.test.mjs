@@ -18,7 +18,8 @@ describe("mixed fleet: Node socket.io + ioplex on one Redis", () => {
   before(async () => {
     redis = await startRedis();
     node = await startNodeServer(redis.url);
-    const env = { REDIS_URL: redis.url };
+    // Node's fetchSockets shows CONNECT auth; ioplex does so only when told to (tests/isolation covers the default).
+    const env = { REDIS_URL: redis.url, IOPLEX_FLEET_SHARE_CREDENTIALS: "true" };
     [ioplexA, ioplexB, embedded] = await Promise.all([
       startServer({ env }),
       startServer({ env }),

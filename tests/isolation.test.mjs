@@ -219,6 +219,47 @@ describe("hostile Redis peers", () => {
   });
 });
 
+describe("a tenant's Redis user locked to its prefix (ACL)", () => {
+  test("two nodes serve the tenant through the user; Redis refuses it nothing the gateway needs, and everything else", async () => {
+    const redis = await startRedis();
+    const admin = createClient({ url: redis.url });
+    await admin.connect();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-acl-"));
+    const nodes = [];
+    try {
+      // The ACL of docs/security.md.
+      await admin.sendCommand(["ACL", "SETUSER", "acme", "on", ">secret", "resetchannels", "&acme#/#*", "&acme-request#*", "&acme-response#*",
+        "-@all", "+@connection", "+subscribe", "+psubscribe", "+unsubscribe", "+punsubscribe", "+publish", "+pubsub|numsub", "+ping", "+info"]);
+      await admin.sendCommand(["ACL", "LOG", "RESET"]);
+      const file = path.join(dir, "ioplex.toml");
+      const url = `redis://acme:secret@127.0.0.1:${redis.port}`;
+      fs.writeFileSync(file, `[tenants.acme]\ndefault = true\nnamespaces = ["/"]\nredis-url = "${url}"\nredis-key = "acme"\n`);
+      for (let i = 0; i < 2; i++) nodes.push(await startServer({ args: ["--config", file] }));
+      for (const n of nodes) assert.equal((await timedGet(`${n.url}/readyz`)).status, 200);
+      const [listener, speaker] = [await connected(nodes[0].url), await connected(nodes[1].url)];
+      await listener.timeout(2000).emitWithAck("join", "room");
+      await speaker.timeout(2000).emitWithAck("join", "room");
+      const got = once(listener, "note");
+      assert.deepEqual(await speaker.timeout(2000).emitWithAck("publish", { room: "room", event: "note", args: ["across"] }), { ok: true });
+      assert.deepEqual(await got, ["across"]);
+      const members = await listener.timeout(3000).emitWithAck("members", "room");
+      assert.equal(members.ok, true, "fleet requests (PUBSUB NUMSUB, request channels) pass the ACL");
+      assert.equal(members.members.length, 2);
+      assert.deepEqual(await admin.sendCommand(["ACL", "LOG"]), [], "Redis refused the gateway nothing");
+      // The same user cannot reach another prefix.
+      const acme = createClient({ url });
+      await acme.connect();
+      await assert.rejects(acme.publish("socket.io#/#", "x"), /NOPERM/);
+      await acme.quit();
+    } finally {
+      for (const n of nodes) await n.stop();
+      await admin.quit();
+      await redis.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("configuration", () => {
   test("two tenants on one Redis with one channel prefix are refused, naming both", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-dup-"));

@@ -144,6 +144,10 @@ struct ServeArgs {
     /// Largest message accepted from Redis, in bytes; larger ones are dropped unread and counted.
     #[arg(long, env = "IOPLEX_REDIS_MAX_MESSAGE_BYTES", default_value_t = ioplex::adapter::redis::DEFAULT_MAX_MESSAGE_BYTES)]
     redis_max_message_bytes: usize,
+    /// Answer fleet peers' `fetchSockets` with sockets' cookie / authorization headers and CONNECT `auth`
+    /// (Node's behaviour). Off: any client of the Redis could read them. Per tenant: `share-credentials`.
+    #[arg(long, env = "IOPLEX_FLEET_SHARE_CREDENTIALS")]
+    fleet_share_credentials: bool,
     /// Broadcasts held while Redis is unreachable, sent after it returns; older ones are dropped past this.
     #[arg(long, env = "IOPLEX_REDIS_OUTAGE_BUFFER", default_value_t = 10_000)]
     redis_outage_buffer: usize,
@@ -621,6 +625,7 @@ async fn serve_gateway(cli: ServeArgs) -> anyhow::Result<()> {
         config.reconnect_step = Duration::from_millis(cli.redis_reconnect_step.max(1));
         config.outage.max_messages = cli.redis_outage_buffer.max(1);
         config.max_message_bytes = cli.redis_max_message_bytes.max(1024);
+        config.share_credentials = cli.fleet_share_credentials;
         config
     });
     let defaults = GatewayDefaults {

@@ -44,12 +44,43 @@ pub enum PluginSource {
     Fleet,
 }
 
-/// Runs `f` where blocking does not stall other tasks: in a multi-threaded Tokio runtime the worker hands
-/// its queue to another thread first; elsewhere (tests, the CLI) it simply runs.
-fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+/// Runs `f` where it cannot stall other tenants: on a thread of its own at a lower scheduling priority
+/// (nice 10: under contention it gets about a tenth of the CPU a Tokio worker gets), while the calling
+/// Tokio worker hands its other tasks to another thread and waits. Outside a multi-threaded runtime
+/// (tests, the CLI) the caller simply waits.
+fn off_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let job = parking_lot::Mutex::new(Some(f));
+    let run = || {
+        std::thread::scope(|scope| {
+            let spawned = std::thread::Builder::new()
+                .name("ioplex-plugin-slow".into())
+                .spawn_scoped(scope, || {
+                    lower_priority();
+                    job.lock().take().map(|f| f())
+                });
+            match spawned.map(|thread| thread.join()) {
+                Ok(Ok(Some(result))) => result,
+                Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                // No thread to be had (or it found nothing to do): run here.
+                _ => match job.lock().take() {
+                    Some(f) => f(),
+                    None => unreachable!("the job ran on the thread and returned"),
+                },
+            }
+        })
+    };
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+        _ => run(),
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (Linux: threads have their own nice value).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on this thread's own id changes nothing but its scheduling weight.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
     }
 }
 
@@ -509,13 +540,14 @@ impl LoadedPlugin {
     /// store (a trapped store cannot be entered again); a healthy one goes back to the pool.
     ///
     /// A healthy plugin's call runs right here, on the caller's thread (microseconds). What can take
-    /// long runs off the Tokio worker, so the worker's other tasks (other tenants' sockets) move on:
-    /// making a new instance (guest start-up code, up to a second), and every call of a plugin that
-    /// failed in the last minute (it may spend its whole deadline again).
-    fn call<R>(
+    /// long runs off the Tokio worker at a lower priority (see [`off_worker`]), so other tenants'
+    /// sockets keep their threads and their CPU: making a new instance (guest start-up code, up to a
+    /// second), and every call of a plugin that failed in the last minute (it may spend its whole
+    /// deadline again).
+    fn call<R: Send>(
         &self,
         hook: Hook,
-        f: impl FnOnce(&Guests, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Guests, &mut Store<HostState>) -> wasmtime::Result<R> + Send,
     ) -> Result<R, CallFailure> {
         if let Err(remaining) = self.breaker.check() {
             self.stats.breaker_refusals.fetch_add(1, Ordering::Relaxed);

@@ -83,8 +83,9 @@ pub struct TenantConfig {
     /// Keys the tenant's backend uses for the HTTP API.
     pub api_keys: Vec<String>,
     /// Answer the fleet's `fetchSockets` with the sockets' `cookie` / `authorization` headers and CONNECT
-    /// `auth`. Off by default: anyone who can publish on the tenant's channels could read them.
-    pub share_credentials: bool,
+    /// `auth` (default: the gateway's `--fleet-share-credentials`, off). Anyone who can publish on the
+    /// tenant's channels could read them.
+    pub share_credentials: Option<bool>,
     /// Limits.
     pub limits: TenantLimits,
     /// Client contract event names.

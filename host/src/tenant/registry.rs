@@ -296,7 +296,7 @@ impl Tenants {
         if let Some(mut redis) = redis {
             redis.key = tc.redis_key(id, &d.redis_key);
             redis.max_rooms_per_socket = contract_rooms;
-            redis.share_credentials = tc.share_credentials;
+            redis.share_credentials = tc.share_credentials.unwrap_or(redis.share_credentials);
             builder = builder.adapter(self.redis_factory(redis).await?);
         }
         builder = if tc.namespaces.is_empty() {
