@@ -144,4 +144,38 @@ describe("ioplex-bench smoke", () => {
       fs.rmSync(out, { recursive: true, force: true });
     }
   });
+
+  test("hostile: tenant b's latency alone and beside tenant a's hostile plugins", async () => {
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-hostile-"));
+    try {
+      const { stdout } = await script("hostile", ["--clients", "10", "--rate", "20", "--attackers", "3", "--duration", "2", "--out", out]);
+      assert.match(stdout, /^\| b alone \| \d+ \| [\d.]+ \/ [\d.]+ ms \| \d+ \| [\d.]+ \/ [\d.]+ ms \| 0 \| 0 \|$/m);
+      assert.match(stdout, /^\| b beside hostile a \| \d+ \| [\d.]+ \/ [\d.]+ ms \| \d+ \| [\d.]+ \/ [\d.]+ ms \| 0 \| 0 \|$/m);
+      assert.match(stdout, /p99 beside hostile \/ alone: join [\d.]+x, publish [\d.]+x/);
+      const rows = jsonLines(path.join(out, "hostile.jsonl"));
+      assert.deepEqual(rows.map((r) => r.phase), ["b alone", "b beside hostile a"]);
+      assert.ok(rows.every((r) => r.joins > 10 && r.publishes > 10), JSON.stringify(rows));
+    } finally {
+      fs.rmSync(out, { recursive: true, force: true });
+    }
+  });
+
+  test("soak: churn, acked publishes across nodes, a Redis restart and plugin reloads; nothing lost, nothing grows", async () => {
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-soak-"));
+    try {
+      const { stdout } = await script(
+        "soak",
+        ["--duration", "60", "--warmup", "15", "--churn", "100", "--publish-rate", "20", "--redis-restart-every", "30", "--plugin-reload-every", "15", "--out", out],
+        240000,
+      );
+      assert.match(stdout, /soak ok: \d+ churned clients/);
+      const summary = JSON.parse(fs.readFileSync(path.join(out, "soak-summary.json"), "utf8"));
+      assert.ok(summary.redis_restarts >= 1 && summary.plugin_reloads >= 3, JSON.stringify(summary));
+      assert.ok(summary.churn_per_s > 50 && summary.publishes_acked > 500, JSON.stringify(summary));
+      assert.deepEqual(summary.lost_per_receiver, Array(10).fill(0));
+      assert.match(fs.readFileSync(path.join(out, "soak.svg"), "utf8"), /^<svg/);
+    } finally {
+      fs.rmSync(out, { recursive: true, force: true });
+    }
+  });
 });

@@ -260,6 +260,20 @@ describe("a tenant's Redis user locked to its prefix (ACL)", () => {
   });
 });
 
+describe("defaults", () => {
+  test("a socket may join 100 rooms by default; the 101st is refused with too_many_rooms", async () => {
+    const server = await startServer();
+    try {
+      const socket = await connected(server.url);
+      const answers = await Promise.all(Array.from({ length: 101 }, (_, i) => socket.timeout(3000).emitWithAck("join", `room:${i}`)));
+      assert.equal(answers.filter((a) => a.ok).length, 100);
+      assert.equal(answers.find((a) => !a.ok)?.code, "too_many_rooms");
+    } finally {
+      await server.stop();
+    }
+  });
+});
+
 describe("configuration", () => {
   test("two tenants on one Redis with one channel prefix are refused, naming both", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-dup-"));

@@ -74,3 +74,19 @@ describe("/metrics", () => {
     assert.ok(m['ioplex_plugin_call_duration_seconds_bucket{tenant="chaos",plugin="chaos",le="0.01"}'] <= count);
   });
 });
+
+describe("/metrics with a token", () => {
+  let server;
+  before(async () => { server = await startServer({ args: ["--metrics-token", "scrape-secret"] }); });
+  after(async () => server?.stop());
+
+  test("answers only scrapes that present the token", async () => {
+    assert.equal((await fetch(`${server.url}/metrics`)).status, 401);
+    assert.equal((await fetch(`${server.url}/metrics`, { headers: { authorization: "Bearer wrong" } })).status, 401);
+    const ok = await fetch(`${server.url}/metrics`, { headers: { authorization: "Bearer scrape-secret" } });
+    assert.equal(ok.status, 200);
+    const samples = parse(await ok.text());
+    assert.ok(samples.process_open_fds > 0 && samples.ioplex_runtime_alive_tasks > 0 && samples.process_resident_memory_bytes > 0);
+    assert.equal((await fetch(`${server.url}/healthz`)).status, 200, "health checks stay open");
+  });
+});

@@ -265,6 +265,7 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
                     ("out_of_memory", &s.out_of_memory),
                     ("trap", &s.traps),
                     ("breaker_open", &s.breaker_refusals),
+                    ("busy", &s.busy_refusals),
                     ("instantiation", &s.instantiation_failures),
                     ("slow_start", &s.slow_instantiations),
                 ] {

@@ -31,6 +31,9 @@ const INSTANTIATE_DEADLINE: Duration = Duration::from_secs(1);
 const SLOW_INSTANTIATE: Duration = Duration::from_millis(50);
 /// After a failure, the plugin's calls run off the Tokio workers for this long (see [`LoadedPlugin::call`]).
 const SUSPECT_FOR: Duration = Duration::from_secs(60);
+/// Calls of one plugin version that may run off the workers at once; more fail closed at once, so a
+/// burst against a failing plugin cannot pile up threads.
+const SLOW_LANE: usize = 4;
 
 /// Where a plugin version came from; the fleet may replace but never remove a directory plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,9 +47,9 @@ pub enum PluginSource {
     Fleet,
 }
 
-/// Runs `f` where it cannot stall other tenants: on a thread of its own at a lower scheduling priority
-/// (nice 10: under contention it gets about a tenth of the CPU a Tokio worker gets), while the calling
-/// Tokio worker hands its other tasks to another thread and waits. Outside a multi-threaded runtime
+/// Runs `f` where it cannot stall other tenants: on a thread of its own in the idle scheduling class
+/// (see [`lower_priority`]), while the calling Tokio worker hands its other tasks to another thread and
+/// waits. Outside a multi-threaded runtime
 /// (tests, the CLI) the caller simply waits.
 fn off_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     let job = parking_lot::Mutex::new(Some(f));
@@ -75,12 +78,18 @@ fn off_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-/// Lowers the calling thread's scheduling priority (Linux: threads have their own nice value).
+/// Moves the calling thread to the idle scheduling class (Linux `SCHED_IDLE`): it runs only on CPU time
+/// no ordinary thread wants, and a waking Tokio worker preempts it at once (a lower nice value would
+/// still let it hold a core for a scheduler slice, about a millisecond, before the worker gets it).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
-    // SAFETY: setpriority on this thread's own id changes nothing but its scheduling weight.
+    // SAFETY: sched_setscheduler with pid 0 changes the calling thread's own policy; the parameter struct
+    // is fully initialised (priority 0, the only value SCHED_IDLE takes).
     unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+        }
     }
 }
 
@@ -162,6 +171,17 @@ struct Warm {
     /// Memory above which the instance is replaced: halfway from its size after instantiation to the
     /// cap, so a guest that keeps growing is reset before it reaches the cap mid-call.
     high_water: usize,
+    /// Took longer than [`SLOW_INSTANTIATE`] to make.
+    started_slowly: bool,
+}
+
+/// A call's place in its plugin's slow lane; released on drop.
+struct SlowLaneSeat<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for SlowLaneSeat<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Counters of one plugin version.
@@ -177,6 +197,8 @@ pub struct PluginStats {
     pub traps: AtomicU64,
     /// Calls refused by the open breaker.
     pub breaker_refusals: AtomicU64,
+    /// Calls refused because the plugin's slow lane (calls running off the workers) was full.
+    pub busy_refusals: AtomicU64,
     /// Instances created (the first, recycled and concurrent ones).
     pub instantiations: AtomicU64,
     /// Instantiations that failed (trap, deadline, memory, or the tenant's instance share used up).
@@ -250,6 +272,8 @@ pub struct LoadedPlugin {
     quota: OnceLock<Arc<TenantQuota>>,
     /// Milliseconds since `loaded_at` until which calls run off the Tokio workers (0: never failed).
     suspect_until: AtomicU64,
+    /// Calls running off the workers now.
+    slow_lane: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -302,6 +326,7 @@ impl LoadedPlugin {
             source: PluginSource::Directory,
             quota: OnceLock::new(),
             suspect_until: AtomicU64::new(0),
+            slow_lane: std::sync::atomic::AtomicUsize::new(0),
         };
         if plugin.hooks().is_empty() {
             let found: Vec<String> = component
@@ -556,14 +581,35 @@ impl LoadedPlugin {
         let taken = self.pool.lock().pop();
         match taken {
             Some(warm) if !self.is_suspect() => self.call_on(hook, warm, f),
-            taken => off_worker(|| {
-                let warm = match taken {
-                    Some(warm) => warm,
-                    None => self.fresh_instance(hook)?,
+            taken => {
+                let Some(_lane) = self.enter_slow_lane() else {
+                    if let Some(warm) = taken {
+                        self.pool.lock().push(warm);
+                    }
+                    self.stats.busy_refusals.fetch_add(1, Ordering::Relaxed);
+                    return Err(CallFailure::Unavailable(
+                        "the plugin is busy with slow calls; try again later".into(),
+                    ));
                 };
-                self.call_on(hook, warm, f)
-            }),
+                off_worker(|| {
+                    let warm = match taken {
+                        Some(warm) => warm,
+                        None => self.fresh_instance(hook)?,
+                    };
+                    self.call_on(hook, warm, f)
+                })
+            }
         }
+    }
+
+    /// A place in the slow lane, or `None` when [`SLOW_LANE`] calls are there already.
+    fn enter_slow_lane(&self) -> Option<SlowLaneSeat<'_>> {
+        self.slow_lane
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < SLOW_LANE).then_some(n + 1)
+            })
+            .ok()?;
+        Some(SlowLaneSeat(&self.slow_lane))
     }
 
     /// Makes an instance for a call that found the pool empty: one at a time per version (a burst of
@@ -595,8 +641,10 @@ impl LoadedPlugin {
         let warm = self
             .instantiate(seat)
             .map_err(|failure| self.instantiation_failed(hook, failure))?;
+        let mut warm = warm;
         let took = started.elapsed();
         if took > SLOW_INSTANTIATE {
+            warm.started_slowly = true;
             self.stats
                 .slow_instantiations
                 .fetch_add(1, Ordering::Relaxed);
@@ -646,7 +694,11 @@ impl LoadedPlugin {
             Ok(value) => {
                 self.stats.latency.record(started.elapsed());
                 self.stats.calls.fetch_add(1, Ordering::Relaxed);
-                self.breaker.record_success();
+                // A call on an instance that was slow to start is no proof of health: the breaker stays
+                // as the slow start left it (else a half-open breaker would close on every slow start).
+                if !warm.started_slowly {
+                    self.breaker.record_success();
+                }
                 warm.calls += 1;
                 let tired = warm.calls >= self.limits.calls_per_instance
                     || warm.store.data().cap.used() > warm.high_water;
@@ -755,6 +807,7 @@ impl LoadedPlugin {
             guests,
             calls: 0,
             high_water: baseline + self.limits.memory_bytes.saturating_sub(baseline) / 2,
+            started_slowly: false,
         })
     }
 }

@@ -159,3 +159,24 @@ impl host::Host for HostState {
             .map_or(0, |d| d.as_millis() as u64))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use wasmtime_wasi::{HostMonotonicClock, HostWallClock};
+
+    use super::*;
+
+    #[test]
+    fn plugin_clocks_tick_in_whole_milliseconds() {
+        let wall = MillisecondWallClock;
+        assert_eq!(wall.resolution(), MILLISECOND);
+        assert_eq!(wall.now().subsec_nanos() % 1_000_000, 0);
+        let mono = MillisecondMonotonicClock(std::time::Instant::now());
+        assert_eq!(mono.resolution(), 1_000_000);
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let now = mono.now();
+        assert_eq!(now % 1_000_000, 0);
+        assert!(now >= 3_000_000);
+    }
+}
+
