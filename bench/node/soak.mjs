@@ -74,17 +74,26 @@ const publisher = await connect(nodes[0]);
 await publisher.timeout(5000).emitWithAck("join", "soak");
 
 const acked = [];
+const ackedAt = new Map();
+const restartedAt = [];
 let publishFailures = 0;
 let seq = 0;
 let publishing = true;
 const publishLoop = (async () => {
+  let due = Date.now();
   while (publishing) {
-    const n = seq++;
-    publisher
-      .timeout(10000)
-      .emitWithAck("publish", { room: "soak", event: "message", args: [{ seq: n, text: "soak" }] })
-      .then((a) => (a.ok ? acked.push(n) : publishFailures++), () => publishFailures++);
-    await sleep(1000 / publishPerSecond);
+    for (; due <= Date.now(); due += 1000 / publishPerSecond) {
+      const n = seq++;
+      publisher
+        .timeout(10000)
+        .emitWithAck("publish", { room: "soak", event: "message", args: [{ seq: n, text: "soak" }] })
+        .then((a) => {
+          if (!a.ok) return publishFailures++;
+          acked.push(n);
+          ackedAt.set(n, Math.round(elapsed() * 1000));
+        }, () => publishFailures++);
+    }
+    await sleep(Math.max(1, due - Date.now()));
   }
 })();
 
@@ -94,27 +103,35 @@ let churned = 0;
 let churnErrors = 0;
 const churnLoop = (async () => {
   let i = 0;
+  // Clients are started on a schedule (timers are coarse: several may be due at once), not one per sleep.
+  let due = Date.now();
   while (Date.now() - started < duration) {
     if (!churning) {
       await sleep(50);
+      due = Date.now();
       continue;
     }
-    const url = nodes[i++ % nodes.length];
-    connect(url, { transports: i % 5 === 0 ? ["polling", "websocket"] : ["websocket"] })
-      .then(async (s) => {
-        await s.timeout(5000).emitWithAck("join", `churn:${i % 50}`).catch(() => {});
-        s.disconnect();
-        churned++;
-      })
-      .catch(() => churnErrors++);
-    await sleep(1000 / churnPerSecond);
+    for (; due <= Date.now(); due += 1000 / churnPerSecond) {
+      const n = i++;
+      connect(nodes[n % nodes.length], { transports: n % 5 === 0 ? ["polling", "websocket"] : ["websocket"] })
+        .then(async (s) => {
+          await s.timeout(5000).emitWithAck("join", `churn:${n % 50}`).catch(() => {});
+          s.disconnect();
+          churned++;
+        })
+        .catch(() => churnErrors++);
+    }
+    await sleep(Math.max(1, due - Date.now()));
   }
 })();
 
 // --- Schedules.
 let redisRestarts = 0;
 let reloads = 0;
-const redisTimer = setInterval(() => restartRedis().then(() => redisRestarts++), redisEvery);
+const redisTimer = setInterval(() => {
+  restartedAt.push(Math.round(elapsed() * 1000));
+  restartRedis().then(() => redisRestarts++);
+}, redisEvery);
 const reloadTimer = setInterval(() => {
   const tmp = `${pluginTarget}.tmp`;
   fs.copyFileSync(plugin, tmp);
@@ -182,6 +199,9 @@ const summary = {
   publishes_acked: acked.length,
   publish_failures: publishFailures,
   lost_per_receiver: lost,
+  // When the lost publishes were acknowledged, and when Redis was restarted (ms since the start).
+  lost_acked_at_ms: [...new Set(receivers.flatMap((r) => acked.filter((n) => !r.got.has(n))))].slice(0, 50).map((n) => ackedAt.get(n)),
+  redis_restarted_at_ms: restartedAt,
   receivers_dropped: dropped,
   redis_restarts: redisRestarts,
   plugin_reloads: reloads,

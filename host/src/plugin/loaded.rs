@@ -638,18 +638,13 @@ impl LoadedPlugin {
             None => None,
         };
         let started = Instant::now();
-        let warm = self
+        let mut warm = self
             .instantiate(seat)
             .map_err(|failure| self.instantiation_failed(hook, failure))?;
-        let mut warm = warm;
         let took = started.elapsed();
         if took > SLOW_INSTANTIATE {
             warm.started_slowly = true;
-            self.stats
-                .slow_instantiations
-                .fetch_add(1, Ordering::Relaxed);
-            self.mark_suspect();
-            let opened = self.breaker.record_failure();
+            let opened = self.count_start_failure(&self.stats.slow_instantiations);
             tracing::warn!(
                 tenant = %self.ctx.tenant,
                 plugin = %self.ctx.name,
@@ -662,12 +657,16 @@ impl LoadedPlugin {
         Ok(warm)
     }
 
-    fn instantiation_failed(&self, hook: Hook, failure: CallFailure) -> CallFailure {
-        self.stats
-            .instantiation_failures
-            .fetch_add(1, Ordering::Relaxed);
+    /// Counts a failed or slow start on `counter` and toward the breaker; the breaker's backoff if it
+    /// opened.
+    fn count_start_failure(&self, counter: &AtomicU64) -> Option<Duration> {
+        counter.fetch_add(1, Ordering::Relaxed);
         self.mark_suspect();
-        let opened = self.breaker.record_failure();
+        self.breaker.record_failure()
+    }
+
+    fn instantiation_failed(&self, hook: Hook, failure: CallFailure) -> CallFailure {
+        let opened = self.count_start_failure(&self.stats.instantiation_failures);
         tracing::warn!(
             tenant = %self.ctx.tenant,
             plugin = %self.ctx.name,

@@ -179,4 +179,3 @@ mod tests {
         assert!(now >= 3_000_000);
     }
 }
-

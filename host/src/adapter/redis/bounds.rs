@@ -22,9 +22,6 @@ pub enum BoundsError {
     /// The msgpack ended inside a value.
     #[error("truncated msgpack")]
     Truncated,
-    /// A msgpack marker that is never valid (0xc1).
-    #[error("invalid msgpack marker {0:#04x}")]
-    InvalidMarker(u8),
 }
 
 /// Checks a msgpack message: at most [`MAX_VALUES`] values and [`MAX_DEPTH`] levels, declared lengths
@@ -47,11 +44,11 @@ pub fn check_msgpack(bytes: &[u8]) -> Result<(), BoundsError> {
         let marker = *bytes.get(at).ok_or(BoundsError::Truncated)?;
         at += 1;
         let (skip, children): (u64, u64) = match marker {
-            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            // 0xc1 is reserved: one byte, whatever the decoder then makes of it.
+            0x00..=0x7f | 0xe0..=0xff | 0xc0..=0xc3 => (0, 0),
             0x80..=0x8f => (0, u64::from(marker & 0x0f) * 2),
             0x90..=0x9f => (0, u64::from(marker & 0x0f)),
             0xa0..=0xbf => (u64::from(marker & 0x1f), 0),
-            0xc1 => return Err(BoundsError::InvalidMarker(marker)),
             0xc4 | 0xd9 => (read_be(bytes, &mut at, 1)?, 0),
             0xc5 | 0xda => (read_be(bytes, &mut at, 2)?, 0),
             0xc6 | 0xdb => (read_be(bytes, &mut at, 4)?, 0),
@@ -184,10 +181,6 @@ mod tests {
         assert_eq!(
             check_msgpack(&[0xc6, 0xff, 0xff, 0xff, 0xff]),
             Err(BoundsError::Truncated)
-        );
-        assert_eq!(
-            check_msgpack(&[0xc1]),
-            Err(BoundsError::InvalidMarker(0xc1))
         );
         assert_eq!(check_msgpack(&[]), Err(BoundsError::Truncated));
     }

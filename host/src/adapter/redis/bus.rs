@@ -1,8 +1,9 @@
 //! The node's connection to Redis: one publishing and one subscribing connection shared by every namespace.
 //!
 //! Redis is never on the path of local traffic. Messages are published by one task, in order; while Redis is
-//! unreachable they wait in a bounded outage buffer (count, bytes, age) and go out after the reconnect, so a
-//! short outage loses nothing and a long one costs a counted, bounded drop. Reconnects use a capped linear
+//! unreachable, and for a grace period after each reconnect (until the other nodes have subscribed again),
+//! they wait in a bounded outage buffer (count, bytes, age), so a short outage loses nothing and a long one
+//! costs a counted, bounded drop. Incoming messages larger than the configured cap are dropped unread. Reconnects use a capped linear
 //! backoff and never give up; every channel and pattern is subscribed again after each reconnect. Incoming
 //! messages are read by one task and handed to the namespace adapter whose channels they belong to.
 
@@ -24,6 +25,9 @@ use tokio::time::Instant;
 use super::RedisConfig;
 use super::classic::RedisAdapter;
 use crate::adapter::AdapterError;
+
+/// How much longer than the reconnect backoff cap publishing waits after a reconnect.
+const RESUBSCRIBE_MARGIN: Duration = Duration::from_millis(250);
 
 /// Counters of the bus, for logs and metrics.
 #[derive(Debug, Default)]
@@ -216,13 +220,20 @@ impl RedisBus {
         }
     }
 
-    /// Publishes queued messages in order; holds them in the outage buffer while Redis is down.
+    /// Publishes queued messages in order; holds them in the outage buffer while Redis is down, and for
+    /// a grace period after every reconnect: the other nodes reconnect within their own backoff cap, and
+    /// Redis drops a message published before they have subscribed again.
     async fn publish_loop(self: Arc<Self>, mut queue: mpsc::Receiver<Outgoing>) {
+        let grace = self.config.reconnect_max + RESUBSCRIBE_MARGIN;
+        let mut holding_until: Option<Instant> = None;
         loop {
             tokio::select! {
                 message = queue.recv() => {
                     let Some(message) = message else { return };
-                    if !self.is_connected() || !self.outage.lock().messages.is_empty() {
+                    if holding_until.is_some()
+                        || !self.is_connected()
+                        || !self.outage.lock().messages.is_empty()
+                    {
                         self.hold(message);
                         continue;
                     }
@@ -230,12 +241,9 @@ impl RedisBus {
                         self.hold(message);
                     }
                 }
-                _ = self.reconnected.notified() => {
-                    if !self.outage.lock().messages.is_empty() {
-                        // The other nodes reconnect within their own backoff cap: give them that long to
-                        // subscribe again before sending what waited, or they would miss it.
-                        tokio::time::sleep(self.config.reconnect_max).await;
-                    }
+                _ = self.reconnected.notified() => holding_until = Some(Instant::now() + grace),
+                _ = tokio::time::sleep_until(holding_until.unwrap_or_else(Instant::now)), if holding_until.is_some() => {
+                    holding_until = None;
                     self.flush_outage().await;
                 }
             }
@@ -243,8 +251,18 @@ impl RedisBus {
     }
 
     async fn send(&self, message: Outgoing) -> Result<(), Outgoing> {
+        // One attempt, failing at once while disconnected: fred would otherwise queue or replay a
+        // publish cut by a disconnect and send it right after the reconnect, before the other nodes have
+        // subscribed again; held here instead, it waits for the grace period.
+        let once = Options {
+            max_attempts: Some(1),
+            fail_fast: true,
+            timeout: Some(Duration::from_secs(2)),
+            ..Options::default()
+        };
         match self
             .publisher
+            .with_options(&once)
             .publish::<i64, _, _>(message.channel.as_str(), message.payload.as_slice())
             .await
         {
@@ -316,11 +334,11 @@ impl RedisBus {
                     // The subscriber came back (or we missed how often): subscribe to everything again.
                     _ => self.resubscribe_all().await,
                 },
-                r = pub_reconnects.recv(), if pub_open => {
-                    if let Err(RecvError::Closed) = r {
-                        pub_open = false;
-                    }
-                }
+                r = pub_reconnects.recv(), if pub_open => match r {
+                    Err(RecvError::Closed) => pub_open = false,
+                    // A reconnect too quick for the probe below still needs the publish grace period.
+                    _ => self.reconnected.notify_one(),
+                },
                 _ = probe.tick() => {}
             }
             let now = self.is_connected();
