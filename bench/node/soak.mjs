@@ -215,8 +215,17 @@ console.log(JSON.stringify(summary));
 for (const s of [publisher, ...receivers.map((r) => r.s)]) s.disconnect();
 redis?.kill("SIGKILL");
 
+// Redis pub/sub keeps nothing: a publish Redis took just before it was killed can die with it. Losses
+// acknowledged within a second after a kill are reported as such; any other loss fails the run.
+const lostSeqs = [...new Set(receivers.flatMap((r) => acked.filter((n) => !r.got.has(n))))];
+const inCrashWindow = (n) => restartedAt.some((t) => ackedAt.get(n) >= t && ackedAt.get(n) < t + 1000);
+const lostOutside = lostSeqs.filter((n) => !inCrashWindow(n));
+summary.lost_in_crash_window = lostSeqs.length - lostOutside.length;
+summary.lost_outside_crash_window = lostOutside.length;
+fs.writeFileSync(path.join(out, "soak-summary.json"), JSON.stringify(summary, null, 2));
+console.log(JSON.stringify({ lost_in_crash_window: summary.lost_in_crash_window, lost_outside_crash_window: lostOutside.length }));
 const problems = [];
-if (lost.some((n) => n > 0)) problems.push(`acked publishes lost: ${lost.join(", ")}`);
+if (lostOutside.length > 0) problems.push(`acked publishes lost outside a Redis crash: ${lostOutside.length}`);
 if (dropped > 0) problems.push(`${dropped} stable receivers were disconnected`);
 for (const [k, g] of growth.entries()) {
   if (g.rss > tolerance) problems.push(`node ${k}: RSS grew ${(g.rss * 100).toFixed(1)}%`);
@@ -226,7 +235,11 @@ if (problems.length) {
   console.error(`soak FAILED: ${problems.join("; ")}`);
   process.exit(1);
 }
-console.log(`soak ok: ${churned} churned clients (${summary.churn_per_s}/s), ${acked.length} acked publishes, none lost; RSS and open files within ${tolerance * 100}% of the warm-up level`);
+console.log(
+  `soak ok: ${churned} churned clients (${summary.churn_per_s}/s), ${acked.length} acked publishes, ` +
+    `${summary.lost_in_crash_window} lost in the second after a Redis kill and none otherwise; ` +
+    `RSS and open files within ${tolerance * 100}% of the warm-up level`,
+);
 process.exit(0);
 
 /** RSS (MiB), open files and tasks per node over time, one panel each, as a small standalone SVG. */
