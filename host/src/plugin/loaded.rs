@@ -26,8 +26,12 @@ pub const CONTRACT: &str = "ioplex:plugin@0.1.0";
 
 /// Deadline for instantiating (guest start-up code), separate from the per-call deadline.
 const INSTANTIATE_DEADLINE: Duration = Duration::from_secs(1);
-/// An instantiation slower than this counts as a failure toward the breaker: a plugin that needs this
-/// long to start, again and again, is taking a core from other tenants.
+/// Instantiation time a plugin version may spend per [`START_WINDOW`] (guest start-up code, memory set
+/// up); each instantiation slower than [`SLOW_INSTANTIATE`] once the window's total is past this counts
+/// as a failure toward the breaker: a plugin that needs this long to start, again and again, is taking a
+/// core from other tenants. An ordinary burst (a few instances of a JavaScript plugin) stays inside it.
+const START_BUDGET: Duration = Duration::from_millis(500);
+const START_WINDOW: Duration = Duration::from_secs(10);
 const SLOW_INSTANTIATE: Duration = Duration::from_millis(50);
 /// After a failure, the plugin's calls run off the Tokio workers for this long (see [`LoadedPlugin::call`]).
 const SUSPECT_FOR: Duration = Duration::from_secs(60);
@@ -47,49 +51,45 @@ pub enum PluginSource {
     Fleet,
 }
 
-/// Runs `f` where it cannot stall other tenants: on a thread of its own in the idle scheduling class
-/// (see [`lower_priority`]), while the calling Tokio worker hands its other tasks to another thread and
-/// waits. Outside a multi-threaded runtime
-/// (tests, the CLI) the caller simply waits.
-fn off_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    let job = parking_lot::Mutex::new(Some(f));
-    let run = || {
-        std::thread::scope(|scope| {
-            let spawned = std::thread::Builder::new()
-                .name("ioplex-plugin-slow".into())
-                .spawn_scoped(scope, || {
-                    lower_priority();
-                    job.lock().take().map(|f| f())
-                });
-            match spawned.map(|thread| thread.join()) {
-                Ok(Ok(Some(result))) => result,
-                Ok(Err(panic)) => std::panic::resume_unwind(panic),
-                // No thread to be had (or it found nothing to do): run here.
-                _ => match job.lock().take() {
-                    Some(f) => f(),
-                    None => unreachable!("the job ran on the thread and returned"),
-                },
-            }
-        })
-    };
+/// Runs `f` where blocking does not stall other tasks: in a multi-threaded Tokio runtime the worker hands
+/// its queue to another thread first; elsewhere (tests, the CLI) it simply runs.
+fn off_worker<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
-        _ => run(),
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
-/// Moves the calling thread to the idle scheduling class (Linux `SCHED_IDLE`): it runs only on CPU time
-/// no ordinary thread wants, and a waking Tokio worker preempts it at once (a lower nice value would
-/// still let it hold a core for a scheduler slice, about a millisecond, before the worker gets it).
+/// Runs `f` on a thread of its own at a lower scheduling priority (nice 10: under contention it gets
+/// about a tenth of the CPU an ordinary thread gets) and waits for it: guest start-up code, which no
+/// deadline shorter than a second bounds, then competes with other tenants' work only for spare CPU.
+fn low_priority<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let job = parking_lot::Mutex::new(Some(f));
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("ioplex-plugin-start".into())
+            .spawn_scoped(scope, || {
+                lower_priority();
+                job.lock().take().map(|f| f())
+            });
+        match spawned.map(|thread| thread.join()) {
+            Ok(Ok(Some(result))) => result,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            // No thread to be had: run here.
+            _ => match job.lock().take() {
+                Some(f) => f(),
+                None => unreachable!("the job ran on the thread and returned"),
+            },
+        }
+    })
+}
+
+/// Lowers the calling thread's scheduling priority (Linux threads have their own nice value).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
-    // SAFETY: sched_setscheduler with pid 0 changes the calling thread's own policy; the parameter struct
-    // is fully initialised (priority 0, the only value SCHED_IDLE takes).
+    // SAFETY: setpriority on this thread's own id changes nothing but its scheduling weight.
     unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
-        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
-        }
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
     }
 }
 
@@ -274,6 +274,8 @@ pub struct LoadedPlugin {
     suspect_until: AtomicU64,
     /// Calls running off the workers now.
     slow_lane: std::sync::atomic::AtomicUsize,
+    /// Start of the current [`START_WINDOW`] and the instantiation time spent in it.
+    start_spend: Mutex<(Instant, Duration)>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -327,6 +329,7 @@ impl LoadedPlugin {
             quota: OnceLock::new(),
             suspect_until: AtomicU64::new(0),
             slow_lane: std::sync::atomic::AtomicUsize::new(0),
+            start_spend: Mutex::new((Instant::now(), Duration::ZERO)),
         };
         if plugin.hooks().is_empty() {
             let found: Vec<String> = component
@@ -565,14 +568,14 @@ impl LoadedPlugin {
     /// store (a trapped store cannot be entered again); a healthy one goes back to the pool.
     ///
     /// A healthy plugin's call runs right here, on the caller's thread (microseconds). What can take
-    /// long runs off the Tokio worker at a lower priority (see [`off_worker`]), so other tenants'
-    /// sockets keep their threads and their CPU: making a new instance (guest start-up code, up to a
-    /// second), and every call of a plugin that failed in the last minute (it may spend its whole
-    /// deadline again).
-    fn call<R: Send>(
+    /// long runs off the Tokio worker (see [`off_worker`]), so other tenants' sockets keep their
+    /// threads: every call of a plugin that failed in the last minute (it may spend its whole deadline
+    /// again), and making a new instance (guest start-up code, up to a second), which also runs at a
+    /// lower priority (see [`low_priority`]).
+    fn call<R>(
         &self,
         hook: Hook,
-        f: impl FnOnce(&Guests, &mut Store<HostState>) -> wasmtime::Result<R> + Send,
+        f: impl FnOnce(&Guests, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallFailure> {
         if let Err(remaining) = self.breaker.check() {
             self.stats.breaker_refusals.fetch_add(1, Ordering::Relaxed);
@@ -582,7 +585,10 @@ impl LoadedPlugin {
         match taken {
             Some(warm) if !self.is_suspect() => self.call_on(hook, warm, f),
             taken => {
-                let Some(_lane) = self.enter_slow_lane() else {
+                // A failing plugin gets a few threads at most; a healthy one whose pool ran dry (a
+                // burst) waits for its instance.
+                let lane = self.enter_slow_lane();
+                if lane.is_none() && self.is_suspect() {
                     if let Some(warm) = taken {
                         self.pool.lock().push(warm);
                     }
@@ -590,7 +596,7 @@ impl LoadedPlugin {
                     return Err(CallFailure::Unavailable(
                         "the plugin is busy with slow calls; try again later".into(),
                     ));
-                };
+                }
                 off_worker(|| {
                     let warm = match taken {
                         Some(warm) => warm,
@@ -638,11 +644,10 @@ impl LoadedPlugin {
             None => None,
         };
         let started = Instant::now();
-        let mut warm = self
-            .instantiate(seat)
+        let mut warm = low_priority(|| self.instantiate(seat))
             .map_err(|failure| self.instantiation_failed(hook, failure))?;
         let took = started.elapsed();
-        if took > SLOW_INSTANTIATE {
+        if took > SLOW_INSTANTIATE && self.over_start_budget(took) {
             warm.started_slowly = true;
             let opened = self.count_start_failure(&self.stats.slow_instantiations);
             tracing::warn!(
@@ -655,6 +660,17 @@ impl LoadedPlugin {
             );
         }
         Ok(warm)
+    }
+
+    /// Adds `took` to the current window's instantiation time; whether the window is now past
+    /// [`START_BUDGET`].
+    fn over_start_budget(&self, took: Duration) -> bool {
+        let mut spend = self.start_spend.lock();
+        if spend.0.elapsed() > START_WINDOW {
+            *spend = (Instant::now(), Duration::ZERO);
+        }
+        spend.1 += took;
+        spend.1 > START_BUDGET
     }
 
     /// Counts a failed or slow start on `counter` and toward the breaker; the breaker's backoff if it
