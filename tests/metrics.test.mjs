@@ -89,4 +89,17 @@ describe("/metrics with a token", () => {
     assert.ok(samples.process_open_fds > 0 && samples.ioplex_runtime_alive_tasks > 0 && samples.process_resident_memory_bytes > 0);
     assert.equal((await fetch(`${server.url}/healthz`)).status, 200, "health checks stay open");
   });
+
+  test("/status answers JSON live connections behind the same token", async () => {
+    assert.equal((await fetch(`${server.url}/status`)).status, 401);
+    const socket = await connected(server.url, { transports: ["websocket"] });
+    try {
+      const res = await fetch(`${server.url}/status`, { headers: { authorization: "Bearer scrape-secret" } });
+      assert.equal(res.status, 200);
+      assert.match(res.headers.get("content-type"), /application\/json/);
+      assert.deepEqual(await res.json(), { tenants: { default: { websocket: 1, polling: 0 } } });
+    } finally {
+      socket.disconnect();
+    }
+  });
 });

@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use crate::adapter::Room;
+use crate::codec::relayable_event;
 use crate::sid::Sid;
-use crate::socketio::packet::relayable_event;
 use crate::socketio::{AckError, AckResponder, Event, Handlers, Payload, Socket};
 
 /// Settings of the client contract.

@@ -1,27 +1,35 @@
 //! ioplex: a multi-tenant Socket.IO gateway.
 //!
-//! Layers, each depending only on those below it:
-//! - [`api`], [`metrics`], [`static_files`]: the HTTP surfaces beside Socket.IO (tenants' backends,
-//!   Prometheus, a demo page);
+//! Layers, bottom to top; each imports only those below it (`tests/layers.rs` checks it, and
+//! `docs/architecture.md` follows one event through them):
+//! - [`sid`], [`http_util`], [`file_watch`]: ids, the HTTP plumbing every request-answering layer
+//!   shares, and the polling of configuration files;
+//! - [`engineio`]: handshake, polling, websocket, upgrade and heartbeat on hyper and tokio;
+//! - [`codec`]: Socket.IO packets, binary attachments, encoding once per broadcast;
+//! - [`adapter`]: where broadcasts go: the local in-memory adapter, or Redis (wire-compatible with Node's);
+//! - [`socketio`]: namespaces, sockets, rooms, acks and binary over Engine.IO;
+//! - [`plugin`]: tenants' WebAssembly components (wasmtime), knowing nothing of sockets;
+//! - [`contract`]: the events a client uses when no application server stands behind the gateway;
 //! - [`tenant`]: tenants from configuration, each a Socket.IO server with its limits, Redis channels and
 //!   plugin slot, chosen per request;
-//! - [`contract`]: the events a client uses when no application server stands behind the gateway;
-//! - [`plugin`]: tenants' WebAssembly components (wasmtime), knowing nothing of sockets;
-//! - [`socketio`]: namespaces, sockets, rooms, acks and binary over Engine.IO;
-//! - [`adapter`]: where broadcasts go: the local in-memory adapter, or Redis (wire-compatible with Node's);
-//! - [`engineio`]: handshake, polling, websocket, upgrade and heartbeat on hyper and tokio;
-//! - [`serve`]: binding listeners and routing HTTP requests to an endpoint.
+//! - [`api`], [`metrics`], [`status`], [`static_files`]: the HTTP surfaces beside Socket.IO (tenants' backends,
+//!   Prometheus, a demo page);
+//! - [`serve`]: binding listeners, admitting connections and routing requests to an endpoint.
 
 pub mod adapter;
 pub mod api;
+pub mod codec;
 pub mod contract;
 pub mod engineio;
+pub mod file_watch;
+pub mod http_util;
 pub mod metrics;
 pub mod plugin;
 pub mod serve;
 pub mod sid;
 pub mod socketio;
 pub mod static_files;
+pub mod status;
 pub mod tenant;
 
 pub use sid::Sid;

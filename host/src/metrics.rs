@@ -10,9 +10,9 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use http::{HeaderValue, Response, header};
 
-use crate::engineio::{Body, TransportKind};
+use crate::engineio::Body;
+use crate::http_util::{Handler, ListenerStats, bearer_matches};
 use crate::plugin::{LATENCY_BUCKETS, PluginRuntime};
-use crate::serve::{Handler, ListenerStats};
 use crate::tenant::Tenants;
 
 /// The `/metrics` handler. With a `token`, only scrapes that present it as a bearer token are answered
@@ -31,11 +31,7 @@ pub fn handler(
             plugins.clone(),
             Arc::clone(&listeners),
         );
-        let authorized = expected.as_deref().is_none_or(|expected| {
-            req.headers()
-                .get(header::AUTHORIZATION)
-                .is_some_and(|v| v.as_bytes() == expected.as_bytes())
-        });
+        let authorized = bearer_matches(req.headers(), expected.as_deref());
         Box::pin(async move {
             if !authorized {
                 let mut resp = Response::new(Body::new(Bytes::from_static(
@@ -110,12 +106,7 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
         "Engine.IO sessions open, by transport.",
     );
     for t in &all {
-        let mut sessions = t.engine().sessions();
-        sessions.retain(|s| !s.is_closed()); // closed polling sessions wait for their last GET
-        let ws = sessions
-            .iter()
-            .filter(|s| s.transport() == TransportKind::Websocket)
-            .count();
+        let (ws, polling) = t.engine().open_sessions_by_transport();
         f.sample(
             "ioplex_connections",
             &[("tenant", t.id()), ("transport", "websocket")],
@@ -124,7 +115,7 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
         f.sample(
             "ioplex_connections",
             &[("tenant", t.id()), ("transport", "polling")],
-            sessions.len() - ws,
+            polling,
         );
     }
 

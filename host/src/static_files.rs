@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
 use crate::engineio::Body;
-use crate::serve::{Handler, text};
+use crate::http_util::{Handler, text};
 
 fn content_type(path: &Path) -> &'static str {
     match path.extension().and_then(|e| e.to_str()) {

@@ -3,8 +3,8 @@
 #![no_main]
 
 use bytes::Bytes;
-use ioplex::socketio::decoder::PacketDecoder;
-use ioplex::socketio::packet::{decode_text, encode};
+use ioplex::codec::PacketDecoder;
+use ioplex::codec::{decode_text, encode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -16,8 +16,8 @@ use super::{
     AckSink, Adapter, AdapterError, BoxFuture, BroadcastAcks, BroadcastOptions, BroadcastPacket,
     Room, SocketInfo, SocketTable,
 };
+use crate::codec::Payload;
 use crate::sid::Sid;
-use crate::socketio::packet::Payload;
 
 #[derive(Default)]
 struct Index {
@@ -360,7 +360,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::socketio::packet::EncodedPacket;
+    use crate::codec::EncodedPacket;
 
     #[derive(Default)]
     struct Recorder {
@@ -388,7 +388,7 @@ mod tests {
         fn deliver_with_ack(
             &self,
             _targets: &mut dyn Iterator<Item = Sid>,
-            _packet: &crate::socketio::packet::Packet,
+            _packet: &crate::codec::Packet,
             _timeout: Duration,
             _acks: &AckSink,
         ) -> usize {
@@ -412,8 +412,8 @@ mod tests {
     }
 
     fn packet() -> BroadcastPacket {
-        BroadcastPacket::new(crate::socketio::packet::Packet {
-            kind: crate::socketio::packet::PacketKind::Event,
+        BroadcastPacket::new(crate::codec::Packet {
+            kind: crate::codec::PacketKind::Event,
             nsp: "/".into(),
             id: None,
             data: Some(serde_json::json!(["x"])),

@@ -20,8 +20,8 @@ use serde_json::Value;
 
 pub use local::LocalAdapter;
 
+use crate::codec::{EncodedPacket, Packet, Payload, encode};
 use crate::sid::Sid;
-use crate::socketio::packet::{EncodedPacket, Packet, Payload, encode};
 
 /// A boxed future, for the fleet-wide operations of the object-safe [`Adapter`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -26,11 +26,12 @@ pub use error::ApiError;
 use error::json_response;
 
 use crate::adapter::Room;
+use crate::codec::relayable_event;
 use crate::engineio::Body;
+use crate::http_util::{Handler, query_param};
 use crate::plugin::{PluginFleet, PluginManifest, PluginRuntime};
-use crate::serve::{Handler, query_param};
 use crate::sid::Sid;
-use crate::socketio::{BroadcastOperator, Payload, packet::relayable_event};
+use crate::socketio::{BroadcastOperator, Payload};
 use crate::tenant::{Tenant, Tenants};
 
 /// Where the API is served.

@@ -7,6 +7,7 @@
 
 mod config;
 mod cors;
+mod endpoints;
 mod error;
 mod headers;
 mod heartbeat;
@@ -20,6 +21,7 @@ pub mod wire;
 pub mod ws_codec;
 
 pub use config::{AllowedOrigins, EngineConfig, Transports};
+pub use endpoints::{Endpoints, EnginesByPath};
 pub use error::RequestError;
 pub use headers::HandshakeHeaders;
 pub use packet::{Message, Utf8Bytes};
@@ -28,5 +30,4 @@ pub use session::{CloseReason, Handshake, SendOutcome, Session, SessionHandler, 
 pub use stats::EngineStats;
 pub use wire::WirePacket;
 
-/// The body type of every response the endpoint produces.
-pub type Body = http_body_util::Full<bytes::Bytes>;
+pub use crate::http_util::Body;

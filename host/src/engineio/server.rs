@@ -162,6 +162,22 @@ impl Engine {
             .collect()
     }
 
+    /// Open sessions as `(websocket, polling)`; closed polling sessions waiting for their last `GET`
+    /// are not counted.
+    pub fn open_sessions_by_transport(&self) -> (usize, usize) {
+        let (mut websocket, mut polling) = (0, 0);
+        for session in self.shared.sessions.iter() {
+            if session.is_closed() {
+                continue;
+            }
+            match session.transport() {
+                TransportKind::Websocket => websocket += 1,
+                TransportKind::Polling => polling += 1,
+            }
+        }
+        (websocket, polling)
+    }
+
     /// Closes every session (server shutdown).
     pub fn close_all(&self) {
         let sessions: Vec<_> = self
@@ -330,7 +346,7 @@ struct Query {
 impl Query {
     fn parse(raw: &str) -> Self {
         let mut q = Query::default();
-        for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+        for (key, value) in crate::http_util::query_pairs(raw) {
             let slot = match &*key {
                 "EIO" => &mut q.eio,
                 "transport" => &mut q.transport,

@@ -104,11 +104,9 @@ pub struct Handshake {
 }
 
 impl Handshake {
-    /// The first value of a query parameter.
-    pub fn query_param(&self, name: &str) -> Option<String> {
-        form_urlencoded::parse(self.query.as_bytes())
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
+    /// The handshake's query parameters, decoded, in order (repeated names included).
+    pub fn query_pairs(&self) -> form_urlencoded::Parse<'_> {
+        crate::http_util::query_pairs(&self.query)
     }
 }
 

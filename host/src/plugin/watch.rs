@@ -6,18 +6,20 @@
 //! it changes again.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::manifest::PluginManifest;
 use super::runtime::PluginRuntime;
+use crate::file_watch::{self, FileStamp, Watched};
 
 /// What identifies one version of a plugin's files without reading them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp {
-    wasm: (u64, Option<SystemTime>),
-    manifest: Option<(u64, Option<SystemTime>)>,
+    wasm: FileStamp,
+    manifest: Option<FileStamp>,
 }
 
 /// A plugin file that appeared or changed.
@@ -63,11 +65,6 @@ pub(crate) fn valid_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         && !name.starts_with('.')
-}
-
-fn stamp_of(path: &Path) -> Option<(u64, Option<SystemTime>)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.len(), meta.modified().ok()))
 }
 
 impl PluginDir {
@@ -117,13 +114,13 @@ impl PluginDir {
                 if !valid_name(&name) {
                     continue;
                 }
-                let Some(wasm) = stamp_of(&path) else {
+                let Some(wasm) = FileStamp::of(&path) else {
                     continue;
                 };
                 let manifest_path = path.with_extension("toml");
                 let stamp = Stamp {
                     wasm,
-                    manifest: stamp_of(&manifest_path),
+                    manifest: FileStamp::of(&manifest_path),
                 };
                 let key = (tenant.clone(), name.clone());
                 present.push(key.clone());
@@ -234,17 +231,18 @@ impl PluginDir {
     }
 
     /// Scans every `interval` until the runtime is dropped elsewhere and this is the last reference.
-    pub fn watch(mut self, interval: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                self.scan().await;
-                if Arc::strong_count(&self.runtime) == 1 {
-                    return;
-                }
-            }
-        })
+    pub fn watch(self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        file_watch::every(interval, self)
+    }
+}
+
+impl Watched for PluginDir {
+    async fn check(&mut self) -> ControlFlow<()> {
+        self.scan().await;
+        if Arc::strong_count(&self.runtime) == 1 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     }
 }

@@ -11,11 +11,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+
+pub use crate::http_util::ListenerStats;
 
 /// Limits on the connections the listeners hold. The defaults hold against a slowloris attack from one
 /// address and stay inside the process's file-descriptor limit.
@@ -59,23 +61,6 @@ pub fn fd_budget() -> usize {
     }
     let soft = limit.rlim_cur as usize;
     soft.saturating_sub((soft / 8).max(64)).max(16)
-}
-
-/// Counters of the listeners, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct ListenerStats {
-    /// Connections accepted and admitted.
-    pub accepted: AtomicU64,
-    /// HTTP connections held now.
-    pub open: AtomicU64,
-    /// Idle connections closed to make room (per-address cap, connection cap, or out of descriptors).
-    pub shed: AtomicU64,
-    /// New connections closed at once because the cap was reached with nothing idle to shed.
-    pub refused: AtomicU64,
-    /// Connections closed because their request headers did not arrive in time.
-    pub header_timeouts: AtomicU64,
-    /// `accept` failures (out of file descriptors, mostly).
-    pub accept_errors: AtomicU64,
 }
 
 /// State one connection shares with the admission table.

@@ -13,13 +13,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::engineio::{Body, Engine, RequestError};
+use crate::engineio::{Body, Endpoints, Engine, EnginesByPath};
+pub use crate::http_util::query_param;
+use crate::http_util::{Handler, text};
 pub use admission::{Admission, ListenerLimits, ListenerStats};
 
 /// Tells `/readyz` whether the node can take traffic; `Err` carries the reason shown with the 503.
@@ -32,37 +34,6 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Below this many sessions a drain closes them all at once; above, it spreads the closes over half the
 /// grace period so the clients' reconnects do not land on the other nodes all in the same instant.
 const DRAIN_AT_ONCE: usize = 100;
-
-/// Picks the Engine.IO endpoint for a request: by path for a plain server, by tenant (host name or
-/// `tenant` parameter) for a gateway.
-pub trait Endpoints: Send + Sync + 'static {
-    /// The endpoint for this request; `Ok(None)` when none serves the path (404); `Err` is answered
-    /// as an Engine.IO error (an unknown tenant, say) with nothing created.
-    fn resolve(&self, uri: &Uri, headers: &HeaderMap) -> Result<Option<Engine>, RequestError>;
-
-    /// Every endpoint, for draining at shutdown.
-    fn all(&self) -> Vec<Engine>;
-}
-
-/// Endpoints matched by path, in order.
-struct ByPath(Vec<Engine>);
-
-impl Endpoints for ByPath {
-    fn resolve(&self, uri: &Uri, _headers: &HeaderMap) -> Result<Option<Engine>, RequestError> {
-        Ok(self.0.iter().find(|e| e.matches(uri.path())).cloned())
-    }
-
-    fn all(&self) -> Vec<Engine> {
-        self.0.clone()
-    }
-}
-
-/// Answers the requests under one path prefix (the HTTP API, say).
-pub type Handler = Arc<
-    dyn Fn(Request<Incoming>) -> std::pin::Pin<Box<dyn Future<Output = Response<Body>> + Send>>
-        + Send
-        + Sync,
->;
 
 /// The endpoints served on one set of listeners.
 #[derive(Clone)]
@@ -85,7 +56,7 @@ impl Default for Router {
 impl Router {
     /// A router over `engines`, matched in order.
     pub fn new(engines: Vec<Engine>) -> Self {
-        Router::with_endpoints(Arc::new(ByPath(engines)))
+        Router::with_endpoints(Arc::new(EnginesByPath::new(engines)))
     }
 
     /// A router whose endpoints are chosen per request by `endpoints`.
@@ -181,20 +152,6 @@ impl Router {
             Err(err) => err.response(),
         }
     }
-}
-
-/// The first value of the query parameter `name`, decoded.
-pub fn query_param(uri: &Uri, name: &str) -> Option<String> {
-    form_urlencoded::parse(uri.query()?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
-/// A short plain-text answer (health checks, 404s).
-pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
-    *resp.status_mut() = status;
-    resp
 }
 
 /// Accepts connections on every listener until `shutdown` resolves, then drains: `/readyz` answers

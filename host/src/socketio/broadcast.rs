@@ -7,11 +7,11 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::namespace::Namespace;
-use super::packet::{Packet, PacketKind, Payload};
 use super::socket::EmitError;
 use crate::adapter::{
     AdapterError, BroadcastAcks, BroadcastOptions, BroadcastPacket, Room, SocketInfo,
 };
+use crate::codec::{Packet, PacketKind, Payload};
 
 /// A broadcast with acks that could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,7 +70,7 @@ impl BroadcastOperator {
 
     /// Emits an event to every targeted socket.
     pub fn emit(self, event: &str, payload: Payload) -> Result<(), EmitError> {
-        if super::packet::RESERVED_EVENTS.contains(&event) {
+        if crate::codec::RESERVED_EVENTS.contains(&event) {
             return Err(EmitError::ReservedEvent(event.to_owned()));
         }
         let packet = self.event_packet(event, payload);
@@ -85,7 +85,7 @@ impl BroadcastOperator {
         payload: Payload,
         timeout: std::time::Duration,
     ) -> Result<BroadcastAcks, BroadcastAckError> {
-        if super::packet::RESERVED_EVENTS.contains(&event) {
+        if crate::codec::RESERVED_EVENTS.contains(&event) {
             return Err(EmitError::ReservedEvent(event.to_owned()).into());
         }
         let packet = self.event_packet(event, payload);
@@ -97,7 +97,7 @@ impl BroadcastOperator {
     }
 
     fn event_packet(&self, event: &str, payload: Payload) -> BroadcastPacket {
-        let data = super::packet::event_data(event, payload.args);
+        let data = crate::codec::event_data(event, payload.args);
         BroadcastPacket::new(Packet {
             kind: PacketKind::Event,
             nsp: self.ns.name().to_owned(),

@@ -6,10 +6,10 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
-use super::decoder::PacketDecoder;
-use super::packet::{Packet, PacketKind, Payload, encode};
 use super::server::Shared;
 use super::socket::{DisconnectReason, Socket};
+use crate::codec::PacketDecoder;
+use crate::codec::{Packet, PacketKind, Payload, encode};
 use crate::engineio::{CloseReason, Message, Session, SessionHandler};
 
 /// Socket.IO state of one connection.

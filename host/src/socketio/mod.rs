@@ -1,6 +1,6 @@
 //! Socket.IO v5 over Engine.IO: namespaces, sockets, rooms, events, acknowledgements and binary.
 //!
-//! Packets are decoded once per connection ([`decoder`]), routed to the socket of their namespace, and
+//! Packets are decoded once per connection ([`crate::codec::PacketDecoder`]), routed to the socket of their namespace, and
 //! handed to the namespace's [`Handlers`]. Broadcasts are encoded once and given to the namespace's
 //! [`crate::adapter::Adapter`]; this layer knows nothing of Redis or of how other nodes are reached.
 
@@ -8,19 +8,17 @@ mod broadcast;
 mod client;
 mod config;
 mod connect_timeout;
-pub mod decoder;
 mod handlers;
 mod namespace;
-pub mod packet;
 mod rate;
 mod server;
 mod socket;
 
+pub use crate::codec::Payload;
 pub use broadcast::{BroadcastAckError, BroadcastOperator};
 pub use config::SocketIoConfig;
 pub use handlers::{ConnectAccept, ConnectRefusal, ConnectRequest, Handlers};
 pub use namespace::Namespace;
-pub use packet::Payload;
 pub use rate::{RateAction, RateLimit};
 pub use server::{NamespaceHandle, SocketIo, SocketIoBuilder};
 pub use socket::{AckError, AckResponder, DisconnectReason, EmitError, Event, Socket};

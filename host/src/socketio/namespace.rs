@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use super::broadcast::BroadcastOperator;
 use super::handlers::Handlers;
-use super::packet::{EncodedPacket, Packet, Payload};
 use super::socket::{EmitError, Socket};
 use crate::adapter::{
     AckSink, Adapter, AdapterError, AdapterFactory, Room, ServerAck, SocketInfo, SocketTable,
 };
+use crate::codec::{EncodedPacket, Packet, Payload};
 use crate::engineio::CloseReason;
 use crate::sid::Sid;
 
@@ -113,7 +113,7 @@ impl Namespace {
         event: &str,
         args: Vec<Value>,
     ) -> Result<(), AdapterError> {
-        let data = super::packet::event_data(event, args);
+        let data = crate::codec::event_data(event, args);
         self.adapter.server_side_emit(data).await
     }
 
@@ -124,7 +124,7 @@ impl Namespace {
         args: Vec<Value>,
         timeout: Duration,
     ) -> Result<Vec<Value>, AdapterError> {
-        let data = super::packet::event_data(event, args);
+        let data = crate::codec::event_data(event, args);
         self.adapter.server_side_emit_with_ack(data, timeout).await
     }
 

@@ -12,10 +12,10 @@ use tokio::sync::oneshot;
 use super::broadcast::BroadcastOperator;
 use super::client::Client;
 use super::namespace::Namespace;
-use super::packet::{
+use crate::adapter::{AckSink, Room};
+use crate::codec::{
     EncodedPacket, Packet, PacketKind, Payload, RESERVED_EVENTS, encode, encode_ack, encode_event,
 };
-use crate::adapter::{AckSink, Room};
 use crate::engineio::{CloseReason, Handshake, SendOutcome, Session, TransportKind};
 use crate::sid::Sid;
 
@@ -196,7 +196,8 @@ impl Socket {
             .iter_str()
             .map(|(name, value)| (name.to_owned(), Value::String(value.to_owned())))
             .collect();
-        let query: serde_json::Map<String, Value> = form_urlencoded::parse(hs.query.as_bytes())
+        let query: serde_json::Map<String, Value> = hs
+            .query_pairs()
             .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
             .collect();
         let issued = hs

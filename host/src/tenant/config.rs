@@ -238,6 +238,31 @@ fn parse<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T, Con
 }
 
 impl TenantsConfig {
+    /// The tenants served with no configuration file: [`super::DEFAULT_TENANT`] (taking requests that
+    /// name no tenant, on the gateway's own Redis channels `redis_key`), plus one per subdirectory of
+    /// the plugin directory, selected with `?tenant=<name>`.
+    pub fn implicit(redis_key: &str, plugins_dir: Option<&Path>) -> Self {
+        let mut config = TenantsConfig::default();
+        config.tenants.insert(
+            super::DEFAULT_TENANT.to_owned(),
+            TenantConfig {
+                default: true,
+                redis_key: Some(redis_key.to_owned()),
+                ..TenantConfig::default()
+            },
+        );
+        if let Some(entries) = plugins_dir.and_then(|d| std::fs::read_dir(d).ok()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if entry.path().is_dir() && valid_tenant_id(&name) && name != super::DEFAULT_TENANT
+                {
+                    config.tenants.insert(name, TenantConfig::default());
+                }
+            }
+        }
+        config
+    }
+
     /// Reads the main file and the tenants directory it names, and checks them together.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let main: MainFile = parse(file, &read(file)?)?;

@@ -7,10 +7,12 @@
 pub mod config;
 mod plugins;
 mod registry;
+mod watch;
 
 pub use config::{ConfigError, TenantConfig, TenantsConfig};
 pub use plugins::{PluginPolicy, namespace_handlers};
 pub use registry::{GatewayDefaults, Tenant, Tenants};
+pub use watch::{ConfigCheck, ConfigWatch};
 
 /// The tenant of the embedded default (and of every connection while no tenants are configured).
 pub const DEFAULT_TENANT: &str = "default";

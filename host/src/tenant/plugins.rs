@@ -68,7 +68,8 @@ impl PluginPolicy {
             tenant: slot.tenant().to_owned(),
             namespace: request.nsp.to_owned(),
             auth_json: request.auth.to_string(),
-            query: form_urlencoded::parse(hs.query.as_bytes())
+            query: hs
+                .query_pairs()
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect(),
             headers: HEADERS_FOR_PLUGINS

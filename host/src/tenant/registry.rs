@@ -12,9 +12,10 @@ use parking_lot::Mutex;
 use super::config::{OnRateExceeded, TenantConfig, TenantsConfig};
 use crate::adapter::redis::{RedisAdapterFactory, RedisBus, RedisConfig};
 use crate::contract::ContractConfig;
+use crate::engineio::Endpoints;
 use crate::engineio::{AllowedOrigins, Engine, EngineConfig, RequestError};
+use crate::http_util::query_param;
 use crate::plugin::PluginRuntime;
-use crate::serve::{Endpoints, query_param};
 use crate::socketio::{Handlers, RateAction, RateLimit, SocketIo, SocketIoConfig};
 
 /// What every tenant starts from: the gateway's own settings (flags and environment).

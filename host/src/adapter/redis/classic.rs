@@ -21,8 +21,8 @@ use crate::adapter::{
     Adapter, AdapterError, BoxFuture, BroadcastAcks, BroadcastOptions, BroadcastPacket,
     LocalAdapter, Room, SocketInfo, SocketTable,
 };
+use crate::codec::Payload;
 use crate::sid::Sid;
-use crate::socketio::packet::Payload;
 
 type Responses = mpsc::UnboundedSender<(Value, Vec<Bytes>)>;
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use rmpv::Value as Mp;
 use serde_json::{Map, Number, Value};
 
-use crate::socketio::packet::placeholder;
+use crate::codec::placeholder;
 
 /// Deepest nesting accepted when decoding, so a hostile message cannot exhaust the stack.
 const MAX_DEPTH: usize = 128;

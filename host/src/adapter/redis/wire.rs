@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::msgpack::{self, MsgpackError};
 use crate::adapter::{BroadcastOptions, Room};
-use crate::socketio::packet::{Packet, PacketKind};
+use crate::codec::{Packet, PacketKind};
 
 /// Request and response types of the classic protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

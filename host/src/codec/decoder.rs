@@ -63,7 +63,7 @@ fn finish(packet: Packet) -> Result<Option<Packet>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::socketio::packet::PacketKind;
+    use crate::codec::PacketKind;
 
     #[test]
     fn reassembles_binary_packets() {

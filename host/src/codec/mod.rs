@@ -1,0 +1,17 @@
+//! The Socket.IO v5 packet codec, shared by the layers that speak Socket.IO ([`crate::socketio`]) and
+//! those that carry its packets between nodes ([`crate::adapter`]).
+//!
+//! It sits on Engine.IO's framing ([`crate::engineio::WirePacket`]) and knows nothing of sockets, rooms
+//! or Redis: [`decode_text`] and [`PacketDecoder`] turn a connection's messages into [`Packet`]s
+//! (binary attachments reassembled), [`encode`] turns a packet into an [`EncodedPacket`] once, and every
+//! recipient of a broadcast shares those bytes.
+
+mod decoder;
+mod packet;
+
+pub use decoder::PacketDecoder;
+pub use packet::{
+    DecodeError, EncodedPacket, Packet, PacketKind, Payload, RESERVED_EVENTS, decode_text, encode,
+    encode_ack, encode_event, encode_with, event_data, placeholder, placeholders_valid,
+    relayable_event, write_json,
+};
