@@ -72,7 +72,7 @@ impl fmt::Debug for Room {
 }
 
 /// Which sockets an operation targets.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct BroadcastOptions {
     /// Sockets in any of these rooms; every socket of the namespace when empty.
     pub rooms: Vec<Room>,

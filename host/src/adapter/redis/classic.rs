@@ -9,22 +9,24 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::bus::RedisBus;
-use super::wire::{self, Channels, RequestType};
+use super::messages::{
+    Request, RequestMessage, Response, ResponseMessage, Target, strip_credentials,
+};
+use super::wire::{self, Channels};
 use crate::adapter::local::collect_acks;
 use crate::adapter::{
     Adapter, AdapterError, BoxFuture, BroadcastAcks, BroadcastOptions, BroadcastPacket,
     LocalAdapter, Room, SocketInfo, SocketTable,
 };
-use crate::codec::Payload;
+use crate::codec::Packet;
 use crate::sid::Sid;
 
-type Responses = mpsc::UnboundedSender<(Value, Vec<Bytes>)>;
+type Responses = mpsc::UnboundedSender<Response>;
 
 /// A namespace's adapter in a fleet sharing Redis.
 pub struct RedisAdapter {
@@ -117,145 +119,117 @@ impl RedisAdapter {
     }
 
     fn on_response(&self, payload: &[u8]) {
-        let (value, attachments) = match wire::decode_any(payload) {
-            Ok(decoded) => decoded,
+        let message = match ResponseMessage::decode(payload) {
+            Ok(Some(message)) => message,
+            Ok(None) => return,
             Err(err) => return self.undecodable(&err, "response"),
         };
-        let Some(id) = value.get("requestId").and_then(Value::as_str) else {
-            return;
-        };
-        if let Some(tx) = self.pending.lock().get(id) {
-            let _ = tx.send((value, attachments));
+        if let Some(tx) = self.pending.lock().get(&message.request_id) {
+            let _ = tx.send(message.response);
         }
     }
 
-    fn is_mine(&self, request: &Value) -> bool {
-        request
-            .get("requestId")
-            .and_then(Value::as_str)
-            .is_some_and(|id| self.pending.lock().contains_key(id))
+    /// Whether we sent this request (our own requests come back on the channel we listen to).
+    fn is_mine(&self, message: &RequestMessage) -> bool {
+        message.uid.as_deref() == Some(self.uid.as_str())
+            || message
+                .request_id
+                .as_ref()
+                .is_some_and(|id| self.pending.lock().contains_key(id))
     }
 
-    fn sent_by_us(&self, request: &Value) -> bool {
-        request.get("uid").and_then(Value::as_str) == Some(self.uid.as_str())
-    }
-
-    fn respond_json(&self, request: &Value, body: Value) {
-        let channel = self.response_channel(request);
-        self.bus.publish_nowait(channel, wire::encode_json(&body));
-    }
-
-    fn response_channel(&self, request: &Value) -> String {
-        self.channels.response_for(
-            request.get("uid").and_then(Value::as_str),
+    fn respond(&self, request: &RequestMessage, response: Response) {
+        let Some(request_id) = request.request_id.clone() else {
+            return;
+        };
+        let channel = self.channels.response_for(
+            request.uid.as_deref(),
             self.bus.config.publish_on_specific_response_channel,
-        )
+        );
+        self.bus.publish_nowait(
+            channel,
+            ResponseMessage {
+                request_id,
+                response,
+            }
+            .encode(),
+        );
     }
 
     fn on_request(&self, payload: &[u8]) {
-        let (request, attachments) = match wire::decode_any(payload) {
-            Ok(decoded) => decoded,
+        let message = match RequestMessage::decode(payload, &self.nsp) {
+            Ok(Some(message)) => message,
+            Ok(None) => return,
             Err(err) => return self.undecodable(&err, "request"),
         };
-        let Some(kind) = RequestType::from_value(&request) else {
+        // We applied our own requests when sending them.
+        if self.is_mine(&message) {
             return;
-        };
-        let request_id = request.get("requestId").cloned().unwrap_or(Value::Null);
-        match kind {
-            RequestType::Sockets if !self.is_mine(&request) => {
+        }
+        match &message.request {
+            Request::Sockets { rooms } => {
                 let opts = BroadcastOptions {
-                    rooms: wire::request_rooms(&request),
+                    rooms: rooms.clone(),
                     ..Default::default()
                 };
-                let ids: Vec<Value> = self
-                    .local
-                    .local_targets(&opts)
-                    .iter()
-                    .map(|sid| Value::String(sid.to_string()))
-                    .collect();
-                self.respond_json(&request, json!({ "requestId": request_id, "sockets": ids }));
+                let ids = self.local.local_targets(&opts);
+                self.respond(&message, Response::SocketIds(ids));
             }
-            RequestType::AllRooms if !self.is_mine(&request) => {
-                let rooms: Vec<Value> = self
-                    .local
-                    .local_rooms()
-                    .into_iter()
-                    .map(|r| Value::String(r.to_string()))
-                    .collect();
-                self.respond_json(&request, json!({ "requestId": request_id, "rooms": rooms }));
+            Request::AllRooms => {
+                let rooms = self.local.local_rooms().into_iter().collect();
+                self.respond(&message, Response::Rooms(rooms));
             }
-            RequestType::RemoteJoin | RequestType::RemoteLeave => {
-                let join = kind == RequestType::RemoteJoin;
-                if let Some(opts) = request.get("opts") {
-                    // We applied our own requests when sending them.
-                    if !self.sent_by_us(&request) {
-                        let (opts, rooms) =
-                            (wire::parse_opts(Some(opts)), wire::request_rooms(&request));
-                        if join {
-                            self.join_capped(&opts, &rooms);
-                        } else {
-                            self.local.local_update_rooms(&opts, &rooms, false);
-                        }
-                    }
-                } else if let Some(sid) = self.legacy_target(&request) {
-                    let rooms = wire::request_rooms(&request);
-                    if join {
+            Request::RemoteJoin { target, rooms } => match target {
+                Target::Matching(opts) => self.join_capped(opts, rooms),
+                Target::Socket(sid) => {
+                    if self.holds(*sid) {
                         let opts = BroadcastOptions {
-                            rooms: vec![Room::of_socket(sid)],
+                            rooms: vec![Room::of_socket(*sid)],
                             ..Default::default()
                         };
-                        self.join_capped(&opts, &rooms);
-                    } else {
-                        for room in &rooms {
-                            self.local.del(sid, room);
+                        self.join_capped(&opts, rooms);
+                        self.respond(&message, Response::Done);
+                    }
+                }
+            },
+            Request::RemoteLeave { target, rooms } => match target {
+                Target::Matching(opts) => self.local.local_update_rooms(opts, rooms, false),
+                Target::Socket(sid) => {
+                    if self.holds(*sid) {
+                        for room in rooms {
+                            self.local.del(*sid, room);
                         }
+                        self.respond(&message, Response::Done);
                     }
-                    self.respond_json(&request, json!({ "requestId": request_id }));
                 }
-            }
-            RequestType::RemoteDisconnect => {
-                let close = request
-                    .get("close")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                if let Some(opts) = request.get("opts") {
-                    if !self.sent_by_us(&request) {
-                        self.local
-                            .local_disconnect(&wire::parse_opts(Some(opts)), close);
+            },
+            Request::RemoteDisconnect { target, close } => match target {
+                Target::Matching(opts) => self.local.local_disconnect(opts, *close),
+                Target::Socket(sid) => {
+                    if self.holds(*sid) {
+                        if let Some(table) = self.local.socket_table() {
+                            table.disconnect(*sid, *close);
+                        }
+                        self.respond(&message, Response::Done);
                     }
-                } else if let Some(sid) = self.legacy_target(&request) {
-                    if let Some(table) = self.local.socket_table() {
-                        table.disconnect(sid, close);
-                    }
-                    self.respond_json(&request, json!({ "requestId": request_id }));
                 }
-            }
-            RequestType::RemoteFetch if !self.is_mine(&request) => {
-                let opts = wire::parse_opts(request.get("opts"));
+            },
+            Request::RemoteFetch { opts } => {
                 let share = self.bus.config.share_credentials;
-                let sockets: Vec<Value> = self
-                    .local
-                    .local_socket_infos(&opts)
-                    .iter_mut()
-                    .map(|info| {
-                        if !share {
-                            strip_credentials(&mut info.handshake);
-                        }
-                        socket_json(info)
-                    })
-                    .collect();
-                self.respond_json(
-                    &request,
-                    json!({ "requestId": request_id, "sockets": sockets }),
-                );
+                let mut sockets = self.local.local_socket_infos(opts);
+                if !share {
+                    for info in &mut sockets {
+                        strip_credentials(&mut info.handshake);
+                    }
+                }
+                self.respond(&message, Response::Sockets(sockets));
             }
-            RequestType::ServerSideEmit if !self.sent_by_us(&request) => {
-                self.on_server_side_emit(request)
-            }
-            RequestType::Broadcast if !self.is_mine(&request) => {
-                self.on_broadcast_with_ack(&request, attachments)
-            }
-            _ => {}
+            Request::ServerSideEmit { data } => self.on_server_side_emit(&message, data.clone()),
+            Request::Broadcast {
+                packet,
+                opts,
+                timeout_ms,
+            } => self.on_broadcast_with_ack(&message, packet.clone(), opts, *timeout_ms),
         }
     }
 
@@ -273,87 +247,70 @@ impl RedisAdapter {
         }
     }
 
-    /// The local socket a legacy (adapter ≤ 7) request names, if it is here.
-    fn legacy_target(&self, request: &Value) -> Option<Sid> {
-        let sid = Sid::parse(request.get("sid")?.as_str()?)?;
-        (self.local.room_size(&Room::of_socket(sid)) > 0).then_some(sid)
+    /// Whether the socket a legacy (adapter ≤ 7) request names is here.
+    fn holds(&self, sid: Sid) -> bool {
+        self.local.room_size(&Room::of_socket(sid)) > 0
     }
 
-    fn on_server_side_emit(&self, request: Value) {
-        let Some(Value::Array(data)) = request.get("data").cloned() else {
-            return;
-        };
+    fn on_server_side_emit(&self, message: &RequestMessage, data: Vec<Value>) {
         let Some(table) = self.local.socket_table() else {
             return;
         };
-        let ack = request.get("requestId").cloned().map(|request_id| {
+        let ack = message.request_id.clone().map(|request_id| {
             // Node answers server-side acks on the common channel, whatever its options say.
             let (bus, channel) = (Arc::clone(&self.bus), self.channels.response.clone());
             Box::new(move |answer: Value| {
-                let body = json!({ "type": RequestType::ServerSideEmit as u8, "requestId": request_id, "data": answer });
-                bus.publish_nowait(channel, wire::encode_json(&body));
+                let response = ResponseMessage {
+                    request_id,
+                    response: Response::ServerSideEmitAck(answer),
+                };
+                bus.publish_nowait(channel, response.encode());
             }) as crate::adapter::ServerAck
         });
         table.server_side_emit(data, ack);
     }
 
-    fn on_broadcast_with_ack(&self, request: &Value, attachments: Vec<Bytes>) {
-        let Some(request_id) = request.get("requestId").cloned() else {
-            return;
-        };
-        let Some(packet) = request.get("packet") else {
-            return;
-        };
-        let Ok(packet) = wire::parse_packet(packet, attachments, &self.nsp) else {
+    fn on_broadcast_with_ack(
+        &self,
+        message: &RequestMessage,
+        packet: Packet,
+        opts: &BroadcastOptions,
+        timeout_ms: Option<u64>,
+    ) {
+        let Some(request_id) = message.request_id.clone() else {
             return;
         };
         if packet.nsp != self.nsp {
             return;
         }
-        let opts = wire::parse_opts(request.get("opts"));
-        let timeout = request
-            .get("opts")
-            .and_then(|o| o.get("flags"))
-            .and_then(|f| f.get("timeout"))
-            .and_then(Value::as_u64)
+        let timeout = timeout_ms
             .map_or(self.bus.config.requests_timeout, Duration::from_millis)
             .min(self.bus.config.max_ack_timeout);
         let (tx, rx) = mpsc::unbounded_channel();
         let count =
             self.local
-                .local_broadcast_with_ack(&BroadcastPacket::new(packet), &opts, timeout, &tx);
+                .local_broadcast_with_ack(&BroadcastPacket::new(packet), opts, timeout, &tx);
         drop(tx);
-        let channel = self.response_channel(request);
-        let count_body = json!({
-            "type": RequestType::BroadcastClientCount as u8,
-            "requestId": request_id,
-            "clientCount": count,
-        });
-        self.bus
-            .publish_nowait(channel.clone(), wire::encode_json(&count_body));
+        self.respond(message, Response::BroadcastClientCount(count));
+        let channel = self.channels.response_for(
+            message.uid.as_deref(),
+            self.bus.config.publish_on_specific_response_channel,
+        );
         let bus = Arc::clone(&self.bus);
         tokio::spawn(async move {
             let acks = collect_acks(rx, count, timeout).await;
             for ack in acks.responses {
-                // Only the first ack argument travels, as msgpack so binary survives.
-                let first = ack.args.into_iter().next().unwrap_or(Value::Null);
-                let body = json!({ "type": RequestType::BroadcastAck as u8, "requestId": request_id, "packet": first });
-                bus.publish_nowait(
-                    channel.clone(),
-                    wire::encode_msgpack(&body, &ack.attachments),
-                );
+                let response = ResponseMessage {
+                    request_id: request_id.clone(),
+                    response: Response::BroadcastAck(ack),
+                };
+                bus.publish_nowait(channel.clone(), response.encode());
             }
         });
     }
 
     /// Registers a request id whose responses arrive on the returned receiver until the guard is dropped.
-    fn open_request(
-        &self,
-    ) -> (
-        String,
-        mpsc::UnboundedReceiver<(Value, Vec<Bytes>)>,
-        PendingGuard<'_>,
-    ) {
+    fn open_request(&self) -> (String, mpsc::UnboundedReceiver<Response>, PendingGuard<'_>) {
         let id = uid2();
         let (tx, rx) = mpsc::unbounded_channel();
         self.pending.lock().insert(id.clone(), tx);
@@ -364,41 +321,41 @@ impl RedisAdapter {
         (id, rx, guard)
     }
 
-    /// Asks every node and merges `field` (an array) of their responses, as fetchSockets and allRooms do.
+    /// A request from this node.
+    fn request(&self, request_id: Option<String>, request: Request) -> RequestMessage {
+        RequestMessage {
+            uid: Some(self.uid.clone()),
+            request_id,
+            request,
+        }
+    }
+
+    /// Asks every node and hands each response to `merge`, as fetchSockets and allRooms do.
     async fn gather(
         &self,
-        kind: RequestType,
-        extra: Map<String, Value>,
-        field: &str,
-    ) -> Result<Vec<Value>, AdapterError> {
+        request: Request,
+        mut merge: impl FnMut(Response),
+    ) -> Result<(), AdapterError> {
         let expected = self.bus.numsub(&self.channels.request).await?;
         if expected <= 1 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let (request_id, mut rx, _guard) = self.open_request();
-        let mut request = Map::new();
-        request.insert("uid".into(), Value::String(self.uid.clone()));
-        request.insert("requestId".into(), Value::String(request_id));
-        request.insert("type".into(), Value::from(kind as u8));
-        request.extend(extra);
         self.bus
             .publish_now(
                 &self.channels.request,
-                wire::encode_json(&Value::Object(request)),
+                self.request(Some(request_id), request).encode(),
             )
             .await?;
         let timeout = self.bus.config.requests_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         // Like Node: ourselves count as the first response.
         let mut answered = 1;
-        let mut merged = Vec::new();
         while answered < expected {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((response, _))) => {
+                Ok(Some(response)) => {
                     answered += 1;
-                    if let Some(Value::Array(items)) = response.get(field) {
-                        merged.extend(items.iter().cloned());
-                    }
+                    merge(response);
                 }
                 Ok(None) | Err(_) => {
                     return Err(AdapterError::Timeout {
@@ -409,12 +366,12 @@ impl RedisAdapter {
                 }
             }
         }
-        Ok(merged)
+        Ok(())
     }
 
-    async fn publish_request(&self, body: Value) -> Result<(), AdapterError> {
+    async fn publish_request(&self, request: Request) -> Result<(), AdapterError> {
         self.bus
-            .publish_now(&self.channels.request, wire::encode_json(&body))
+            .publish_now(&self.channels.request, self.request(None, request).encode())
             .await
     }
 }
@@ -438,49 +395,6 @@ impl Drop for RedisAdapter {
             self.bus.unregister(pattern, channels);
         }
     }
-}
-
-/// Headers that carry a client's credentials; left out of fetch replies unless the tenant opts in.
-const CREDENTIAL_HEADERS: [&str; 4] = [
-    "cookie",
-    "authorization",
-    "proxy-authorization",
-    "x-api-key",
-];
-
-/// Removes what would let a peer act as the client: credential headers and the CONNECT `auth`.
-fn strip_credentials(handshake: &mut Value) {
-    if let Some(headers) = handshake.get_mut("headers").and_then(Value::as_object_mut) {
-        headers.retain(|name, _| {
-            !CREDENTIAL_HEADERS
-                .iter()
-                .any(|c| name.eq_ignore_ascii_case(c))
-        });
-    }
-    if let Some(hs) = handshake.as_object_mut()
-        && hs.contains_key("auth")
-    {
-        hs.insert("auth".into(), Value::Object(Map::new()));
-    }
-}
-
-/// A socket as `fetchSockets` responses describe it (Node's `RemoteSocket` fields).
-fn socket_json(info: &SocketInfo) -> Value {
-    json!({
-        "id": info.id.to_string(),
-        "handshake": info.handshake,
-        "rooms": info.rooms.iter().map(|r| Value::String(r.to_string())).collect::<Vec<_>>(),
-        "data": info.data,
-    })
-}
-
-fn socket_from_json(v: &Value) -> Option<SocketInfo> {
-    Some(SocketInfo {
-        id: Sid::parse(v.get("id")?.as_str()?)?,
-        rooms: wire::parse_rooms(v.get("rooms")),
-        data: v.get("data").cloned().unwrap_or(Value::Null),
-        handshake: v.get("handshake").cloned().unwrap_or(Value::Null),
-    })
 }
 
 impl Adapter for RedisAdapter {
@@ -523,12 +437,12 @@ impl Adapter for RedisAdapter {
             if opts.local {
                 return Ok(sockets);
             }
-            let mut extra = Map::new();
-            extra.insert("opts".into(), wire::opts_json(&opts));
-            let remote = self
-                .gather(RequestType::RemoteFetch, extra, "sockets")
-                .await?;
-            sockets.extend(remote.iter().filter_map(socket_from_json));
+            self.gather(Request::RemoteFetch { opts }, |response| {
+                if let Response::Sockets(remote) = response {
+                    sockets.extend(remote);
+                }
+            })
+            .await?;
             Ok(sockets)
         })
     }
@@ -536,10 +450,12 @@ impl Adapter for RedisAdapter {
     fn all_rooms(&self) -> BoxFuture<'_, Result<HashSet<Room>, AdapterError>> {
         Box::pin(async move {
             let mut rooms = self.local.local_rooms();
-            let remote = self
-                .gather(RequestType::AllRooms, Map::new(), "rooms")
-                .await?;
-            rooms.extend(wire::parse_rooms(Some(&Value::Array(remote))));
+            self.gather(Request::AllRooms, |response| {
+                if let Response::Rooms(remote) = response {
+                    rooms.extend(remote);
+                }
+            })
+            .await?;
             Ok(rooms)
         })
     }
@@ -550,8 +466,11 @@ impl Adapter for RedisAdapter {
         rooms: &[Room],
     ) -> BoxFuture<'_, Result<(), AdapterError>> {
         self.local.local_update_rooms(opts, rooms, true);
-        let body = self.membership_request(RequestType::RemoteJoin, opts, rooms);
-        Box::pin(async move { self.publish_request(body).await })
+        let request = Request::RemoteJoin {
+            target: Target::Matching(opts.clone()),
+            rooms: rooms.to_vec(),
+        };
+        Box::pin(async move { self.publish_request(request).await })
     }
 
     fn del_sockets(
@@ -560,8 +479,11 @@ impl Adapter for RedisAdapter {
         rooms: &[Room],
     ) -> BoxFuture<'_, Result<(), AdapterError>> {
         self.local.local_update_rooms(opts, rooms, false);
-        let body = self.membership_request(RequestType::RemoteLeave, opts, rooms);
-        Box::pin(async move { self.publish_request(body).await })
+        let request = Request::RemoteLeave {
+            target: Target::Matching(opts.clone()),
+            rooms: rooms.to_vec(),
+        };
+        Box::pin(async move { self.publish_request(request).await })
     }
 
     fn disconnect_sockets(
@@ -569,14 +491,12 @@ impl Adapter for RedisAdapter {
         opts: &BroadcastOptions,
         close: bool,
     ) -> BoxFuture<'_, Result<(), AdapterError>> {
-        let body = json!({
-            "uid": self.uid,
-            "type": RequestType::RemoteDisconnect as u8,
-            "opts": wire::opts_json(opts),
-            "close": close,
-        });
+        let request = Request::RemoteDisconnect {
+            target: Target::Matching(opts.clone()),
+            close,
+        };
         self.local.local_disconnect(opts, close);
-        Box::pin(async move { self.publish_request(body).await })
+        Box::pin(async move { self.publish_request(request).await })
     }
 
     fn broadcast_with_ack(
@@ -593,18 +513,16 @@ impl Adapter for RedisAdapter {
             }
             let (local_tx, mut local_rx) = mpsc::unbounded_channel();
             let (request_id, mut rx, _guard) = self.open_request();
-            let body = json!({
-                "uid": self.uid,
-                "requestId": request_id,
-                "type": RequestType::Broadcast as u8,
-                "packet": wire::packet_json(packet.packet()),
-                "opts": wire::broadcast_opts_json(&opts, Some(timeout.as_millis() as u64)),
-            });
+            let request = Request::Broadcast {
+                packet: packet.packet().clone(),
+                opts: opts.clone(),
+                timeout_ms: Some(timeout.as_millis() as u64),
+            };
             // Published before the local delivery, as Node does.
             self.bus
                 .publish_now(
                     &self.channels.request,
-                    wire::encode_msgpack(&body, &packet.packet().attachments),
+                    self.request(Some(request_id), request).encode(),
                 )
                 .await?;
             let local_count = self
@@ -626,20 +544,15 @@ impl Adapter for RedisAdapter {
                         Some(payload) => acks.responses.push(payload),
                         None => local_open = false,
                     },
-                    remote = rx.recv() => {
-                        let Some((response, attachments)) = remote else { break };
-                        match RequestType::from_value(&response) {
-                            Some(RequestType::BroadcastClientCount) => {
-                                counts += 1;
-                                expected += response.get("clientCount").and_then(Value::as_u64).unwrap_or(0) as usize;
-                            }
-                            Some(RequestType::BroadcastAck) => {
-                                let first = response.get("packet").cloned().unwrap_or(Value::Null);
-                                acks.responses.push(Payload { args: vec![first], attachments });
-                            }
-                            _ => {}
+                    remote = rx.recv() => match remote {
+                        Some(Response::BroadcastClientCount(count)) => {
+                            counts += 1;
+                            expected += count;
                         }
-                    }
+                        Some(Response::BroadcastAck(payload)) => acks.responses.push(payload),
+                        Some(_) => {}
+                        None => break,
+                    },
                     _ = tokio::time::sleep_until(deadline) => {
                         acks.timed_out = true;
                         break;
@@ -652,9 +565,7 @@ impl Adapter for RedisAdapter {
     }
 
     fn server_side_emit(&self, data: Vec<Value>) -> BoxFuture<'_, Result<(), AdapterError>> {
-        let body =
-            json!({ "uid": self.uid, "type": RequestType::ServerSideEmit as u8, "data": data });
-        Box::pin(async move { self.publish_request(body).await })
+        Box::pin(async move { self.publish_request(Request::ServerSideEmit { data }).await })
     }
 
     fn server_side_emit_with_ack(
@@ -672,20 +583,19 @@ impl Adapter for RedisAdapter {
                 return Ok(Vec::new());
             }
             let (request_id, mut rx, _guard) = self.open_request();
-            let body = json!({
-                "uid": self.uid,
-                "requestId": request_id,
-                "type": RequestType::ServerSideEmit as u8,
-                "data": data,
-            });
-            self.publish_request(body).await?;
+            self.bus
+                .publish_now(
+                    &self.channels.request,
+                    self.request(Some(request_id), Request::ServerSideEmit { data })
+                        .encode(),
+                )
+                .await?;
             let deadline = tokio::time::Instant::now() + timeout;
             let mut answers = Vec::with_capacity(expected);
             while answers.len() < expected {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some((response, _))) => {
-                        answers.push(response.get("data").cloned().unwrap_or(Value::Null))
-                    }
+                    Ok(Some(Response::ServerSideEmitAck(answer))) => answers.push(answer),
+                    Ok(Some(_)) => {}
                     Ok(None) | Err(_) => {
                         return Err(AdapterError::Timeout {
                             waited_ms: timeout.as_millis() as u64,
@@ -696,22 +606,6 @@ impl Adapter for RedisAdapter {
                 }
             }
             Ok(answers)
-        })
-    }
-}
-
-impl RedisAdapter {
-    fn membership_request(
-        &self,
-        kind: RequestType,
-        opts: &BroadcastOptions,
-        rooms: &[Room],
-    ) -> Value {
-        json!({
-            "uid": self.uid,
-            "type": kind as u8,
-            "opts": wire::opts_json(opts),
-            "rooms": rooms.iter().map(|r| Value::String(r.to_string())).collect::<Vec<_>>(),
         })
     }
 }
@@ -728,16 +622,5 @@ mod tests {
             id.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         );
-    }
-
-    #[test]
-    fn socket_details_round_trip() {
-        let info = SocketInfo {
-            id: Sid::random(),
-            rooms: vec!["a".into()],
-            data: json!({"user": 1}),
-            handshake: json!({"address": "127.0.0.1"}),
-        };
-        assert_eq!(socket_from_json(&socket_json(&info)), Some(info));
     }
 }

@@ -7,6 +7,7 @@
 pub mod bounds;
 pub mod bus;
 pub mod classic;
+pub mod messages;
 pub mod msgpack;
 pub mod wire;
 

@@ -398,23 +398,6 @@ mod tests {
     }
 
     #[test]
-    fn broadcast_ack_matches_the_captured_bytes() {
-        // Node peer's answer: 83 a4"type" 09 a9"requestId" a6"1ccTfK" a6"packet" ab"clientack-z"
-        let mut expected = vec![0x83, 0xa4];
-        expected.extend(b"type");
-        expected.extend([0x09, 0xa9]);
-        expected.extend(b"requestId");
-        expected.push(0xa6);
-        expected.extend(b"1ccTfK");
-        expected.push(0xa6);
-        expected.extend(b"packet");
-        expected.push(0xab);
-        expected.extend(b"clientack-z");
-        let body = json!({"type": RequestType::BroadcastAck as u8, "requestId": "1ccTfK", "packet": "clientack-z"});
-        assert_eq!(encode_msgpack(&body, &[]), expected);
-    }
-
-    #[test]
     fn membership_and_fetch_requests_are_node_json() {
         let opts = BroadcastOptions {
             rooms: vec!["room1".into()],
