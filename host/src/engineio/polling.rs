@@ -37,26 +37,13 @@ struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        let mut state = self.session.state.lock();
-        if self.get {
-            state.poll_pending = false;
-        } else {
-            state.post_pending = false;
-        }
+        self.session.state.lock().end_request(self.get);
     }
 }
 
 /// Marks a request in flight, or closes the session if one of the same kind already is.
 fn begin<'a>(session: &'a Arc<Session>, get: bool) -> Result<InFlight<'a>, RequestError> {
-    let duplicate = {
-        let mut state = session.state.lock();
-        let slot = if get {
-            &mut state.poll_pending
-        } else {
-            &mut state.post_pending
-        };
-        std::mem::replace(slot, true)
-    };
+    let duplicate = !session.state.lock().begin_request(get);
     if duplicate {
         session.close(CloseReason::ProtocolViolation(if get {
             "overlapping polling GET requests"
@@ -82,7 +69,7 @@ pub(crate) async fn poll(session: Arc<Session>) -> Response<Body> {
     let upgrade_grace = session
         .state
         .lock()
-        .upgrading
+        .is_upgrading()
         .then(|| Instant::now() + UPGRADE_GRACE);
     loop {
         let notified = session.writer.notified();
@@ -90,7 +77,7 @@ pub(crate) async fn poll(session: Arc<Session>) -> Response<Body> {
         notified.as_mut().enable();
         {
             let mut state = session.state.lock();
-            if let Some(closed_as) = state.closed {
+            if let Some(closed_as) = state.closed_as() {
                 session.engine.remove(session.sid());
                 if closed_as == ClosedAs::Server {
                     Session::take_queue(&mut state, &mut packets);
@@ -100,16 +87,16 @@ pub(crate) async fn poll(session: Arc<Session>) -> Response<Body> {
                 }
                 break;
             }
-            if state.transport != TransportKind::Polling {
+            if state.transport() != TransportKind::Polling {
                 // The upgrade finished while this request waited.
                 return RequestError::BadRequest.response();
             }
-            if state.upgrading && upgrade_grace.is_none_or(|grace| Instant::now() >= grace) {
+            if state.is_upgrading() && upgrade_grace.is_none_or(|grace| Instant::now() >= grace) {
                 packets.push(WirePacket::text(b'6', b""));
                 released_for_upgrade = true;
                 break;
             }
-            if !state.queue.is_empty() {
+            if state.has_queued() {
                 Session::take_queue(&mut state, &mut packets);
                 break;
             }

@@ -129,22 +129,157 @@ pub enum SendOutcome {
     Closed,
 }
 
+/// A session's mutable state, behind one lock. Transports change it only through the methods below,
+/// which keep these invariants (asserted in debug builds):
+///
+/// - the transport goes from polling to websocket at most once, and never back;
+/// - `upgrading` is set only while the transport is polling, and one upgrade runs at a time;
+/// - once `closed` is set it stays set, and no websocket is attached to a closed session;
+/// - at most one polling `GET` and one `POST` are in flight;
+/// - `writing` (a websocket batch in flight) is set only by the one websocket task, and only while the
+///   transport is websocket; direct writes happen only while it is clear and the queue is empty.
 pub(crate) struct State {
-    pub(crate) queue: VecDeque<WirePacket>,
+    queue: VecDeque<WirePacket>,
     queued_bytes: usize,
-    pub(crate) transport: TransportKind,
-    pub(crate) upgrading: bool,
+    transport: TransportKind,
+    upgrading: bool,
     /// Set once the session is closed: whether a pending poll answers `6` (client close) or `1`.
-    pub(crate) closed: Option<ClosedAs>,
-    pub(crate) poll_pending: bool,
-    pub(crate) post_pending: bool,
+    closed: Option<ClosedAs>,
+    poll_pending: bool,
+    post_pending: bool,
     /// The websocket task is writing a batch; nobody else may write to the socket meanwhile.
-    pub(crate) writing: bool,
+    writing: bool,
     /// The active websocket, for senders to write to directly when nothing is queued.
-    pub(crate) direct: Option<Arc<tokio::net::TcpStream>>,
+    direct: Option<Arc<tokio::net::TcpStream>>,
     ping_sent: Option<Instant>,
     last_pong: Instant,
     handler: Option<Arc<dyn SessionHandler>>,
+}
+
+impl State {
+    fn new(transport: TransportKind) -> Self {
+        State {
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            transport,
+            upgrading: false,
+            closed: None,
+            poll_pending: false,
+            post_pending: false,
+            writing: false,
+            direct: None,
+            ping_sent: None,
+            last_pong: Instant::now(),
+            handler: None,
+        }
+    }
+
+    /// The transport the session writes through now.
+    pub(crate) fn transport(&self) -> TransportKind {
+        self.transport
+    }
+
+    /// How the session was closed, if it was.
+    pub(crate) fn closed_as(&self) -> Option<ClosedAs> {
+        self.closed
+    }
+
+    /// Whether a websocket is probing to take the session over.
+    pub(crate) fn is_upgrading(&self) -> bool {
+        self.upgrading
+    }
+
+    /// Whether packets wait to be written.
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Starts an upgrade; `false` when one is running or the session is already on websocket (a
+    /// second websocket for one session is refused).
+    pub(crate) fn begin_upgrade(&mut self) -> bool {
+        if self.upgrading || self.transport == TransportKind::Websocket {
+            return false;
+        }
+        self.upgrading = true;
+        true
+    }
+
+    /// Gives up an upgrade; the session stays on polling.
+    pub(crate) fn abort_upgrade(&mut self) {
+        debug_assert!(self.transport == TransportKind::Polling || !self.upgrading);
+        self.upgrading = false;
+    }
+
+    /// Finishes an upgrade: the websocket is the transport from now on. `false` when the session
+    /// closed meanwhile.
+    pub(crate) fn complete_upgrade(&mut self) -> bool {
+        if self.closed.is_some() {
+            return false;
+        }
+        debug_assert!(self.upgrading, "an upgrade completes only after it began");
+        debug_assert_eq!(self.transport, TransportKind::Polling);
+        self.upgrading = false;
+        self.transport = TransportKind::Websocket;
+        true
+    }
+
+    /// Makes `stream` the socket senders write to directly.
+    pub(crate) fn attach_websocket(&mut self, stream: Arc<tokio::net::TcpStream>) {
+        debug_assert_eq!(self.transport, TransportKind::Websocket);
+        if self.closed.is_none() {
+            self.direct = Some(stream);
+        }
+    }
+
+    /// Forgets the websocket (its task is ending).
+    pub(crate) fn detach_websocket(&mut self) {
+        self.direct = None;
+    }
+
+    /// Marks a polling `GET` (or `POST`) in flight; `false` when one already is (a protocol violation).
+    pub(crate) fn begin_request(&mut self, get: bool) -> bool {
+        let slot = if get {
+            &mut self.poll_pending
+        } else {
+            &mut self.post_pending
+        };
+        !std::mem::replace(slot, true)
+    }
+
+    /// Ends the polling request [`State::begin_request`] began.
+    pub(crate) fn end_request(&mut self, get: bool) {
+        let slot = if get {
+            &mut self.poll_pending
+        } else {
+            &mut self.post_pending
+        };
+        debug_assert!(*slot, "a request ends only after it began");
+        *slot = false;
+    }
+
+    /// Takes the queue into `batch` for the websocket task to write; `false` when it is empty. Until
+    /// [`State::end_batch`], senders queue instead of writing directly.
+    pub(crate) fn begin_batch(&mut self, batch: &mut Vec<WirePacket>) -> bool {
+        if self.queue.is_empty() {
+            return false;
+        }
+        debug_assert!(!self.writing, "one websocket task writes at a time");
+        Session::take_queue(self, batch);
+        self.writing = true;
+        true
+    }
+
+    /// The batch is written (or failed).
+    pub(crate) fn end_batch(&mut self) {
+        debug_assert!(self.writing);
+        self.writing = false;
+    }
+
+    /// Queues a frame that is already framed (a websocket control frame), behind what is queued.
+    pub(crate) fn push_frame(&mut self, frame: WirePacket) {
+        self.queued_bytes += frame.len();
+        self.queue.push_back(frame);
+    }
 }
 
 /// How a closed session answers a pending poll.
@@ -177,20 +312,7 @@ impl Session {
             sid: Sid::random(),
             handshake,
             engine,
-            state: Mutex::new(State {
-                queue: VecDeque::new(),
-                queued_bytes: 0,
-                transport,
-                upgrading: false,
-                closed: None,
-                poll_pending: false,
-                post_pending: false,
-                writing: false,
-                direct: None,
-                ping_sent: None,
-                last_pong: Instant::now(),
-                handler: None,
-            }),
+            state: Mutex::new(State::new(transport)),
             writer: Notify::new(),
             is_closed: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
@@ -335,6 +457,7 @@ impl Session {
                 ClosedAs::Server
             });
             state.direct = None;
+            debug_assert!(!state.upgrading || state.transport == TransportKind::Polling);
             // After an orderly close a polling client learns of it from its next GET (`1` when the
             // server closed, as Node does, `6` when it raced its own `1`), so the session stays
             // findable until then. Errors and timeouts forget it at once: the next GET gets 400.
@@ -586,5 +709,85 @@ mod tests {
             session.on_packet(Packet::Pong(crate::engineio::Utf8Bytes::from_static("")));
         }
         assert!(!session.is_closed());
+    }
+
+    #[test]
+    fn an_upgrade_runs_once_and_moves_the_session_to_websocket() {
+        let mut state = State::new(TransportKind::Polling);
+        assert!(state.begin_upgrade());
+        assert!(
+            !state.begin_upgrade(),
+            "a second probe is refused while one runs"
+        );
+        state.abort_upgrade();
+        assert!(!state.is_upgrading());
+        assert_eq!(
+            state.transport(),
+            TransportKind::Polling,
+            "an aborted upgrade stays on polling"
+        );
+        assert!(state.begin_upgrade());
+        assert!(state.complete_upgrade());
+        assert_eq!(state.transport(), TransportKind::Websocket);
+        assert!(
+            !state.begin_upgrade(),
+            "a websocket session is never upgraded again"
+        );
+    }
+
+    #[test]
+    fn an_upgrade_of_a_closed_session_does_not_complete() {
+        let mut state = State::new(TransportKind::Polling);
+        assert!(state.begin_upgrade());
+        state.closed = Some(ClosedAs::Server);
+        assert!(!state.complete_upgrade());
+        assert_eq!(state.transport(), TransportKind::Polling);
+    }
+
+    #[test]
+    fn one_get_and_one_post_at_a_time() {
+        let mut state = State::new(TransportKind::Polling);
+        assert!(state.begin_request(true));
+        assert!(
+            state.begin_request(false),
+            "a POST beside a pending GET is fine"
+        );
+        assert!(
+            !state.begin_request(true),
+            "a second GET is a protocol violation"
+        );
+        state.end_request(true);
+        assert!(state.begin_request(true));
+    }
+
+    #[test]
+    fn a_batch_takes_the_queue_and_blocks_direct_writes_until_it_ends() {
+        let mut state = State::new(TransportKind::Websocket);
+        let mut batch = Vec::new();
+        assert!(!state.begin_batch(&mut batch), "nothing to write");
+        state.push_frame(WirePacket::text(b'4', b"a"));
+        state.push_frame(WirePacket::text(b'4', b"b"));
+        assert!(state.begin_batch(&mut batch));
+        assert_eq!(batch.len(), 2);
+        assert!(state.writing && !state.has_queued() && state.queued_bytes == 0);
+        state.end_batch();
+        assert!(!state.writing);
+    }
+
+    #[tokio::test]
+    async fn a_closed_session_keeps_no_websocket_and_refuses_sends() {
+        let (session, recorder) = open(EngineConfig::default());
+        session.close(CloseReason::ServerClose);
+        assert_eq!(session.state.lock().closed_as(), Some(ClosedAs::Server));
+        assert_eq!(
+            session.send(WirePacket::text(b'4', b"x"), false),
+            SendOutcome::Closed
+        );
+        session.close(CloseReason::TransportClose);
+        assert_eq!(
+            recorder.0.lock().len(),
+            1,
+            "the upper layer hears of a close once"
+        );
     }
 }

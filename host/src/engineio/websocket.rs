@@ -115,14 +115,7 @@ pub(crate) fn accept_upgrade(
 ) -> Result<Response<Body>, RequestError> {
     let resp = switching_protocols(&req)?;
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let duplicate = {
-        let mut state = session.state.lock();
-        let busy = state.upgrading || state.transport == TransportKind::Websocket;
-        if !busy {
-            state.upgrading = true;
-        }
-        busy
-    };
+    let duplicate = { !session.state.lock().begin_upgrade() };
     if !duplicate {
         // Release a pending GET with `6` so the client can complete the upgrade.
         session.writer.notify_waiters();
@@ -130,7 +123,7 @@ pub(crate) fn accept_upgrade(
     tokio::spawn(async move {
         let Some((mut stream, leftover)) = take_stream(on_upgrade).await else {
             if !duplicate {
-                session.state.lock().upgrading = false;
+                session.state.lock().abort_upgrade();
             }
             return;
         };
@@ -209,7 +202,10 @@ impl Connection {
 
     /// Makes this socket the session's transport for direct writes.
     fn activate(&self) {
-        self.session.state.lock().direct = Some(Arc::clone(&self.stream));
+        self.session
+            .state
+            .lock()
+            .attach_websocket(Arc::clone(&self.stream));
     }
 
     /// The connection's task. Not an `async fn`: that would keep a second copy of `self` in the future,
@@ -222,7 +218,7 @@ impl Connection {
             // connection (a future is as large as its largest await point).
             Box::pin(self.goodbye(end)).await;
             // Dropping the last handle closes the socket.
-            self.session.state.lock().direct = None;
+            self.session.state.lock().detach_websocket();
         }
     }
 
@@ -266,8 +262,7 @@ impl Connection {
 
     fn abort_upgrade(&self, why: &'static str) {
         tracing::debug!(sid = %self.session.sid(), why, "websocket upgrade aborted");
-        let mut state = self.session.state.lock();
-        state.upgrading = false;
+        self.session.state.lock().abort_upgrade();
     }
 
     async fn drive(&mut self) -> End {
@@ -296,7 +291,7 @@ impl Connection {
             notified.as_mut().enable();
             let has_work = {
                 let state = self.session.state.lock();
-                state.closed.is_some() || (self.mode == Mode::Active && !state.queue.is_empty())
+                state.closed_as().is_some() || (self.mode == Mode::Active && state.has_queued())
             };
             if has_work {
                 continue;
@@ -392,13 +387,8 @@ impl Connection {
                 None
             }
             Packet::Upgrade => {
-                {
-                    let mut state = self.session.state.lock();
-                    if state.closed.is_some() {
-                        return Some(End::SessionClosed);
-                    }
-                    state.upgrading = false;
-                    state.transport = TransportKind::Websocket;
+                if !self.session.state.lock().complete_upgrade() {
+                    return Some(End::SessionClosed);
                 }
                 self.mode = Mode::Active;
                 self.upgrade_timer = None;
@@ -416,17 +406,12 @@ impl Connection {
     /// and no batch is in flight, so frames never interleave.
     async fn flush(&mut self) -> io::Result<()> {
         loop {
-            {
-                let mut state = self.session.state.lock();
-                if state.queue.is_empty() {
-                    break;
-                }
-                Session::take_queue(&mut state, &mut self.batch);
-                state.writing = true;
+            if !self.session.state.lock().begin_batch(&mut self.batch) {
+                break;
             }
             let result = self.write_batch().await;
             self.batch.clear();
-            self.session.state.lock().writing = false;
+            self.session.state.lock().end_batch();
             result?;
         }
         if self.batch.capacity() > 256 {
@@ -466,8 +451,7 @@ impl Connection {
             self.session
                 .state
                 .lock()
-                .queue
-                .push_back(WirePacket::raw_frame(frame.to_vec()));
+                .push_frame(WirePacket::raw_frame(frame.to_vec()));
             return self.flush().await;
         }
         write_all(&self.stream, frame).await
