@@ -62,6 +62,19 @@ impl fmt::Debug for Sid {
     }
 }
 
+/// A string that is not a 20-character socket or session id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a socket id: 20 characters of [A-Za-z0-9_-] expected")]
+pub struct InvalidSid;
+
+impl std::str::FromStr for Sid {
+    type Err = InvalidSid;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Sid::parse(s).ok_or(InvalidSid)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,8 @@ mod endpoints;
 mod error;
 mod headers;
 mod heartbeat;
+#[cfg(unix)]
+mod memory_client;
 pub mod packet;
 mod polling;
 mod server;
@@ -19,15 +21,19 @@ mod stats;
 mod websocket;
 pub mod wire;
 pub mod ws_codec;
+mod ws_socket;
 
 pub use config::{AllowedOrigins, EngineConfig, Transports};
 pub use endpoints::{Endpoints, EnginesByPath};
 pub use error::RequestError;
 pub use headers::HandshakeHeaders;
+#[cfg(unix)]
+pub use memory_client::{MemoryClient, Received};
 pub use packet::{Message, Utf8Bytes};
 pub use server::{Engine, EngineHandler};
 pub use session::{CloseReason, Handshake, SendOutcome, Session, SessionHandler, TransportKind};
 pub use stats::EngineStats;
 pub use wire::WirePacket;
+pub use ws_socket::WsSocket;
 
 pub use crate::http_util::Body;

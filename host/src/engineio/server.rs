@@ -162,6 +162,30 @@ impl Engine {
             .collect()
     }
 
+    /// Opens a websocket-only session over an in-memory socket pair and returns the client's end, which
+    /// reads the open packet and then speaks websocket frames (masked, as a client's must be). For tests
+    /// and tools that drive the engine, and everything above it, without a listener; see
+    /// [`super::MemoryClient`].
+    #[cfg(unix)]
+    pub async fn connect_in_memory(&self, query: &str) -> std::io::Result<tokio::net::UnixStream> {
+        let (server, client) = tokio::net::UnixStream::pair()?;
+        let handshake = Handshake {
+            path: self.shared.config.path.clone(),
+            query: query.to_owned(),
+            headers: Default::default(),
+            remote_addr: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            issued: std::time::SystemTime::now(),
+        };
+        websocket::open_on(
+            &self.shared,
+            super::WsSocket::Memory(server),
+            bytes::Bytes::new(),
+            handshake,
+        )
+        .await;
+        Ok(client)
+    }
+
     /// Open sessions as `(websocket, polling)`; closed polling sessions waiting for their last `GET`
     /// are not counted.
     pub fn open_sessions_by_transport(&self) -> (usize, usize) {

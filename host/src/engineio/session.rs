@@ -150,7 +150,7 @@ pub(crate) struct State {
     /// The websocket task is writing a batch; nobody else may write to the socket meanwhile.
     writing: bool,
     /// The active websocket, for senders to write to directly when nothing is queued.
-    direct: Option<Arc<tokio::net::TcpStream>>,
+    direct: Option<Arc<super::ws_socket::WsSocket>>,
     ping_sent: Option<Instant>,
     last_pong: Instant,
     handler: Option<Arc<dyn SessionHandler>>,
@@ -224,7 +224,7 @@ impl State {
     }
 
     /// Makes `stream` the socket senders write to directly.
-    pub(crate) fn attach_websocket(&mut self, stream: Arc<tokio::net::TcpStream>) {
+    pub(crate) fn attach_websocket(&mut self, stream: Arc<super::ws_socket::WsSocket>) {
         debug_assert_eq!(self.transport, TransportKind::Websocket);
         if self.closed.is_none() {
             self.direct = Some(stream);
@@ -407,7 +407,7 @@ impl Session {
     fn write_directly(
         &self,
         state: &mut State,
-        stream: &tokio::net::TcpStream,
+        stream: &super::ws_socket::WsSocket,
         packets: &[WirePacket],
     ) -> SendOutcome {
         for (i, packet) in packets.iter().enumerate() {

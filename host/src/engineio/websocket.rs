@@ -15,8 +15,9 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use super::ws_socket::WsSocket;
 use tokio::time::{Instant, Sleep};
 
 use super::Body;
@@ -63,7 +64,7 @@ fn switching_protocols(req: &Request<Incoming>) -> Result<Response<Body>, Reques
 }
 
 /// Waits for hyper to hand over the connection; `None` if the client went away or the I/O is not TCP.
-async fn take_stream(on_upgrade: OnUpgrade) -> Option<(TcpStream, Bytes)> {
+async fn take_stream(on_upgrade: OnUpgrade) -> Option<(WsSocket, Bytes)> {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(err) => {
@@ -72,7 +73,7 @@ async fn take_stream(on_upgrade: OnUpgrade) -> Option<(TcpStream, Bytes)> {
         }
     };
     match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => Some((parts.io.into_inner(), parts.read_buf)),
+        Ok(parts) => Some((WsSocket::Tcp(parts.io.into_inner()), parts.read_buf)),
         Err(_) => {
             tracing::error!("websocket upgrade on a connection that is not plain TCP; closing it");
             None
@@ -90,22 +91,32 @@ pub(crate) fn accept_new(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let engine = Arc::clone(engine);
     tokio::spawn(async move {
-        let Some((mut stream, leftover)) = take_stream(on_upgrade).await else {
+        let Some((stream, leftover)) = take_stream(on_upgrade).await else {
             return;
         };
-        let session = engine.open_session(TransportKind::Websocket, handshake);
-        let open = WirePacket::text_with(160, |buf| {
-            buf.extend(engine.open_packet(session.sid(), TransportKind::Websocket));
-        });
-        if stream.write_all(open.ws_frame()).await.is_err() {
-            session.close(CloseReason::TransportClose);
-            return;
-        }
-        // A task of its own: this one's handshake and upgrade state are not carried for the
-        // connection's lifetime.
-        tokio::spawn(Connection::new(session, stream, leftover, Mode::Active).run());
+        open_on(&engine, stream, leftover, handshake).await;
     });
     Ok(resp)
+}
+
+/// Opens a websocket-only session on `stream`: sends the open packet, then runs the connection.
+pub(crate) async fn open_on(
+    engine: &Arc<EngineShared>,
+    stream: WsSocket,
+    leftover: Bytes,
+    handshake: Handshake,
+) {
+    let session = engine.open_session(TransportKind::Websocket, handshake);
+    let open = WirePacket::text_with(160, |buf| {
+        buf.extend(engine.open_packet(session.sid(), TransportKind::Websocket));
+    });
+    if stream.write_all(open.ws_frame()).await.is_err() {
+        session.close(CloseReason::TransportClose);
+        return;
+    }
+    // A task of its own: this one's handshake and upgrade state are not carried for the
+    // connection's lifetime.
+    tokio::spawn(Connection::new(session, stream, leftover, Mode::Active).run());
 }
 
 /// A websocket for an existing polling session: the upgrade.
@@ -167,7 +178,7 @@ enum End {
 struct Connection {
     session: Arc<Session>,
     /// Shared with the session while active, so senders can write directly when nothing is queued.
-    stream: Arc<TcpStream>,
+    stream: Arc<WsSocket>,
     decoder: FrameDecoder,
     mode: Mode,
     /// While probing: when the upgrade is given up. Boxed, so that active connections (nearly all of
@@ -183,7 +194,7 @@ const GOODBYE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 const READ_CHUNK: usize = 16 * 1024;
 
 impl Connection {
-    fn new(session: Arc<Session>, stream: TcpStream, leftover: Bytes, mode: Mode) -> Self {
+    fn new(session: Arc<Session>, stream: WsSocket, leftover: Bytes, mode: Mode) -> Self {
         let mut decoder = FrameDecoder::new(session.config().max_payload);
         decoder.feed(&leftover);
         let connection = Connection {
@@ -454,7 +465,7 @@ impl Connection {
                 .push_frame(WirePacket::raw_frame(frame.to_vec()));
             return self.flush().await;
         }
-        write_all(&self.stream, frame).await
+        self.stream.write_all(frame).await
     }
 }
 
@@ -467,7 +478,7 @@ fn write_failure(err: io::Error) -> CloseReason {
 }
 
 /// Reads what the socket has into the decoder without keeping a buffer across awaits.
-fn read_available(stream: &TcpStream, decoder: &mut FrameDecoder) -> io::Result<usize> {
+fn read_available(stream: &WsSocket, decoder: &mut FrameDecoder) -> io::Result<usize> {
     let mut buf = [0u8; READ_CHUNK];
     let n = stream.try_read(&mut buf)?;
     decoder.feed(&buf[..n]);
@@ -487,7 +498,7 @@ const SEPARATION_PAUSE: std::time::Duration = std::time::Duration::from_millis(1
 
 /// Writes whole frames (the first from `offset`), batching them into vectored writes except across a
 /// separated frame.
-async fn write_frames(stream: &TcpStream, frames: &[WirePacket], offset: usize) -> io::Result<()> {
+async fn write_frames(stream: &WsSocket, frames: &[WirePacket], offset: usize) -> io::Result<()> {
     let (mut rest, mut offset) = (frames, offset);
     while let Some(split) = rest.iter().position(WirePacket::is_separated) {
         if split + 1 == rest.len() {
@@ -501,22 +512,9 @@ async fn write_frames(stream: &TcpStream, frames: &[WirePacket], offset: usize) 
     write_vectored_all(stream, rest, offset).await
 }
 
-/// Writes one buffer completely.
-async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        match stream.try_write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(())
-}
-
 /// Writes frames (the first from `offset`) with vectored writes of up to 64 frames per system call.
 async fn write_vectored_all(
-    stream: &TcpStream,
+    stream: &WsSocket,
     frames: &[WirePacket],
     offset: usize,
 ) -> io::Result<()> {
@@ -533,7 +531,7 @@ async fn write_vectored_all(
 /// Writes what the socket takes now of `frames`, from frame `index` at byte `offset`, without waiting;
 /// returns where the unwritten rest starts (`frames.len()` when everything went out).
 fn write_ready(
-    stream: &TcpStream,
+    stream: &WsSocket,
     frames: &[WirePacket],
     mut index: usize,
     mut offset: usize,
@@ -563,7 +561,7 @@ fn write_ready(
 
 /// One non-blocking vectored write of up to 64 frames, the first from `offset`. Synchronous so that the
 /// 1 KiB of slices never becomes part of a connection's future (which every idle connection carries).
-fn try_write_some(stream: &TcpStream, frames: &[WirePacket], offset: usize) -> io::Result<usize> {
+fn try_write_some(stream: &WsSocket, frames: &[WirePacket], offset: usize) -> io::Result<usize> {
     let mut slices = [IoSlice::new(&[]); 64];
     let mut count = 0;
     for (slot, frame) in slices.iter_mut().zip(frames) {

@@ -18,7 +18,8 @@ pub const OPCODE_TEXT: u8 = 0x1;
 /// Opcode of a binary frame.
 pub const OPCODE_BINARY: u8 = 0x2;
 const OPCODE_CONTINUATION: u8 = 0x0;
-const OPCODE_CLOSE: u8 = 0x8;
+/// Opcode of a close frame.
+pub const OPCODE_CLOSE: u8 = 0x8;
 const OPCODE_PING: u8 = 0x9;
 const OPCODE_PONG: u8 = 0xA;
 
@@ -318,26 +319,31 @@ fn unmask(data: &mut [u8], mask: [u8; 4]) {
     }
 }
 
+/// A masked frame, as a client sends them (the mask is fixed: this is for tests and in-memory
+/// clients, not for clients on a network, which must pick a fresh mask per frame).
+pub fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    if payload.len() < 126 {
+        out.push(0x80 | payload.len() as u8);
+    } else if payload.len() <= 0xFFFF {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Builds a masked client frame.
     fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x11, 0x22, 0x33, 0x44];
-        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        if payload.len() < 126 {
-            out.push(0x80 | payload.len() as u8);
-        } else if payload.len() <= 0xFFFF {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-        } else {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        out
+        masked_frame(fin, opcode, payload)
     }
 
     #[test]

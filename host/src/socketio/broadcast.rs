@@ -135,3 +135,112 @@ impl BroadcastOperator {
         self.ns.adapter().all_rooms().await
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use crate::codec::Payload;
+    use crate::engineio::Received;
+    use crate::socketio::test_support::{connected, engine};
+    use crate::socketio::{EmitError, Handlers, SocketIo};
+
+    #[tokio::test]
+    async fn to_a_room_except_another_reaches_the_right_sockets() {
+        let io = SocketIo::builder().namespace("/", Handlers::new()).build();
+        let engine = engine(&io);
+        let ns = io.of("/").expect("ns");
+        let (mut a, sa) = connected(&engine, "/").await;
+        let (mut b, sb) = connected(&engine, "/").await;
+        let (mut c, sc) = connected(&engine, "/").await;
+        for (sid, rooms) in [
+            (&sa, vec!["room"]),
+            (&sb, vec!["room", "muted"]),
+            (&sc, vec![]),
+        ] {
+            let socket = ns.socket(sid.parse().expect("sid")).expect("socket");
+            socket.join(&rooms.into_iter().map(Into::into).collect::<Vec<_>>());
+        }
+        ns.to("room")
+            .except("muted")
+            .emit("m", Payload::json(vec![json!("x")]))
+            .expect("emit");
+        ns.emit("all", Payload::json(vec![])).expect("emit");
+        assert_eq!(a.recv_text().await.expect("a"), r#"42["m","x"]"#);
+        assert_eq!(
+            b.recv_text().await.expect("b"),
+            r#"42["all"]"#,
+            "b is muted"
+        );
+        assert_eq!(
+            c.recv_text().await.expect("c"),
+            r#"42["all"]"#,
+            "c is not in the room"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broadcast_with_binary_sends_its_attachments_once_per_recipient() {
+        let io = SocketIo::builder().namespace("/", Handlers::new()).build();
+        let engine = engine(&io);
+        let (mut a, _) = connected(&engine, "/").await;
+        let payload = Payload {
+            args: vec![json!({"_placeholder": true, "num": 0})],
+            attachments: vec![bytes::Bytes::from_static(b"\x01\x02\x03")],
+        };
+        io.of("/")
+            .expect("ns")
+            .broadcast()
+            .emit("file", payload)
+            .expect("emit");
+        assert_eq!(
+            a.recv_text().await.expect("header"),
+            r#"451-["file",{"_placeholder":true,"num":0}]"#
+        );
+        assert_eq!(
+            a.recv().await.expect("attachment"),
+            Received::Binary(vec![1, 2, 3])
+        );
+    }
+
+    #[tokio::test]
+    async fn emit_with_ack_collects_every_answer_and_reports_the_missing() {
+        let io = SocketIo::builder().namespace("/", Handlers::new()).build();
+        let engine = engine(&io);
+        let (mut a, _) = connected(&engine, "/").await;
+        let (mut b, _) = connected(&engine, "/").await;
+        let ns = io.of("/").expect("ns");
+        let asking = tokio::spawn(async move {
+            ns.broadcast()
+                .emit_with_ack("poll", Payload::json(vec![]), Duration::from_millis(300))
+                .await
+        });
+        let question = a.recv_text().await.expect("a");
+        let id = question
+            .strip_prefix("42")
+            .and_then(|r| r.split('[').next())
+            .expect("ack id")
+            .to_owned();
+        a.send(&format!(r#"43{id}["yes"]"#)).await.expect("answer");
+        let _ignored = b.recv_text().await.expect("b hears it but never answers");
+        let acks = asking.await.expect("task").expect("the acks that came");
+        assert!(acks.timed_out, "b never answered");
+        assert_eq!(acks.expected, 2);
+        assert_eq!(acks.responses.len(), 1);
+        assert_eq!(acks.responses[0].args, vec![json!("yes")]);
+    }
+
+    #[tokio::test]
+    async fn reserved_names_are_refused_for_broadcasts() {
+        let io = SocketIo::builder().namespace("/", Handlers::new()).build();
+        let err = io
+            .of("/")
+            .expect("ns")
+            .broadcast()
+            .emit("connect", Payload::json(vec![]))
+            .expect_err("reserved");
+        assert_eq!(err, EmitError::ReservedEvent("connect".into()));
+    }
+}

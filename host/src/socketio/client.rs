@@ -206,3 +206,103 @@ impl SessionHandler for Client {
         }
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+
+    use crate::engineio::{MemoryClient, Received};
+    use crate::socketio::test_support::{connected, engine};
+    use crate::socketio::{Handlers, SocketIo};
+
+    #[tokio::test]
+    async fn a_binary_event_is_reassembled_and_echoed_with_its_attachment() {
+        let handlers = Handlers::new().on("bin", |socket, event| {
+            let _ = socket.emit("bin", &event.payload);
+        });
+        let io = SocketIo::builder().namespace("/", handlers).build();
+        let engine = engine(&io);
+        let (mut client, _) = connected(&engine, "/").await;
+        client
+            .send(r#"451-["bin",{"_placeholder":true,"num":0}]"#)
+            .await
+            .expect("header");
+        client.send_binary(&[9, 8, 7]).await.expect("attachment");
+        assert_eq!(
+            client.recv_text().await.expect("echo"),
+            r#"451-["bin",{"_placeholder":true,"num":0}]"#
+        );
+        assert_eq!(
+            client.recv().await.expect("bytes"),
+            Received::Binary(vec![9, 8, 7])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_malformed_packet_closes_only_that_connection() {
+        let io = SocketIo::builder().namespace("/", Handlers::new()).build();
+        let engine = engine(&io);
+        let (mut bad, _) = connected(&engine, "/").await;
+        let (mut good, _) = connected(&engine, "/").await;
+        bad.send("42[\"unterminated").await.expect("send");
+        loop {
+            match bad.recv().await {
+                Ok(Received::Close(_)) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+        io.of("/")
+            .expect("ns")
+            .emit("still", crate::codec::Payload::json(vec![]))
+            .expect("emit");
+        assert_eq!(good.recv_text().await.expect("good"), r#"42["still"]"#);
+    }
+
+    #[tokio::test]
+    async fn on_any_sees_events_without_a_handler_of_their_own() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let handlers = Handlers::new()
+            .on("known", |_s, _e| {})
+            .on_any(move |_socket, event| log.lock().push(event.name.clone()));
+        let io = SocketIo::builder().namespace("/", handlers).build();
+        let engine = engine(&io);
+        let (mut client, _) = connected(&engine, "/").await;
+        client.send(r#"42["other",1]"#).await.expect("send");
+        client.send(r#"42["known",2]"#).await.expect("send");
+        client.send(r#"42["last"]"#).await.expect("send");
+        for _ in 0..100 {
+            if seen.lock().len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(*seen.lock(), vec!["other".to_owned(), "last".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn two_namespaces_share_one_connection() {
+        let io = SocketIo::builder()
+            .namespace("/", Handlers::new())
+            .namespace("/chat", Handlers::new())
+            .build();
+        let engine = engine(&io);
+        let mut client = MemoryClient::connect(&engine, "EIO=4")
+            .await
+            .expect("session");
+        client.send("40").await.expect("main");
+        assert!(client.recv_text().await.expect("main").starts_with("40{"));
+        client.send("40/chat,").await.expect("chat");
+        assert!(
+            client
+                .recv_text()
+                .await
+                .expect("chat")
+                .starts_with("40/chat,{")
+        );
+        assert_eq!(io.of("/").expect("/").socket_count(), 1);
+        assert_eq!(io.of("/chat").expect("/chat").socket_count(), 1);
+    }
+}

@@ -13,6 +13,8 @@ mod namespace;
 mod rate;
 mod server;
 mod socket;
+#[cfg(all(test, unix))]
+mod test_support;
 
 pub use crate::codec::Payload;
 pub use broadcast::{BroadcastAckError, BroadcastOperator};

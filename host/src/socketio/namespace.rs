@@ -207,3 +207,65 @@ impl std::fmt::Debug for Namespace {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+    use serde_json::json;
+
+    use crate::codec::Payload;
+    use crate::socketio::test_support::{connected, engine};
+    use crate::socketio::{DisconnectReason, Handlers, SocketIo};
+
+    #[tokio::test]
+    async fn a_namespace_emit_reaches_its_sockets_only() {
+        let io = SocketIo::builder()
+            .namespace("/", Handlers::new())
+            .namespace("/admin", Handlers::new())
+            .build();
+        let engine = engine(&io);
+        let (mut a, _) = connected(&engine, "/admin").await;
+        let (mut b, _) = connected(&engine, "/admin").await;
+        let (mut main, _) = connected(&engine, "/").await;
+        io.of("/admin")
+            .expect("admin")
+            .emit("news", Payload::json(vec![json!(1)]))
+            .expect("emit");
+        assert_eq!(a.recv_text().await.expect("a"), r#"42/admin,["news",1]"#);
+        assert_eq!(b.recv_text().await.expect("b"), r#"42/admin,["news",1]"#);
+        io.of("/")
+            .expect("main")
+            .emit("hello", Payload::json(vec![]))
+            .expect("emit");
+        assert_eq!(
+            main.recv_text().await.expect("main"),
+            r#"42["hello"]"#,
+            "the first packet main sees"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_disconnect_handler_hears_why() {
+        let reasons = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&reasons);
+        let handlers =
+            Handlers::new().on_disconnect(move |_socket, reason| seen.lock().push(reason.clone()));
+        let io = SocketIo::builder().namespace("/", handlers).build();
+        let engine = engine(&io);
+        let (mut client, _) = connected(&engine, "/").await;
+        client.send("41").await.expect("send");
+        for _ in 0..100 {
+            if !reasons.lock().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            *reasons.lock(),
+            vec![DisconnectReason::ClientNamespaceDisconnect]
+        );
+        assert_eq!(io.of("/").expect("ns").socket_count(), 0);
+    }
+}

@@ -255,3 +255,95 @@ impl EngineHandler for SessionBridge {
         client
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use crate::socketio::test_support::{connected, engine};
+    use crate::socketio::{ConnectRefusal, Handlers};
+
+    #[tokio::test]
+    async fn a_client_gets_a_socket_of_the_main_namespace() {
+        let io = SocketIo::builder().namespace("/", Handlers::new()).build();
+        let engine = engine(&io);
+        let (_client, sid) = connected(&engine, "/").await;
+        assert_eq!(sid.len(), 20, "socket ids are 20 characters, like Node's");
+        let ns = io.of("/").expect("main namespace");
+        assert_eq!(ns.socket_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_namespace_is_refused_with_connect_error() {
+        let io = SocketIo::builder().namespace("/", Handlers::new()).build();
+        let engine = engine(&io);
+        let mut client = crate::engineio::MemoryClient::connect(&engine, "EIO=4")
+            .await
+            .expect("session");
+        client.send("40/nope,").await.expect("send");
+        assert_eq!(
+            client.recv_text().await.expect("answer"),
+            r#"44/nope,{"message":"Invalid namespace"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn a_namespace_added_at_run_time_is_served() {
+        let io = SocketIo::builder().namespace("/", Handlers::new()).build();
+        let engine = engine(&io);
+        assert!(io.of("/late").is_none());
+        io.add_namespace("/late", Handlers::new());
+        let (_client, _) = connected(&engine, "/late").await;
+        assert_eq!(io.of("/late").expect("registered").socket_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_connect_authorizer_refusal_reaches_the_client() {
+        let handlers = Handlers::new().authorize(|req| {
+            if req.auth["token"] == "ok" {
+                Ok(Default::default())
+            } else {
+                Err(ConnectRefusal::new("bad token"))
+            }
+        });
+        let io = SocketIo::builder().namespace("/", handlers).build();
+        let engine = engine(&io);
+        let mut client = crate::engineio::MemoryClient::connect(&engine, "EIO=4")
+            .await
+            .expect("session");
+        client.send(r#"40{"token":"nope"}"#).await.expect("send");
+        assert_eq!(
+            client.recv_text().await.expect("answer"),
+            r#"44{"message":"bad token"}"#
+        );
+        client.send(r#"40{"token":"ok"}"#).await.expect("send");
+        assert!(
+            client
+                .recv_text()
+                .await
+                .expect("answer")
+                .starts_with("40{\"sid\":")
+        );
+    }
+
+    #[tokio::test]
+    async fn dynamic_namespaces_stop_at_their_cap() {
+        let io = SocketIo::builder()
+            .config(SocketIoConfig {
+                max_dynamic_namespaces: 1,
+                ..SocketIoConfig::default()
+            })
+            .dynamic_namespaces(Handlers::new())
+            .build();
+        let engine = engine(&io);
+        let (_a, _) = connected(&engine, "/one").await;
+        let mut client = crate::engineio::MemoryClient::connect(&engine, "EIO=4")
+            .await
+            .expect("session");
+        client.send("40/two,").await.expect("send");
+        let answer = client.recv_text().await.expect("answer");
+        assert!(
+            answer.starts_with("44/two,"),
+            "the second dynamic namespace is refused: {answer}"
+        );
+    }
+}

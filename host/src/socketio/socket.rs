@@ -474,3 +474,119 @@ impl std::fmt::Debug for Socket {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use crate::codec::Payload;
+    use crate::socketio::test_support::{connected, engine};
+    use crate::socketio::{Handlers, SocketIo};
+
+    #[tokio::test]
+    async fn an_event_reaches_its_handler_and_the_ack_answers() {
+        let handlers = Handlers::new().on("echo", |_socket, event| {
+            if let Some(ack) = event.ack {
+                ack.send(event.payload);
+            }
+        });
+        let io = SocketIo::builder().namespace("/", handlers).build();
+        let engine = engine(&io);
+        let (mut client, _) = connected(&engine, "/").await;
+        client
+            .send(r#"421["echo","hi",{"n":1}]"#)
+            .await
+            .expect("send");
+        assert_eq!(
+            client.recv_text().await.expect("ack"),
+            r#"431["hi",{"n":1}]"#
+        );
+    }
+
+    #[tokio::test]
+    async fn emit_with_ack_gets_the_clients_answer() {
+        let io = SocketIo::builder().namespace("/", Handlers::new()).build();
+        let engine = engine(&io);
+        let (mut client, sid) = connected(&engine, "/").await;
+        let socket = io
+            .of("/")
+            .and_then(|ns| ns.socket(sid.parse().expect("sid")))
+            .expect("socket");
+        let asking = tokio::spawn(async move {
+            socket
+                .emit_with_ack(
+                    "question",
+                    &Payload::json(vec![json!("name?")]),
+                    Duration::from_secs(2),
+                )
+                .await
+        });
+        let question = client.recv_text().await.expect("question");
+        let id = question
+            .strip_prefix("42")
+            .and_then(|r| r.split('[').next())
+            .expect("an ack id");
+        assert_eq!(question, format!(r#"42{id}["question","name?"]"#));
+        client
+            .send(&format!(r#"43{id}["Ada"]"#))
+            .await
+            .expect("answer");
+        let answer = asking.await.expect("task").expect("acked");
+        assert_eq!(answer.args, vec![json!("Ada")]);
+    }
+
+    #[tokio::test]
+    async fn data_set_on_a_socket_is_read_back_and_session_ids_differ_from_socket_ids() {
+        let io = SocketIo::builder().namespace("/", Handlers::new()).build();
+        let engine = engine(&io);
+        let (client, sid) = connected(&engine, "/").await;
+        let socket = io
+            .of("/")
+            .and_then(|ns| ns.socket(sid.parse().expect("sid")))
+            .expect("socket");
+        socket.set_data(json!({"user": "ada"}));
+        assert_eq!(socket.data(), json!({"user": "ada"}));
+        assert_eq!(socket.session_id().to_string(), client.sid());
+        assert_ne!(
+            socket.session_id(),
+            socket.id(),
+            "the Engine.IO id is never shown as the socket id"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_disconnect_tells_the_client_and_leaves_its_rooms() {
+        let io = SocketIo::builder().namespace("/", Handlers::new()).build();
+        let engine = engine(&io);
+        let (mut client, sid) = connected(&engine, "/").await;
+        let ns = io.of("/").expect("namespace");
+        let socket = ns.socket(sid.parse().expect("sid")).expect("socket");
+        socket.join(&["lobby".into()]);
+        assert_eq!(ns.adapter().room_size(&"lobby".into()), 1);
+        socket.disconnect();
+        assert_eq!(client.recv_text().await.expect("disconnect"), "41");
+        assert_eq!(
+            ns.adapter().room_size(&"lobby".into()),
+            0,
+            "a gone socket leaves its rooms"
+        );
+        assert!(!socket.connected());
+    }
+
+    #[tokio::test]
+    async fn reserved_event_names_cannot_be_emitted() {
+        let io = SocketIo::builder().namespace("/", Handlers::new()).build();
+        let engine = engine(&io);
+        let (_client, sid) = connected(&engine, "/").await;
+        let socket = io
+            .of("/")
+            .and_then(|ns| ns.socket(sid.parse().expect("sid")))
+            .expect("socket");
+        let err = socket
+            .emit("disconnect", &Payload::json(vec![]))
+            .expect_err("reserved");
+        assert_eq!(err.to_string(), "\"disconnect\" is a reserved event name");
+    }
+}
