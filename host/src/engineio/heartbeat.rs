@@ -125,3 +125,58 @@ impl Heartbeats {
         }
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::time::Duration;
+
+    use crate::engineio::server::test_support::echo_engine;
+    use crate::engineio::{CloseReason, EngineConfig, MemoryClient, Received};
+
+    fn quick() -> EngineConfig {
+        EngineConfig {
+            ping_interval: Duration::from_millis(100),
+            ping_timeout: Duration::from_millis(100),
+            ..EngineConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_answers_pings_stays() {
+        let (engine, echo) = echo_engine(quick());
+        let mut client = MemoryClient::connect(&engine, "EIO=4")
+            .await
+            .expect("session");
+        for _ in 0..4 {
+            assert_eq!(
+                client.recv_raw().await.expect("ping"),
+                Received::Text("2".into())
+            );
+            client.send("3").await.expect("pong");
+        }
+        assert!(
+            echo.closed.lock().is_empty(),
+            "answered pings keep the session"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_answering_is_dropped_after_the_timeout() {
+        let (engine, echo) = echo_engine(quick());
+        let mut client = MemoryClient::connect(&engine, "EIO=4")
+            .await
+            .expect("session");
+        assert_eq!(
+            client.recv_raw().await.expect("ping"),
+            Received::Text("2".into())
+        );
+        // No pong. The heartbeat wheel checks at its own granularity; allow it a second.
+        for _ in 0..100 {
+            if !echo.closed.lock().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(*echo.closed.lock(), vec![CloseReason::PingTimeout]);
+    }
+}

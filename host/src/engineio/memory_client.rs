@@ -103,6 +103,15 @@ impl MemoryClient {
         }
     }
 
+    /// The next frame as it comes, pings included and unanswered (a client that stopped answering).
+    pub async fn recv_raw(&mut self) -> io::Result<Received> {
+        tokio::time::timeout(RECV_TIMEOUT, self.next_frame())
+            .await
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, "nothing from the server in 5 s")
+            })?
+    }
+
     /// The next text message that is not a ping.
     pub async fn recv_text(&mut self) -> io::Result<String> {
         match self.recv().await? {

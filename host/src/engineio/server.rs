@@ -391,8 +391,162 @@ pub(crate) fn set_static(headers: &mut HeaderMap, name: header::HeaderName, valu
 }
 
 #[cfg(test)]
+pub(crate) mod test_support {
+    //! An echoing Engine.IO endpoint, and an HTTP/1.1 connection to it over an in-memory duplex
+    //! stream, for the transport tests.
+
+    use std::convert::Infallible;
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::{BodyExt, Full};
+    use hyper::client::conn::http1::SendRequest;
+    use hyper_util::rt::TokioIo;
+    use parking_lot::Mutex;
+
+    use super::{Engine, EngineConfig, EngineHandler};
+    use crate::engineio::{CloseReason, Message, Session, SessionHandler, WirePacket};
+
+    /// Echoes every text message back (`4<text>`) and records how sessions closed.
+    #[derive(Default)]
+    pub(crate) struct Echo {
+        pub(crate) closed: Mutex<Vec<CloseReason>>,
+    }
+
+    impl SessionHandler for Echo {
+        fn on_message(&self, session: &Arc<Session>, message: Message) {
+            if let Message::Text(text) = message {
+                session.send(WirePacket::text(b'4', text.as_bytes()), false);
+            }
+        }
+        fn on_close(&self, _session: &Arc<Session>, reason: &CloseReason) {
+            self.closed.lock().push(reason.clone());
+        }
+    }
+
+    struct Opener(Arc<Echo>);
+
+    impl EngineHandler for Opener {
+        fn on_open(&self, _session: &Arc<Session>) -> Arc<dyn SessionHandler> {
+            self.0.clone()
+        }
+    }
+
+    /// An engine whose sessions echo.
+    pub(crate) fn echo_engine(config: EngineConfig) -> (Engine, Arc<Echo>) {
+        let echo = Arc::new(Echo::default());
+        (
+            Engine::new(config, Arc::new(Opener(Arc::clone(&echo)))),
+            echo,
+        )
+    }
+
+    /// An HTTP/1.1 connection to `engine` over an in-memory duplex stream.
+    pub(crate) async fn http_client(engine: &Engine) -> SendRequest<Full<Bytes>> {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let engine = engine.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let engine = engine.clone();
+            async move {
+                Ok::<_, Infallible>(
+                    engine
+                        .handle(req, SocketAddr::from((Ipv4Addr::LOCALHOST, 9)))
+                        .await,
+                )
+            }
+        });
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(server), service),
+        );
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+            .await
+            .expect("client handshake");
+        tokio::spawn(connection);
+        sender
+    }
+
+    /// Sends a request and answers its status and body as text.
+    pub(crate) async fn request(
+        sender: &mut SendRequest<Full<Bytes>>,
+        method: &str,
+        uri: &str,
+        body: &str,
+    ) -> (u16, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "127.0.0.1")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("response");
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engineio::server::test_support::{echo_engine, http_client, request};
+
+    #[tokio::test]
+    async fn requests_outside_the_protocol_get_nodes_errors() {
+        let (engine, _) = echo_engine(EngineConfig::default());
+        let mut http = http_client(&engine).await;
+        assert_eq!(
+            request(&mut http, "GET", "/socket.io/?EIO=3&transport=polling", "").await,
+            (
+                400,
+                r#"{"code":5,"message":"Unsupported protocol version"}"#.to_owned()
+            )
+        );
+        assert_eq!(
+            request(
+                &mut http,
+                "GET",
+                "/socket.io/?EIO=4&transport=carrier-pigeon",
+                ""
+            )
+            .await,
+            (
+                400,
+                r#"{"code":0,"message":"Transport unknown"}"#.to_owned()
+            )
+        );
+        assert_eq!(
+            request(
+                &mut http,
+                "GET",
+                "/socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA",
+                ""
+            )
+            .await,
+            (
+                400,
+                r#"{"code":1,"message":"Session ID unknown"}"#.to_owned()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_endpoint_refuses_new_sessions() {
+        let (engine, _) = echo_engine(EngineConfig {
+            max_sessions: Some(1),
+            ..EngineConfig::default()
+        });
+        let mut http = http_client(&engine).await;
+        let (status, _) =
+            request(&mut http, "GET", "/socket.io/?EIO=4&transport=polling", "").await;
+        assert_eq!(status, 200);
+        let (status, body) =
+            request(&mut http, "GET", "/socket.io/?EIO=4&transport=polling", "").await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(engine.open_sessions_by_transport(), (0, 1));
+    }
 
     #[test]
     fn same_origin_means_the_host_connected_to() {

@@ -571,3 +571,66 @@ fn try_write_some(stream: &WsSocket, frames: &[WirePacket], offset: usize) -> io
     }
     stream.try_write_vectored(&slices[..count])
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use crate::engineio::server::test_support::echo_engine;
+    use crate::engineio::{CloseReason, EngineConfig, MemoryClient, Received};
+
+    #[tokio::test]
+    async fn a_websocket_session_opens_echoes_and_closes() {
+        let (engine, echo) = echo_engine(EngineConfig::default());
+        let mut client = MemoryClient::connect(&engine, "EIO=4")
+            .await
+            .expect("session");
+        assert_eq!(client.sid().len(), 20);
+        assert_eq!(engine.open_sessions_by_transport(), (1, 0));
+        client.send("4hello").await.expect("send");
+        assert_eq!(client.recv_text().await.expect("echo"), "4hello");
+        client.send("1").await.expect("close packet");
+        for _ in 0..100 {
+            if !echo.closed.lock().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(*echo.closed.lock(), vec![CloseReason::ClientClose]);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_message_closes_with_1009() {
+        let (engine, echo) = echo_engine(EngineConfig {
+            max_payload: 32,
+            ..EngineConfig::default()
+        });
+        let mut client = MemoryClient::connect(&engine, "EIO=4")
+            .await
+            .expect("session");
+        client
+            .send(&format!("4{}", "x".repeat(100)))
+            .await
+            .expect("send");
+        assert_eq!(client.recv().await.expect("close"), Received::Close(1009));
+        for _ in 0..100 {
+            if !echo.closed.lock().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(echo.closed.lock().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn many_packets_arrive_in_order() {
+        let (engine, _) = echo_engine(EngineConfig::default());
+        let mut client = MemoryClient::connect(&engine, "EIO=4")
+            .await
+            .expect("session");
+        for i in 0..200 {
+            client.send(&format!("4m{i}")).await.expect("send");
+        }
+        for i in 0..200 {
+            assert_eq!(client.recv_text().await.expect("echo"), format!("4m{i}"));
+        }
+    }
+}

@@ -338,3 +338,164 @@ impl Endpoints for Tenants {
             .collect()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use super::{GatewayDefaults, Tenants};
+    use crate::contract::ContractConfig;
+    use crate::engineio::EngineConfig;
+    use crate::socketio::SocketIoConfig;
+    use crate::tenant::TenantsConfig;
+
+    /// Gateway defaults with no Redis and no plugins.
+    pub(crate) fn defaults() -> GatewayDefaults {
+        GatewayDefaults {
+            engine: EngineConfig::default(),
+            socketio: SocketIoConfig::default(),
+            contract: ContractConfig::default(),
+            redis: None,
+            redis_key: "socket.io".into(),
+            plugins: None,
+        }
+    }
+
+    /// A fresh directory for one test's configuration files.
+    pub(crate) fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ioplex-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    /// Tenants served from the TOML `text` written to `dir/ioplex.toml`.
+    pub(crate) async fn tenants_from(dir: &Path, text: &str) -> (Arc<Tenants>, TenantsConfig) {
+        let file = dir.join("ioplex.toml");
+        std::fs::write(&file, text).expect("write config");
+        let config = TenantsConfig::load(&file).expect("valid config");
+        (
+            Tenants::start(defaults(), &config)
+                .await
+                .expect("tenants start"),
+            config,
+        )
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use http::{HeaderMap, HeaderValue, Uri};
+
+    use super::test_support::{scratch, tenants_from};
+    use crate::engineio::{Endpoints, MemoryClient};
+
+    const TWO_TENANTS: &str = r#"
+[tenants.acme]
+hosts = ["chat.acme.example"]
+default = true
+
+[tenants.globex]
+query = "gx"
+"#;
+
+    fn host(name: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::HOST, HeaderValue::from_static(name));
+        headers
+    }
+
+    #[tokio::test]
+    async fn a_request_goes_to_its_host_then_its_query_then_the_default() {
+        let dir = scratch("resolve");
+        let (tenants, _) = tenants_from(&dir, TWO_TENANTS).await;
+        let uri = |s: &'static str| s.parse::<Uri>().expect("uri");
+        let id = |t: Option<std::sync::Arc<super::Tenant>>| t.map(|t| t.id().to_owned());
+        assert_eq!(
+            id(tenants.resolve_tenant(&uri("/socket.io/"), &host("chat.acme.example:443"))),
+            Some("acme".into())
+        );
+        assert_eq!(
+            id(tenants.resolve_tenant(&uri("/socket.io/?tenant=gx"), &host("other.example"))),
+            Some("globex".into())
+        );
+        assert_eq!(
+            id(tenants.resolve_tenant(&uri("/socket.io/"), &host("other.example"))),
+            Some("acme".into())
+        );
+        assert_eq!(
+            id(tenants.resolve_tenant(&uri("/socket.io/?tenant=nobody"), &host("other.example"))),
+            None,
+            "an unknown name never falls back to the default"
+        );
+        assert!(
+            tenants
+                .resolve(&uri("/socket.io/?tenant=nobody"), &host("x"))
+                .is_err(),
+            "refused at the handshake"
+        );
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[tokio::test]
+    async fn tenants_never_share_rooms() {
+        let dir = scratch("rooms");
+        let (tenants, _) = tenants_from(&dir, TWO_TENANTS).await;
+        let acme = tenants.get("acme").expect("acme");
+        let globex = tenants.get("globex").expect("globex");
+        let (mut a, mut g) = (
+            MemoryClient::connect(acme.engine(), "EIO=4")
+                .await
+                .expect("a"),
+            MemoryClient::connect(globex.engine(), "EIO=4")
+                .await
+                .expect("g"),
+        );
+        for client in [&mut a, &mut g] {
+            client.send("40").await.expect("connect");
+            assert!(
+                client
+                    .recv_text()
+                    .await
+                    .expect("connected")
+                    .starts_with("40{")
+            );
+            client.send(r#"421["join","lobby"]"#).await.expect("join");
+            assert_eq!(
+                client.recv_text().await.expect("ack"),
+                r#"431[{"ok":true}]"#
+            );
+        }
+        a.send(r#"422["publish",{"room":"lobby","event":"m","args":[1],"self":true}]"#)
+            .await
+            .expect("publish");
+        assert_eq!(a.recv_text().await.expect("own copy"), r#"42["m",1]"#);
+        assert_eq!(a.recv_text().await.expect("ack"), r#"432[{"ok":true}]"#);
+        g.send(r#"422["publish",{"room":"lobby","event":"m","args":[2],"self":true}]"#)
+            .await
+            .expect("publish");
+        assert_eq!(
+            g.recv_text().await.expect("globex sees only its own"),
+            r#"42["m",2]"#
+        );
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[tokio::test]
+    async fn a_reload_adds_and_removes_tenants() {
+        let dir = scratch("reload");
+        let (tenants, _) = tenants_from(&dir, TWO_TENANTS).await;
+        let next = crate::tenant::TenantsConfig::load(&{
+            let file = dir.join("next.toml");
+            std::fs::write(&file, "[tenants.acme]\ndefault = true\n[tenants.initech]\n")
+                .expect("write");
+            file
+        })
+        .expect("valid");
+        tenants.reload(&next).await.expect("reload");
+        assert!(tenants.get("initech").is_some());
+        assert!(tenants.get("globex").is_none());
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+}

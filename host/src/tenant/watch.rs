@@ -100,3 +100,57 @@ fn stamps(file: &Path, dir: Option<&Path>) -> Vec<(PathBuf, Option<FileStamp>)> 
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::registry::test_support::{scratch, tenants_from};
+
+    #[tokio::test]
+    async fn a_changed_file_is_applied_and_a_broken_one_refused() {
+        let dir = scratch("watch");
+        let (tenants, config) = tenants_from(&dir, "[tenants.acme]\ndefault = true\n").await;
+        let file = dir.join("ioplex.toml");
+        let mut watch = ConfigWatch::new(file.clone(), config, &tenants);
+        assert_eq!(watch.check_once(&tenants).await, ConfigCheck::Unchanged);
+
+        std::fs::write(
+            &file,
+            "[tenants.acme]\ndefault = true\n\n[tenants.globex]\n",
+        )
+        .expect("write");
+        assert_eq!(watch.check_once(&tenants).await, ConfigCheck::Applied);
+        assert!(tenants.get("globex").is_some());
+
+        std::fs::write(&file, "[tenants.acme]\ndefault = true\nnot-a-field = 1\n").expect("write");
+        match watch.check_once(&tenants).await {
+            ConfigCheck::Refused(message) => assert!(message.contains("not-a-field"), "{message}"),
+            other => panic!("a typo must be refused, got {other:?}"),
+        }
+        assert!(
+            tenants.get("globex").is_some(),
+            "the running configuration stays"
+        );
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[tokio::test]
+    async fn a_new_file_in_the_tenants_directory_counts_as_a_change() {
+        let dir = scratch("watch-dir");
+        std::fs::create_dir_all(dir.join("tenants.d")).expect("dir");
+        let (tenants, config) = tenants_from(
+            &dir,
+            "tenants-dir = \"tenants.d\"\n[tenants.acme]\ndefault = true\n",
+        )
+        .await;
+        let mut watch = ConfigWatch::new(dir.join("ioplex.toml"), config, &tenants);
+        std::fs::write(
+            dir.join("tenants.d/hooli.toml"),
+            "hosts = [\"hooli.example\"]\n",
+        )
+        .expect("write");
+        assert_eq!(watch.check_once(&tenants).await, ConfigCheck::Applied);
+        assert!(tenants.get("hooli").is_some());
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+}
