@@ -352,3 +352,80 @@ impl PluginSlot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::test_support::{component, join, runtime};
+    use crate::plugin::{PluginManifest, PluginSource};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_authorizer_must_allow_and_a_refusal_carries_its_message() {
+        let runtime = runtime();
+        let manifest =
+            PluginManifest::parse("[settings]\nlabel = \"one\"\n", "one.toml").expect("manifest");
+        runtime
+            .install(
+                "t",
+                "10-one",
+                component("chaos"),
+                manifest,
+                PluginSource::Api,
+            )
+            .await
+            .expect("one");
+        let manifest =
+            PluginManifest::parse("[settings]\nlabel = \"two\"\n", "two.toml").expect("manifest");
+        runtime
+            .install(
+                "t",
+                "20-two",
+                component("chaos"),
+                manifest,
+                PluginSource::Api,
+            )
+            .await
+            .expect("two");
+        let chain = runtime.slot("t").chain();
+        let names: Vec<String> = chain
+            .plugins()
+            .iter()
+            .map(|p| p.context().name.to_string())
+            .collect();
+        assert_eq!(names, ["10-one", "20-two"], "plugins run in name order");
+        assert!(chain.authorize_join(&join("lobby")).is_ok());
+        match chain.authorize_join(&join("chaos:refuse")) {
+            Err(HookError::Refused(message)) => {
+                assert_eq!(message, "refused by chaos one", "the first refusal wins")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_plugin_fails_the_chain_closed() {
+        let runtime = runtime();
+        runtime
+            .install(
+                "t",
+                "chaos",
+                component("chaos"),
+                PluginManifest::default(),
+                PluginSource::Api,
+            )
+            .await
+            .expect("chaos");
+        let chain = runtime.slot("t").chain();
+        match chain.authorize_join(&join("chaos:trap")) {
+            Err(HookError::Failed { plugin, failure }) => {
+                assert_eq!(plugin, "chaos");
+                assert!(matches!(failure, CallFailure::Trap(_)), "{failure}");
+            }
+            other => panic!("a trap must fail closed, got {other:?}"),
+        }
+        assert!(
+            chain.authorize_join(&join("lobby")).is_ok(),
+            "the next call runs on a fresh instance"
+        );
+    }
+}

@@ -422,3 +422,83 @@ impl PluginFleet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::plugin::test_support::{component, runtime};
+
+    fn redis_url() -> String {
+        std::env::var("IOPLEX_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    }
+
+    fn key() -> FleetKey {
+        FleetKey::new("a fleet key of at least thirty-two bytes").expect("strong enough")
+    }
+
+    async fn node(prefix: &str) -> (Arc<PluginRuntime>, Arc<PluginFleet>) {
+        let runtime = runtime();
+        let exists: TenantExists = Arc::new(|id: &str| id == "acme");
+        let fleet = PluginFleet::start(&redis_url(), prefix, Arc::clone(&runtime), key(), exists)
+            .await
+            .expect("fleet");
+        (runtime, fleet)
+    }
+
+    async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+        for _ in 0..100 {
+            if check() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_on_one_node_serves_on_the_other_and_a_removal_follows() {
+        let prefix = format!("ioplex-test-fleet-{}", crate::sid::Sid::random());
+        let (runtime_a, fleet_a) = node(&prefix).await;
+        let (runtime_b, _fleet_b) = node(&prefix).await;
+        let bytes = component("chaos");
+        runtime_a
+            .install(
+                "acme",
+                "chaos",
+                bytes.clone(),
+                crate::plugin::PluginManifest::default(),
+                PluginSource::Api,
+            )
+            .await
+            .expect("installed on a");
+        fleet_a
+            .publish_install("acme", "chaos", &bytes)
+            .await
+            .expect("shared");
+        assert!(
+            eventually(|| runtime_b.slot("acme").chain().get("chaos").is_some()).await,
+            "b installs it"
+        );
+        fleet_a
+            .publish_remove("acme", "chaos")
+            .await
+            .expect("removal shared");
+        assert!(
+            eventually(|| runtime_b.slot("acme").chain().get("chaos").is_none()).await,
+            "b removes it"
+        );
+        let blob = fleet_a.blob_key(&sha256_hex(&bytes));
+        let left: i64 = fleet_a.client.exists(&blob).await.expect("exists");
+        assert_eq!(left, 0, "an unreferenced blob is deleted");
+        let _: Result<(), _> = fleet_a
+            .client
+            .del::<(), _>(vec![
+                fleet_a.tenants_key(),
+                fleet_a.tenant_key("acme"),
+                blob,
+            ])
+            .await;
+    }
+}

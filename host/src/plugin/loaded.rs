@@ -842,3 +842,75 @@ fn check_imports(engine: &PluginEngine, component: &Component) -> Result<(), Plu
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use crate::plugin::test_support::{component, join, runtime};
+    use crate::plugin::{CallFailure, PluginManifest, PluginSource};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_loop_is_cut_at_the_deadline_and_memory_at_the_cap() {
+        let runtime = runtime();
+        let manifest =
+            PluginManifest::parse("[limits]\ndeadline-ms = 50\nmemory-mib = 4\n", "chaos.toml")
+                .expect("manifest");
+        let plugin = runtime
+            .install(
+                "t",
+                "chaos",
+                component("chaos"),
+                manifest,
+                PluginSource::Api,
+            )
+            .await
+            .expect("chaos");
+        let started = std::time::Instant::now();
+        let err = plugin
+            .authorize_join(&join("chaos:loop"))
+            .expect_err("a loop never answers");
+        assert!(matches!(err, CallFailure::Timeout(_)), "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "cut near its 50 ms deadline"
+        );
+        let err = plugin
+            .authorize_join(&join("chaos:oom"))
+            .expect_err("memory runs out");
+        assert!(matches!(err, CallFailure::OutOfMemory(_)), "{err}");
+        assert!(
+            plugin
+                .authorize_join(&join("lobby"))
+                .expect("a healthy call")
+                .is_ok()
+        );
+        assert_eq!(plugin.stats().calls.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repeated_failures_open_the_breaker() {
+        let runtime = runtime();
+        let plugin = runtime
+            .install(
+                "t",
+                "chaos",
+                component("chaos"),
+                PluginManifest::default(),
+                PluginSource::Api,
+            )
+            .await
+            .expect("chaos");
+        for _ in 0..5 {
+            let err = plugin
+                .authorize_join(&join("chaos:trap"))
+                .expect_err("trap");
+            assert!(matches!(err, CallFailure::Trap(_)), "{err}");
+        }
+        let err = plugin
+            .authorize_join(&join("lobby"))
+            .expect_err("the breaker is open");
+        assert!(matches!(err, CallFailure::BreakerOpen(_)), "{err}");
+        assert!(plugin.stats().breaker_refusals.load(Ordering::Relaxed) >= 1);
+    }
+}

@@ -27,6 +27,8 @@ mod loaded;
 mod manifest;
 mod runtime;
 mod state;
+#[cfg(test)]
+pub(crate) mod test_support;
 mod watch;
 
 pub use bindings::types;

@@ -237,3 +237,104 @@ impl PluginRuntime {
         removed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::Hook;
+    use crate::plugin::test_support::{component, join, runtime};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_installed_plugin_serves_its_tenant_only() {
+        let runtime = runtime();
+        let plugin = runtime
+            .install(
+                "t",
+                "chaos",
+                component("chaos"),
+                PluginManifest::default(),
+                PluginSource::Api,
+            )
+            .await
+            .expect("chaos validates");
+        assert!(plugin.has(Hook::AuthorizeJoin));
+        assert_eq!(plugin.sha256().len(), 64);
+        assert!(runtime.slot("t").chain().has(Hook::AuthorizeJoin));
+        assert!(
+            runtime.slot("other").is_empty(),
+            "another tenant has no plugin"
+        );
+        assert!(runtime.remove("t", "chaos"));
+        assert!(runtime.slot("t").is_empty());
+        assert!(
+            !runtime.remove("t", "chaos"),
+            "removing twice removes nothing"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broken_upload_is_refused_and_the_previous_version_keeps_serving() {
+        let runtime = runtime();
+        runtime
+            .install(
+                "t",
+                "p",
+                component("chaos"),
+                PluginManifest::default(),
+                PluginSource::Api,
+            )
+            .await
+            .expect("valid");
+        let err = runtime
+            .install(
+                "t",
+                "p",
+                b"\0asm not really".to_vec(),
+                PluginManifest::default(),
+                PluginSource::Api,
+            )
+            .await
+            .expect_err("garbage is refused");
+        assert!(matches!(err, PluginError::NotAComponent(_)), "{err}");
+        let chain = runtime.slot("t").chain();
+        assert_eq!(chain.plugins().len(), 1, "the old version serves on");
+        assert!(chain.authorize_join(&join("lobby")).is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tenant_past_its_plugin_count_is_refused() {
+        let runtime = runtime();
+        runtime.set_quota("t", 1, 8);
+        runtime
+            .install(
+                "t",
+                "one",
+                component("chaos"),
+                PluginManifest::default(),
+                PluginSource::Api,
+            )
+            .await
+            .expect("first");
+        let err = runtime
+            .install(
+                "t",
+                "two",
+                component("chaos"),
+                PluginManifest::default(),
+                PluginSource::Api,
+            )
+            .await
+            .expect_err("over the count");
+        assert!(err.to_string().contains("already has 1 plugins"), "{err}");
+        runtime
+            .install(
+                "t",
+                "one",
+                component("chaos"),
+                PluginManifest::default(),
+                PluginSource::Api,
+            )
+            .await
+            .expect("replacing a plugin is not adding one");
+    }
+}

@@ -246,3 +246,48 @@ impl Watched for PluginDir {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::test_support::{component, runtime};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_directory_installs_refuses_and_removes() {
+        let root = std::env::temp_dir().join(format!("ioplex-plugindir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("acme")).expect("tenant dir");
+        std::fs::write(root.join("acme/chaos.wasm"), component("chaos")).expect("write plugin");
+        std::fs::write(root.join("acme/broken.wasm"), b"not wasm").expect("write broken");
+        let runtime = runtime();
+        let mut dir = PluginDir::new(&root, Arc::clone(&runtime));
+        let report = dir.scan().await;
+        assert_eq!(report.installed, vec!["acme/chaos".to_owned()]);
+        assert_eq!(report.refused.len(), 1);
+        assert!(
+            report.refused[0].starts_with("acme/broken: "),
+            "{:?}",
+            report.refused
+        );
+        assert_eq!(
+            dir.scan().await,
+            ScanReport::default(),
+            "nothing changed, nothing done"
+        );
+
+        std::fs::remove_file(root.join("acme/chaos.wasm")).expect("remove");
+        let report = dir.scan().await;
+        assert_eq!(report.removed, vec!["acme/chaos".to_owned()]);
+        assert!(runtime.slot("acme").chain().get("chaos").is_none());
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn plugin_names_are_what_files_metrics_and_keys_can_carry() {
+        assert!(valid_name("10-room_auth.v2"));
+        assert!(!valid_name(""));
+        assert!(!valid_name(".hidden"));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(&"x".repeat(65)));
+    }
+}

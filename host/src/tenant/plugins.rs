@@ -251,3 +251,79 @@ impl ContractPolicy for PluginPolicy {
         Ok(Some(publish))
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use crate::engineio::MemoryClient;
+    use crate::plugin::test_support::{component, runtime};
+    use crate::plugin::{PluginManifest, PluginSource};
+    use crate::tenant::registry::test_support::{defaults, scratch};
+    use crate::tenant::{Tenants, TenantsConfig};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tenants_plugin_decides_its_joins_and_a_failure_fails_closed() {
+        let dir = scratch("policy");
+        let file = dir.join("ioplex.toml");
+        std::fs::write(&file, "[tenants.acme]\ndefault = true\n").expect("write");
+        let plugins = runtime();
+        let manifest = PluginManifest::parse("[settings]\nlabel = \"here\"\n", "chaos.toml")
+            .expect("manifest");
+        plugins
+            .install(
+                "acme",
+                "chaos",
+                component("chaos"),
+                manifest,
+                PluginSource::Api,
+            )
+            .await
+            .expect("chaos");
+        let mut gateway = defaults();
+        gateway.plugins = Some(plugins);
+        let tenants = Tenants::start(gateway, &TenantsConfig::load(&file).expect("config"))
+            .await
+            .expect("start");
+        let acme = tenants.get("acme").expect("acme");
+        let mut client = MemoryClient::connect(acme.engine(), "EIO=4")
+            .await
+            .expect("session");
+        client.send("40").await.expect("connect");
+        assert!(
+            client
+                .recv_text()
+                .await
+                .expect("connected")
+                .starts_with("40{")
+        );
+
+        client.send(r#"421["join","lobby"]"#).await.expect("join");
+        assert_eq!(
+            client.recv_text().await.expect("ack"),
+            r#"431[{"ok":true}]"#
+        );
+        client
+            .send(r#"422["join","chaos:refuse"]"#)
+            .await
+            .expect("join");
+        assert_eq!(
+            client.recv_text().await.expect("ack"),
+            r#"432[{"ok":false,"code":"forbidden","message":"refused by chaos here"}]"#
+        );
+        client
+            .send(r#"423["join","chaos:trap"]"#)
+            .await
+            .expect("join");
+        let failed = client.recv_text().await.expect("ack");
+        assert!(
+            failed.starts_with(r#"433[{"ok":false,"code":"plugin_failed""#),
+            "{failed}"
+        );
+        client.send(r#"424["join","after"]"#).await.expect("join");
+        assert_eq!(
+            client.recv_text().await.expect("ack"),
+            r#"434[{"ok":true}]"#,
+            "the socket stays usable"
+        );
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+}

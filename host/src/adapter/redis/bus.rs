@@ -449,3 +449,103 @@ pub(crate) fn redact(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::adapter::redis::{RedisAdapterFactory, RedisConfig};
+    use crate::codec::Payload;
+    use crate::engineio::{EngineConfig, MemoryClient};
+    use crate::socketio::{Handlers, SocketIo};
+
+    /// The Redis the tests share (`IOPLEX_TEST_REDIS`, default the machine's 127.0.0.1:6379); every
+    /// test uses a channel prefix of its own, so nothing is left behind and nothing collides.
+    fn redis_url() -> String {
+        std::env::var("IOPLEX_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    }
+
+    async fn node(key: &str) -> (SocketIo, crate::engineio::Engine) {
+        let mut config = RedisConfig::new(redis_url());
+        config.key = key.to_owned();
+        let factory = RedisAdapterFactory::start(config).await.expect("bus");
+        assert!(
+            factory.bus().is_connected(),
+            "the test Redis at {} answers",
+            redis_url()
+        );
+        let io = SocketIo::builder()
+            .namespace("/", Handlers::new())
+            .adapter(Arc::new(factory))
+            .build();
+        let engine = io.engine(EngineConfig::default());
+        (io, engine)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broadcast_crosses_to_another_node_through_redis() {
+        let key = format!("ioplex-test-{}", crate::sid::Sid::random());
+        let (io_a, _engine_a) = node(&key).await;
+        let (io_b, engine_b) = node(&key).await;
+        let mut client = MemoryClient::connect(&engine_b, "EIO=4")
+            .await
+            .expect("client on b");
+        client.send("40").await.expect("connect");
+        let connected = client.recv_text().await.expect("connected");
+        let sid: crate::sid::Sid = serde_json::from_str::<serde_json::Value>(&connected[2..])
+            .expect("json")["sid"]
+            .as_str()
+            .expect("sid")
+            .parse()
+            .expect("a socket id");
+        io_b.of("/")
+            .and_then(|ns| ns.socket(sid))
+            .expect("socket")
+            .join(&["room".into()]);
+        // Subscriptions are asynchronous: publish until the first copy arrives, then check the content.
+        let ns_a = io_a.of("/").expect("ns on a");
+        let mut got = None;
+        for attempt in 0..50 {
+            ns_a.to("room")
+                .emit("hello", Payload::json(vec![json!(attempt)]))
+                .expect("emit");
+            if let Ok(Ok(text)) =
+                tokio::time::timeout(Duration::from_millis(100), client.recv_text()).await
+            {
+                got = Some(text);
+                break;
+            }
+        }
+        let text = got.expect("a broadcast from node a reaches node b's client");
+        assert!(text.starts_with(r#"42["hello","#), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_redis_leaves_the_node_serving_alone() {
+        let mut config = RedisConfig::new("redis://127.0.0.1:1");
+        config.key = "unreachable".into();
+        let bus = RedisBus::start(config)
+            .await
+            .expect("start returns even so");
+        assert!(!bus.is_connected());
+        let err = bus
+            .numsub("unreachable-request#/#")
+            .await
+            .expect_err("no fleet requests while down");
+        assert!(err.to_string().to_lowercase().contains("redis"), "{err}");
+    }
+
+    #[test]
+    fn logged_urls_never_show_a_password() {
+        assert_eq!(
+            redact("redis://user:s3cret@10.0.0.5:6379/0"),
+            "redis://***@10.0.0.5:6379/0"
+        );
+        assert_eq!(redact("rediss://:s3cret@host"), "rediss://***@host");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}
