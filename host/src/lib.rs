@@ -15,6 +15,38 @@
 //! - [`api`], [`metrics`], [`status`], [`static_files`]: the HTTP surfaces beside Socket.IO (tenants' backends,
 //!   Prometheus, a demo page);
 //! - [`serve`]: binding listeners, admitting connections and routing requests to an endpoint.
+//!
+//! # Embedding
+//!
+//! A Socket.IO server of your own, on ioplex's transports: handlers per namespace, then an Engine.IO
+//! endpoint to put behind [`serve::serve`]. Here a client connects in memory and its `echo` is acked:
+//!
+//! ```
+//! use ioplex::engineio::{EngineConfig, MemoryClient};
+//! use ioplex::socketio::{Handlers, SocketIo};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let io = SocketIo::builder()
+//!     .namespace("/", Handlers::new().on("echo", |_socket, event| {
+//!         if let Some(ack) = event.ack {
+//!             ack.send(event.payload);
+//!         }
+//!     }))
+//!     .build();
+//! let engine = io.engine(EngineConfig::default());
+//! // In production: serve(bind(host, port).await?, Router::new(vec![engine]), shutdown).await
+//!
+//! let mut client = MemoryClient::connect(&engine, "EIO=4").await?;
+//! client.send("40").await?;
+//! assert!(client.recv_text().await?.starts_with("40{\"sid\":"));
+//! client.send(r#"421["echo","hi"]"#).await?;
+//! assert_eq!(client.recv_text().await?, r#"431["hi"]"#);
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod adapter;
 pub mod api;

@@ -11,7 +11,7 @@ mod packet;
 
 pub use decoder::PacketDecoder;
 pub use packet::{
-    DecodeError, EncodedPacket, Packet, PacketKind, Payload, RESERVED_EVENTS, decode_text, encode,
-    encode_ack, encode_event, encode_with, event_data, placeholder, placeholders_valid,
+    DecodeError, EncodedPacket, Packet, PacketKind, Payload, decode_text, encode, encode_ack,
+    encode_event, encode_with, event_data, is_reserved_event, placeholder, placeholders_valid,
     relayable_event, write_json,
 };

@@ -68,7 +68,7 @@ impl PacketKind {
 }
 
 /// Event names a peer may never send or receive.
-pub const RESERVED_EVENTS: [&str; 6] = [
+const RESERVED_EVENTS: [&str; 6] = [
     "connect",
     "connect_error",
     "disconnect",
@@ -77,9 +77,15 @@ pub const RESERVED_EVENTS: [&str; 6] = [
     "removeListener",
 ];
 
+/// Whether Socket.IO reserves `name` (`connect`, `disconnect`, ...): a server never emits one, and a
+/// client that receives one closes the connection.
+pub fn is_reserved_event(name: &str) -> bool {
+    RESERVED_EVENTS.contains(&name)
+}
+
 /// Whether an application may relay an event under `name`: not empty and not reserved.
 pub fn relayable_event(name: &str) -> bool {
-    !name.is_empty() && !RESERVED_EVENTS.contains(&name)
+    !name.is_empty() && !is_reserved_event(name)
 }
 
 /// Arguments of an event or ack: JSON values with binary placeholders, and the binary buffers they refer to.
@@ -247,7 +253,7 @@ fn payload_valid(kind: PacketKind, value: &Value) -> bool {
         PacketKind::ConnectError => value.is_object() || value.is_string(),
         PacketKind::Event | PacketKind::BinaryEvent => {
             match value.as_array().and_then(|a| a.first()) {
-                Some(Value::String(name)) => !RESERVED_EVENTS.contains(&name.as_str()),
+                Some(Value::String(name)) => !is_reserved_event(name),
                 Some(Value::Number(_)) => true,
                 _ => false,
             }

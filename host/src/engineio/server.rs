@@ -41,10 +41,9 @@ impl Drop for EngineShared {
 }
 
 impl EngineShared {
-    #[cfg(test)]
-    pub(crate) fn for_tests(config: EngineConfig, handler: Arc<dyn EngineHandler>) -> Arc<Self> {
+    pub(crate) fn new(config: EngineConfig, handler: Arc<dyn EngineHandler>) -> Arc<Self> {
         Arc::new(EngineShared {
-            config,
+            config: config.normalized(),
             sessions: DashMap::new(),
             handler,
             draining: std::sync::atomic::AtomicBool::new(false),
@@ -108,15 +107,7 @@ impl Engine {
     /// An endpoint that hands every session to `handler`.
     pub fn new(config: EngineConfig, handler: Arc<dyn EngineHandler>) -> Self {
         Engine {
-            shared: Arc::new(EngineShared {
-                config: config.normalized(),
-                sessions: DashMap::new(),
-                handler,
-                draining: std::sync::atomic::AtomicBool::new(false),
-                open: std::sync::atomic::AtomicUsize::new(0),
-                heartbeats: Arc::default(),
-                stats: super::EngineStats::default(),
-            }),
+            shared: EngineShared::new(config, handler),
         }
     }
 

@@ -612,7 +612,7 @@ mod tests {
 
     fn open(config: EngineConfig) -> (Arc<Session>, Arc<Recorder>) {
         let recorder = Arc::new(Recorder(Mutex::new(Vec::new())));
-        let engine = EngineShared::for_tests(config, Arc::new(Opener(recorder.clone())));
+        let engine = EngineShared::new(config, Arc::new(Opener(recorder.clone())));
         let handshake = Handshake {
             path: "/socket.io/".into(),
             query: String::new(),

@@ -18,8 +18,8 @@ wasmtime::component::bindgen!({
     additional_derives: [PartialEq],
 });
 
+pub use self::ioplex::plugin::host::LogLevel;
+pub use self::ioplex::plugin::types;
 pub use exports::ioplex::plugin::{
     authorize_connect, authorize_join, transform_broadcast, transform_event,
 };
-pub use ioplex::plugin::host::LogLevel;
-pub use ioplex::plugin::types;

@@ -13,7 +13,12 @@ pub enum PluginError {
     NotAComponent(String),
     /// Larger than the configured limit.
     #[error("the component is {size} bytes, more than the {limit}-byte limit")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// Its size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// Cranelift refused it.
     #[error("the component does not compile: {0}")]
     Compile(String),
@@ -24,26 +29,45 @@ pub enum PluginError {
     ForbiddenImport(String),
     /// It exports none of the hooks of a contract version this host serves.
     #[error("the component exports no ioplex hook (expected one of {expected}; found: {found})")]
-    NoHooks { expected: String, found: String },
+    NoHooks {
+        /// The hooks the host serves.
+        expected: String,
+        /// What the component exports.
+        found: String,
+    },
     /// An export has the right name but the wrong shape.
     #[error("the hook {hook} does not match the contract: {reason}")]
-    HookMismatch { hook: &'static str, reason: String },
+    HookMismatch {
+        /// The hook.
+        hook: &'static str,
+        /// How it differs from the contract.
+        reason: String,
+    },
     /// Linking or instantiating failed.
     #[error("the component cannot be instantiated: {0}")]
     Instantiate(String),
     /// The smoke call trapped, timed out or ran out of memory.
     #[error("the smoke call of {hook} failed: {failure}")]
     SmokeCall {
+        /// The hook called.
         hook: &'static str,
+        /// How the call failed.
         failure: CallFailure,
     },
     /// The manifest next to the component is unreadable.
     #[error("manifest {path}: {reason}")]
-    Manifest { path: String, reason: String },
+    Manifest {
+        /// The manifest file.
+        path: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// Reading the file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::namespace::Namespace;
 use super::socket::EmitError;
+use super::socket::check_event_name;
 use crate::adapter::{
     AdapterError, BroadcastAcks, BroadcastOptions, BroadcastPacket, Room, SocketInfo,
 };
@@ -70,9 +71,7 @@ impl BroadcastOperator {
 
     /// Emits an event to every targeted socket.
     pub fn emit(self, event: &str, payload: Payload) -> Result<(), EmitError> {
-        if crate::codec::RESERVED_EVENTS.contains(&event) {
-            return Err(EmitError::ReservedEvent(event.to_owned()));
-        }
+        check_event_name(event)?;
         let packet = self.event_packet(event, payload);
         self.ns.adapter().broadcast(&packet, &self.opts);
         Ok(())
@@ -85,9 +84,7 @@ impl BroadcastOperator {
         payload: Payload,
         timeout: std::time::Duration,
     ) -> Result<BroadcastAcks, BroadcastAckError> {
-        if crate::codec::RESERVED_EVENTS.contains(&event) {
-            return Err(EmitError::ReservedEvent(event.to_owned()).into());
-        }
+        check_event_name(event)?;
         let packet = self.event_packet(event, payload);
         Ok(self
             .ns

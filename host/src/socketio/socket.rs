@@ -13,9 +13,7 @@ use super::broadcast::BroadcastOperator;
 use super::client::Client;
 use super::namespace::Namespace;
 use crate::adapter::{AckSink, Room};
-use crate::codec::{
-    EncodedPacket, Packet, PacketKind, Payload, RESERVED_EVENTS, encode, encode_ack, encode_event,
-};
+use crate::codec::{EncodedPacket, Packet, PacketKind, Payload, encode, encode_ack, encode_event};
 use crate::engineio::{CloseReason, Handshake, SendOutcome, Session, TransportKind};
 use crate::sid::Sid;
 
@@ -459,8 +457,9 @@ impl Socket {
     }
 }
 
-fn check_event_name(event: &str) -> Result<(), EmitError> {
-    if RESERVED_EVENTS.contains(&event) {
+/// Refuses the names Socket.IO reserves: clients close the connection on receiving one.
+pub(crate) fn check_event_name(event: &str) -> Result<(), EmitError> {
+    if crate::codec::is_reserved_event(event) {
         return Err(EmitError::ReservedEvent(event.to_owned()));
     }
     Ok(())
