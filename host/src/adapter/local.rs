@@ -360,42 +360,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::codec::EncodedPacket;
-
-    #[derive(Default)]
-    struct Recorder {
-        delivered: Mutex<Vec<Sid>>,
-    }
-
-    impl SocketTable for Recorder {
-        fn deliver(
-            &self,
-            targets: &mut dyn Iterator<Item = Sid>,
-            _packet: &EncodedPacket,
-            _volatile: bool,
-        ) {
-            self.delivered.lock().unwrap().extend(targets);
-        }
-        fn socket_info(&self, sid: Sid, rooms: Vec<Room>) -> Option<SocketInfo> {
-            Some(SocketInfo {
-                id: sid,
-                rooms,
-                data: Value::Null,
-                handshake: Value::Null,
-            })
-        }
-        fn disconnect(&self, _sid: Sid, _close: bool) {}
-        fn deliver_with_ack(
-            &self,
-            _targets: &mut dyn Iterator<Item = Sid>,
-            _packet: &crate::codec::Packet,
-            _timeout: Duration,
-            _acks: &AckSink,
-        ) -> usize {
-            0
-        }
-        fn server_side_emit(&self, _data: Vec<Value>, _ack: Option<super::super::ServerAck>) {}
-    }
+    use crate::adapter::test_support::Recorder;
 
     fn setup() -> (Arc<Recorder>, LocalAdapter, [Sid; 3]) {
         let rec = Arc::new(Recorder::default());

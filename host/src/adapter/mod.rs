@@ -8,6 +8,8 @@
 
 mod local;
 pub mod redis;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 use std::collections::HashSet;
 use std::fmt;

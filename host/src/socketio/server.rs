@@ -346,4 +346,48 @@ mod tests {
             "the second dynamic namespace is refused: {answer}"
         );
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broadcast_reaches_a_client_of_another_node_through_redis() {
+        use crate::adapter::redis::{RedisAdapterFactory, RedisConfig};
+        let key = format!("ioplex-test-{}", crate::sid::Sid::random());
+        let node = || async {
+            let url = std::env::var("IOPLEX_TEST_REDIS")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            let mut config = RedisConfig::new(url);
+            config.key = key.clone();
+            let factory = RedisAdapterFactory::start(config).await.expect("bus");
+            SocketIo::builder()
+                .namespace("/", Handlers::new())
+                .adapter(Arc::new(factory))
+                .build()
+        };
+        let (io_a, io_b) = (node().await, node().await);
+        let engine_b = engine(&io_b);
+        let (mut client, sid) = connected(&engine_b, "/").await;
+        let sid: crate::sid::Sid = sid.parse().expect("sid");
+        io_b.of("/")
+            .and_then(|ns| ns.socket(sid))
+            .expect("socket")
+            .join(&["room".into()]);
+        let ns_a = io_a.of("/").expect("ns on a");
+        let mut got = None;
+        for attempt in 0..50 {
+            ns_a.to("room")
+                .emit(
+                    "hello",
+                    crate::codec::Payload::json(vec![serde_json::json!(attempt)]),
+                )
+                .expect("emit");
+            if let Ok(Ok(text)) =
+                tokio::time::timeout(std::time::Duration::from_millis(100), client.recv_text())
+                    .await
+            {
+                got = Some(text);
+                break;
+            }
+        }
+        let text = got.expect("a broadcast from node a reaches node b's client");
+        assert!(text.starts_with(r#"42["hello","#), "{text}");
+    }
 }

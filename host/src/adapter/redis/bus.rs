@@ -450,26 +450,25 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use std::sync::{Arc, Weak};
     use std::time::Duration;
-
-    use serde_json::json;
 
     use super::*;
     use crate::adapter::redis::{RedisAdapterFactory, RedisConfig};
-    use crate::codec::Payload;
-    use crate::engineio::{EngineConfig, MemoryClient};
-    use crate::socketio::{Handlers, SocketIo};
+    use crate::adapter::test_support::Recorder;
+    use crate::adapter::{AdapterFactory, BroadcastOptions, BroadcastPacket, Room, SocketTable};
+    use crate::codec::{Packet, PacketKind};
+    use crate::sid::Sid;
 
     /// The Redis the tests share (`IOPLEX_TEST_REDIS`, default the machine's 127.0.0.1:6379); every
     /// test uses a channel prefix of its own, so nothing is left behind and nothing collides.
-    fn redis_url() -> String {
+    pub(crate) fn redis_url() -> String {
         std::env::var("IOPLEX_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
     }
 
-    async fn node(key: &str) -> (SocketIo, crate::engineio::Engine) {
+    async fn factory(key: &str) -> RedisAdapterFactory {
         let mut config = RedisConfig::new(redis_url());
         config.key = key.to_owned();
         let factory = RedisAdapterFactory::start(config).await.expect("bus");
@@ -478,50 +477,48 @@ mod tests {
             "the test Redis at {} answers",
             redis_url()
         );
-        let io = SocketIo::builder()
-            .namespace("/", Handlers::new())
-            .adapter(Arc::new(factory))
-            .build();
-        let engine = io.engine(EngineConfig::default());
-        (io, engine)
+        factory
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_broadcast_crosses_to_another_node_through_redis() {
-        let key = format!("ioplex-test-{}", crate::sid::Sid::random());
-        let (io_a, _engine_a) = node(&key).await;
-        let (io_b, engine_b) = node(&key).await;
-        let mut client = MemoryClient::connect(&engine_b, "EIO=4")
-            .await
-            .expect("client on b");
-        client.send("40").await.expect("connect");
-        let connected = client.recv_text().await.expect("connected");
-        let sid: crate::sid::Sid = serde_json::from_str::<serde_json::Value>(&connected[2..])
-            .expect("json")["sid"]
-            .as_str()
-            .expect("sid")
-            .parse()
-            .expect("a socket id");
-        io_b.of("/")
-            .and_then(|ns| ns.socket(sid))
-            .expect("socket")
-            .join(&["room".into()]);
-        // Subscriptions are asynchronous: publish until the first copy arrives, then check the content.
-        let ns_a = io_a.of("/").expect("ns on a");
-        let mut got = None;
-        for attempt in 0..50 {
-            ns_a.to("room")
-                .emit("hello", Payload::json(vec![json!(attempt)]))
-                .expect("emit");
-            if let Ok(Ok(text)) =
-                tokio::time::timeout(Duration::from_millis(100), client.recv_text()).await
-            {
-                got = Some(text);
+    async fn a_room_broadcast_crosses_to_the_node_holding_the_room() {
+        let key = format!("ioplex-test-{}", Sid::random());
+        let (a, b) = (factory(&key).await, factory(&key).await);
+        let table_b = Arc::new(Recorder::default());
+        let adapter_a = a.create("/", Weak::<Recorder>::new() as Weak<dyn SocketTable>);
+        let adapter_b = b.create("/", Arc::downgrade(&table_b) as Weak<dyn SocketTable>);
+        let member = Sid::random();
+        adapter_b.add_all(member, &[Room::of_socket(member), "room".into()]);
+        let packet = BroadcastPacket::new(Packet {
+            kind: PacketKind::Event,
+            nsp: "/".into(),
+            id: None,
+            data: Some(serde_json::json!(["hello"])),
+            attachments: Vec::new(),
+        });
+        let opts = BroadcastOptions {
+            rooms: vec!["room".into()],
+            ..Default::default()
+        };
+        // Subscribing is asynchronous: publish until the first copy arrives.
+        for _ in 0..50 {
+            adapter_a.broadcast(&packet, &opts);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if !table_b.delivered.lock().expect("lock").is_empty() {
                 break;
             }
         }
-        let text = got.expect("a broadcast from node a reaches node b's client");
-        assert!(text.starts_with(r#"42["hello","#), "{text}");
+        assert_eq!(
+            table_b.delivered.lock().expect("lock").first(),
+            Some(&member)
+        );
+        assert!(
+            b.bus()
+                .stats
+                .received
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 1
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
