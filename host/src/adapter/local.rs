@@ -357,7 +357,7 @@ impl Adapter for LocalAdapter {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     use super::*;
     use crate::adapter::test_support::Recorder;
