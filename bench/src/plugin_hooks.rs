@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use hdrhistogram::Histogram;
 use ioplex::plugin::{
-    EngineOptions, LoadedPlugin, PluginManifest, PluginRuntime, PluginSource, types,
+    LoadedPlugin, PluginManifest, PluginRuntime, PluginSource, WasmEngineOptions, types,
 };
 
 const SECRET: &str = "bench-secret";
@@ -229,9 +229,9 @@ async fn run_inner(
     reload_times: usize,
     cache: &Path,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    let runtime = PluginRuntime::new(EngineOptions {
+    let runtime = PluginRuntime::new(WasmEngineOptions {
         cache_dir: None,
-        ..EngineOptions::default()
+        ..WasmEngineOptions::default()
     })?;
     let mut auth_manifest = PluginManifest::default();
     auth_manifest
@@ -326,9 +326,9 @@ async fn run_inner(
         "| reload (bytes → serving, another thread calling) | reloads | p50 ms | max ms | calls during | failed calls |"
     );
     println!("|---|---:|---:|---:|---:|---:|");
-    let cached = PluginRuntime::new(EngineOptions {
+    let cached = PluginRuntime::new(WasmEngineOptions {
         cache_dir: Some(cache.to_path_buf()),
-        ..EngineOptions::default()
+        ..WasmEngineOptions::default()
     })?;
     cached
         .install(

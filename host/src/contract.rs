@@ -344,8 +344,13 @@ fn publish_to_rooms(
             "publish needs a room (or rooms)",
         ));
     }
-    let joined = socket.rooms();
-    if let Some(outside) = rooms.iter().find(|r| !joined.contains(r)) {
+    if !socket.in_rooms(&rooms) {
+        let joined = socket.rooms();
+        let outside = rooms
+            .iter()
+            .find(|r| !joined.contains(r))
+            .map(ToString::to_string)
+            .unwrap_or_default();
         return Err(Refusal::new(
             "not_in_room",
             format!("join \"{outside}\" before publishing to it"),

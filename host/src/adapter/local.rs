@@ -274,6 +274,12 @@ impl Adapter for LocalAdapter {
             .unwrap_or_default()
     }
 
+    fn socket_in_all(&self, sid: Sid, rooms: &[Room]) -> bool {
+        let index = self.index.read();
+        let joined = index.sockets.get(&sid);
+        rooms.iter().all(|r| joined.is_some_and(|j| j.contains(r)))
+    }
+
     fn room_size(&self, room: &Room) -> usize {
         self.index.read().rooms.get(room).map_or(0, HashSet::len)
     }

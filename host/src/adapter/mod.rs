@@ -204,6 +204,11 @@ pub trait Adapter: Send + Sync + 'static {
     fn del_all(&self, sid: Sid);
     /// Rooms a local socket is in.
     fn socket_rooms(&self, sid: Sid) -> Vec<Room>;
+    /// Whether a local socket is in every one of `rooms`, without copying its room set.
+    fn socket_in_all(&self, sid: Sid, rooms: &[Room]) -> bool {
+        let joined = self.socket_rooms(sid);
+        rooms.iter().all(|r| joined.contains(r))
+    }
     /// Number of local sockets in a room.
     fn room_size(&self, room: &Room) -> usize;
     /// Delivers to every targeted socket, here and (unless `opts.local`) on other nodes.

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use ioplex::plugin::{EngineOptions, PluginManifest, PluginRuntime};
+use ioplex::plugin::{PluginManifest, PluginRuntime, WasmEngineOptions};
 
 /// The plugin engine's settings with `--plugin-cache-dir` applied (`none` turns the cache off).
-pub fn plugin_engine_options(cache_dir: Option<&str>) -> EngineOptions {
-    let mut options = EngineOptions::default();
+pub fn plugin_engine_options(cache_dir: Option<&str>) -> WasmEngineOptions {
+    let mut options = WasmEngineOptions::default();
     match cache_dir {
         Some("none") => options.cache_dir = None,
         Some(dir) => options.cache_dir = Some(PathBuf::from(dir)),

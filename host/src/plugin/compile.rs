@@ -7,8 +7,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use super::engine::PluginEngine;
 use super::error::PluginError;
+use super::wasm_engine::PluginEngine;
 
 /// The first eight bytes of a component binary: magic, then version 0x0d and layer 1.
 const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];

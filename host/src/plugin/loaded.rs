@@ -15,11 +15,11 @@ use super::bindings::{
     authorize_connect, authorize_join, transform_broadcast, transform_event, types,
 };
 use super::breaker::Breaker;
-use super::engine::PluginEngine;
 use super::error::{CallFailure, PluginError};
 use super::limits::PluginLimits;
 use super::runtime::{QuotaSeat, TenantQuota};
 use super::state::{HostState, PluginContext};
+use super::wasm_engine::PluginEngine;
 
 /// The contract version whose hooks this host calls.
 pub const CONTRACT: &str = "ioplex:plugin@0.1.0";

@@ -18,7 +18,6 @@ mod breaker;
 mod chain;
 mod compile;
 mod deadline;
-mod engine;
 mod error;
 mod fleet;
 mod fleet_key;
@@ -29,12 +28,12 @@ mod runtime;
 mod state;
 #[cfg(test)]
 pub(crate) mod test_support;
+mod wasm_engine;
 mod watch;
 
 pub use bindings::types;
 pub use chain::{BroadcastOutcome, EventOutcome, HookError, PluginChain, PluginSlot};
 pub use compile::sha256_hex;
-pub use engine::{EngineOptions, default_cache_dir};
 pub use error::{CallFailure, PluginError};
 pub use fleet::{FleetError, PluginFleet, TenantExists};
 pub use fleet_key::{FleetKey, WeakKey};
@@ -45,4 +44,5 @@ pub use loaded::{
 pub use manifest::PluginManifest;
 pub use runtime::{DEFAULT_MAX_INSTANCES, DEFAULT_MAX_PLUGINS, PluginRuntime, TenantQuota};
 pub use state::PluginContext;
+pub use wasm_engine::{WasmEngineOptions, default_cache_dir};
 pub use watch::{PluginDir, ScanReport};

@@ -10,11 +10,11 @@ use wasmtime::component::Component;
 
 use super::chain::{PluginChain, PluginSlot};
 use super::compile::{compile, sha256_hex};
-use super::engine::{EngineOptions, PluginEngine};
 use super::error::PluginError;
 use super::loaded::{LoadedPlugin, PluginSource};
 use super::manifest::PluginManifest;
 use super::state::PluginContext;
+use super::wasm_engine::{PluginEngine, WasmEngineOptions};
 
 /// Default of [`TenantQuota::max_plugins`].
 pub const DEFAULT_MAX_PLUGINS: usize = 16;
@@ -101,7 +101,7 @@ impl std::fmt::Debug for PluginRuntime {
 
 impl PluginRuntime {
     /// Builds the engine (instance pool, epoch ticker, linker).
-    pub fn new(options: EngineOptions) -> Result<Arc<Self>, PluginError> {
+    pub fn new(options: WasmEngineOptions) -> Result<Arc<Self>, PluginError> {
         Ok(Arc::new(PluginRuntime {
             engine: Arc::new(PluginEngine::new(options)?),
             slots: DashMap::new(),

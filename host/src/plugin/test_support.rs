@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{EngineOptions, PluginRuntime, types};
+use super::{PluginRuntime, WasmEngineOptions, types};
 
 /// Where the built example plugins are: `$IOPLEX_PLUGINS_DIST`, else `plugins/dist` of the repository.
 fn dist_dir() -> PathBuf {
@@ -26,10 +26,10 @@ pub(crate) fn component(name: &str) -> Vec<u8> {
 
 /// A runtime for tests: no instance pool, no compile cache.
 pub(crate) fn runtime() -> Arc<PluginRuntime> {
-    let options = EngineOptions {
+    let options = WasmEngineOptions {
         pooling: false,
         cache_dir: None,
-        ..EngineOptions::default()
+        ..WasmEngineOptions::default()
     };
     PluginRuntime::new(options).expect("plugin runtime")
 }

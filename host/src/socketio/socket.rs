@@ -324,6 +324,11 @@ impl Socket {
         self.ns.adapter().socket_rooms(self.id)
     }
 
+    /// Whether the socket is in every one of `rooms` (no copy of its room set).
+    pub fn in_rooms(&self, rooms: &[Room]) -> bool {
+        self.ns.adapter().socket_in_all(self.id, rooms)
+    }
+
     /// Targets `room` for a broadcast that excludes this socket.
     pub fn to(&self, room: impl Into<Room>) -> BroadcastOperator {
         self.broadcast().to(room)

@@ -414,6 +414,10 @@ impl Adapter for RedisAdapter {
         self.local.socket_rooms(sid)
     }
 
+    fn socket_in_all(&self, sid: Sid, rooms: &[Room]) -> bool {
+        self.local.socket_in_all(sid, rooms)
+    }
+
     fn room_size(&self, room: &Room) -> usize {
         self.local.room_size(room)
     }

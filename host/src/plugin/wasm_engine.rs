@@ -13,7 +13,7 @@ use super::state::HostState;
 
 /// Settings of the plugin engine, shared by every tenant.
 #[derive(Debug, Clone)]
-pub struct EngineOptions {
+pub struct WasmEngineOptions {
     /// How often the epoch advances; deadlines are whole ticks.
     pub epoch_tick: Duration,
     /// Pre-reserve instance slots (fast instantiation) instead of mapping memory per instance.
@@ -30,9 +30,9 @@ pub struct EngineOptions {
     pub max_component_bytes: usize,
 }
 
-impl Default for EngineOptions {
+impl Default for WasmEngineOptions {
     fn default() -> Self {
-        EngineOptions {
+        WasmEngineOptions {
             epoch_tick: Duration::from_millis(1),
             pooling: true,
             pool_instances: 1000,
@@ -58,11 +58,11 @@ pub(crate) struct PluginEngine {
     pub(crate) linker: Linker<HostState>,
     /// Hash of everything a compiled artifact depends on (wasmtime version, settings, CPU features).
     pub(crate) compat: String,
-    pub(crate) options: EngineOptions,
+    pub(crate) options: WasmEngineOptions,
 }
 
 impl PluginEngine {
-    pub(crate) fn new(options: EngineOptions) -> Result<Self, PluginError> {
+    pub(crate) fn new(options: WasmEngineOptions) -> Result<Self, PluginError> {
         let engine = match build_engine(&options, options.pooling) {
             Ok(engine) => engine,
             Err(err) if options.pooling => {
@@ -99,7 +99,7 @@ impl PluginEngine {
     }
 }
 
-fn build_engine(options: &EngineOptions, pooling: bool) -> Result<Engine, PluginError> {
+fn build_engine(options: &WasmEngineOptions, pooling: bool) -> Result<Engine, PluginError> {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.max_wasm_stack(options.max_wasm_stack);
