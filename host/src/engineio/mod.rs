@@ -31,7 +31,9 @@ pub use headers::HandshakeHeaders;
 pub use memory_client::{MemoryClient, Received};
 pub use packet::{Message, Utf8Bytes};
 pub use server::{Engine, EngineHandler};
-pub use session::{CloseReason, Handshake, SendOutcome, Session, SessionHandler, TransportKind};
+pub use session::{
+    CloseReason, Handshake, SendOutcome, Session, SessionHandler, TransportFailure, TransportKind,
+};
 pub use stats::EngineStats;
 pub use wire::WirePacket;
 pub use ws_socket::WsSocket;

@@ -17,7 +17,7 @@ use super::Body;
 use super::error::{RequestError, status_response};
 use super::packet::decode_payload;
 use super::server::{EngineShared, set_static};
-use super::session::{CloseReason, ClosedAs, Handshake, Session, TransportKind};
+use super::session::{CloseReason, ClosedAs, Handshake, Session, TransportFailure, TransportKind};
 use super::wire::{WirePacket, polling_body};
 
 /// How long a GET that arrives during an upgrade waits for it to finish before answering `6`.
@@ -151,7 +151,10 @@ pub(crate) async fn post(session: Arc<Session>, req: Request<Incoming>) -> Respo
             return status_response(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
         }
         Err(err) => {
-            session.close(CloseReason::TransportError(err.to_string()));
+            session.close(CloseReason::TransportError(TransportFailure {
+                kind: std::io::ErrorKind::Other,
+                message: err.to_string(),
+            }));
             return RequestError::BadRequest.response();
         }
     };

@@ -42,13 +42,37 @@ impl TransportKind {
     }
 }
 
+/// How a transport failed: the I/O error's kind, to match on, and its message, to log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportFailure {
+    /// The error's kind (`ConnectionReset`, `BrokenPipe`, ...; `Other` for a broken request body).
+    pub kind: std::io::ErrorKind,
+    /// What the system or hyper said.
+    pub message: String,
+}
+
+impl From<&std::io::Error> for TransportFailure {
+    fn from(err: &std::io::Error) -> Self {
+        TransportFailure {
+            kind: err.kind(),
+            message: err.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for TransportFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Why a session ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CloseReason {
     /// The client closed the transport (socket closed, websocket close frame).
     TransportClose,
-    /// The transport failed (I/O error, write stall, broken websocket framing).
-    TransportError(String),
+    /// The transport failed (I/O error, broken request body).
+    TransportError(TransportFailure),
     /// The client sent a `close` packet.
     ClientClose,
     /// The client did not answer a ping in time.

@@ -310,7 +310,7 @@ impl Connection {
             tokio::select! {
                 ready = self.stream.readable() => {
                     if let Err(err) = ready {
-                        return End::Close(ws_codec::CLOSE_NORMAL, CloseReason::TransportError(err.to_string()));
+                        return End::Close(ws_codec::CLOSE_NORMAL, CloseReason::TransportError((&err).into()));
                     }
                     match read_available(&self.stream, &mut self.decoder) {
                         Ok(0) => return End::Close(ws_codec::CLOSE_NORMAL, CloseReason::TransportClose),
@@ -318,7 +318,7 @@ impl Connection {
                         Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                         Err(err) => return End::Close(
                             ws_codec::CLOSE_NORMAL,
-                            CloseReason::TransportError(err.to_string()),
+                            CloseReason::TransportError((&err).into()),
                         ),
                     }
                 }
@@ -473,7 +473,7 @@ fn write_failure(err: io::Error) -> CloseReason {
     if err.kind() == io::ErrorKind::TimedOut {
         CloseReason::SlowClient
     } else {
-        CloseReason::TransportError(err.to_string())
+        CloseReason::TransportError((&err).into())
     }
 }
 

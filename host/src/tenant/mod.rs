@@ -11,7 +11,7 @@ mod watch;
 
 pub use config::{ConfigError, TenantConfig, TenantsConfig};
 pub use plugins::{PluginPolicy, namespace_handlers};
-pub use registry::{GatewayDefaults, Tenant, Tenants};
+pub use registry::{GatewayDefaults, Tenant, TenantError, Tenants};
 pub use watch::{ConfigCheck, ConfigWatch};
 
 /// The tenant of the embedded default (and of every connection while no tenants are configured).

@@ -110,12 +110,29 @@ fn request_host(headers: &HeaderMap) -> Option<String> {
     Some(name.to_ascii_lowercase())
 }
 
+/// Why tenants could not be started or reloaded; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    /// The configuration does not hold together (two tenants on one Redis channel prefix, say).
+    #[error(transparent)]
+    Config(#[from] super::ConfigError),
+    /// A tenant's Redis settings are unusable.
+    #[error("tenant {tenant}: {source}")]
+    Redis {
+        /// The tenant.
+        tenant: String,
+        /// What Redis setup refused.
+        #[source]
+        source: crate::adapter::redis::BusError,
+    },
+}
+
 impl Tenants {
     /// Starts every tenant of `config` (connecting to Redis where configured).
     pub async fn start(
         defaults: GatewayDefaults,
         config: &TenantsConfig,
-    ) -> anyhow::Result<Arc<Tenants>> {
+    ) -> Result<Arc<Tenants>, TenantError> {
         config.check_channels(
             defaults.redis.as_ref().map(|r| r.url.as_str()),
             &defaults.redis_key,
@@ -136,7 +153,7 @@ impl Tenants {
     /// Applies a new configuration: new tenants start, removed ones are drained, changed ones are
     /// updated in place when only routing or API keys changed, and otherwise rebuilt (their clients are
     /// told to reconnect and land on the new settings). On error nothing changes.
-    pub async fn reload(&self, config: &TenantsConfig) -> anyhow::Result<()> {
+    pub async fn reload(&self, config: &TenantsConfig) -> Result<(), TenantError> {
         config.check_channels(
             self.defaults.redis.as_ref().map(|r| r.url.as_str()),
             &self.defaults.redis_key,
@@ -222,7 +239,10 @@ impl Tenants {
         table.tenants.get(id).cloned()
     }
 
-    async fn redis_factory(&self, config: RedisConfig) -> anyhow::Result<Arc<RedisAdapterFactory>> {
+    async fn redis_factory(
+        &self,
+        config: RedisConfig,
+    ) -> Result<Arc<RedisAdapterFactory>, crate::adapter::redis::BusError> {
         let key = (config.url.clone(), config.key.clone());
         if let Some(f) = self.factories.lock().get(&key) {
             return Ok(Arc::clone(f));
@@ -233,7 +253,7 @@ impl Tenants {
         ))
     }
 
-    async fn build(&self, id: &str, tc: &TenantConfig) -> anyhow::Result<Tenant> {
+    async fn build(&self, id: &str, tc: &TenantConfig) -> Result<Tenant, TenantError> {
         let d = &self.defaults;
         let mut engine_config = d.engine.clone();
         if !tc.cors_origins.is_empty() {
@@ -298,7 +318,14 @@ impl Tenants {
             redis.key = tc.redis_key(id, &d.redis_key);
             redis.max_rooms_per_socket = contract_rooms;
             redis.share_credentials = tc.share_credentials.unwrap_or(redis.share_credentials);
-            builder = builder.adapter(self.redis_factory(redis).await?);
+            let factory = self
+                .redis_factory(redis)
+                .await
+                .map_err(|source| TenantError::Redis {
+                    tenant: id.to_owned(),
+                    source,
+                })?;
+            builder = builder.adapter(factory);
         }
         builder = if tc.namespaces.is_empty() {
             builder.dynamic_namespaces(handlers)
