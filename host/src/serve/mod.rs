@@ -313,6 +313,11 @@ pub async fn bind(host: IpAddr, port: u16) -> std::io::Result<Vec<TcpListener>> 
     Ok(listeners)
 }
 
+/// Connections the kernel queues before `accept`. A burst past it (a reconnect storm after a node dies,
+/// a connection flood) has SYNs dropped, and each dropped client waits a 1 s retransmission: everyone,
+/// not only the flood, pays that. The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
 /// A non-blocking listener with address reuse; IPv6 sockets are IPv6-only so they coexist with IPv4 ones.
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(addr);
@@ -323,7 +328,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(LISTEN_BACKLOG)?;
     TcpListener::from_std(socket.into())
 }
 

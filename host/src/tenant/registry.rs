@@ -10,7 +10,7 @@ use http::{HeaderMap, Uri, header};
 use parking_lot::Mutex;
 
 use super::config::{OnRateExceeded, TenantConfig, TenantsConfig};
-use crate::adapter::redis::{RedisAdapterFactory, RedisBus, RedisConfig};
+use crate::adapter::redis::{PeerPolicy, RedisAdapterFactory, RedisBus, RedisConfig};
 use crate::contract::ContractConfig;
 use crate::engineio::Endpoints;
 use crate::engineio::{AllowedOrigins, Engine, EngineConfig, RequestError};
@@ -318,14 +318,16 @@ impl Tenants {
             redis.key = tc.redis_key(id, &d.redis_key);
             redis.max_rooms_per_socket = contract_rooms;
             redis.share_credentials = tc.share_credentials.unwrap_or(redis.share_credentials);
-            let factory = self
-                .redis_factory(redis)
-                .await
-                .map_err(|source| TenantError::Redis {
-                    tenant: id.to_owned(),
-                    source,
-                })?;
-            builder = builder.adapter(factory);
+            let policy = PeerPolicy::of(&redis);
+            let connection =
+                self.redis_factory(redis)
+                    .await
+                    .map_err(|source| TenantError::Redis {
+                        tenant: id.to_owned(),
+                        source,
+                    })?;
+            // One connection per (Redis, prefix), but this tenant's settings as they are now.
+            builder = builder.adapter(Arc::new(connection.with_policy(policy)));
         }
         builder = if tc.namespaces.is_empty() {
             builder.dynamic_namespaces(handlers)

@@ -64,6 +64,9 @@ pub struct RedisBus {
     publisher: Client,
     subscriber: SubscriberClient,
     adapters: RwLock<Vec<Weak<RedisAdapter>>>,
+    /// Held while (un)subscribing, so that a namespace dropped and made again at once cannot have its
+    /// old adapter's UNSUBSCRIBE land after the new one's SUBSCRIBE.
+    subscribing: tokio::sync::Mutex<()>,
     queue: mpsc::Sender<Outgoing>,
     outage: Mutex<OutageBuffer>,
     reconnected: Notify,
@@ -110,6 +113,7 @@ impl RedisBus {
             publisher,
             subscriber,
             adapters: RwLock::new(Vec::new()),
+            subscribing: tokio::sync::Mutex::new(()),
             queue,
             outage: Mutex::new(OutageBuffer {
                 messages: VecDeque::new(),
@@ -150,17 +154,34 @@ impl RedisBus {
         tokio::spawn(async move { bus.subscribe(&adapter).await });
     }
 
-    /// Removes a namespace adapter (its namespace is gone) and unsubscribes.
+    /// Removes a namespace adapter (its namespace is gone) and unsubscribes from what no live adapter
+    /// still listens to (a namespace made again at once shares the channel names).
     pub(crate) fn unregister(self: &Arc<Self>, pattern: String, channels: Vec<String>) {
         self.adapters.write().retain(|a| a.strong_count() > 0);
         let bus = Arc::clone(self);
         tokio::spawn(async move {
-            let _ = bus.subscriber.punsubscribe(pattern).await;
-            let _ = bus.subscriber.unsubscribe(channels).await;
+            let _turn = bus.subscribing.lock().await;
+            let mut needed = std::collections::HashSet::new();
+            for adapter in bus.live_adapters() {
+                let (p, c) = adapter.subscriptions();
+                needed.insert(p);
+                needed.extend(c);
+            }
+            if !needed.contains(&pattern) {
+                let _ = bus.subscriber.punsubscribe(pattern).await;
+            }
+            let unused: Vec<String> = channels
+                .into_iter()
+                .filter(|c| !needed.contains(c))
+                .collect();
+            if !unused.is_empty() {
+                let _ = bus.subscriber.unsubscribe(unused).await;
+            }
         });
     }
 
     async fn subscribe(&self, adapter: &RedisAdapter) {
+        let _turn = self.subscribing.lock().await;
         let (pattern, channels) = adapter.subscriptions();
         if let Err(err) = self.subscriber.psubscribe(pattern).await {
             tracing::warn!(%err, "Redis PSUBSCRIBE failed; retried after the next reconnect");
@@ -519,6 +540,47 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed)
                 >= 1
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_namespace_made_again_at_once_keeps_its_subscriptions() {
+        let key = format!("ioplex-test-{}", Sid::random());
+        let (a, b) = (factory(&key).await, factory(&key).await);
+        let table_b = Arc::new(Recorder::default());
+        let weak_b = || Arc::downgrade(&table_b) as Weak<dyn SocketTable>;
+        let adapter_a = a.create("/", Weak::<Recorder>::new() as Weak<dyn SocketTable>);
+        // The namespace's last client leaves and a new one arrives at once: the old adapter's
+        // UNSUBSCRIBE must not undo the new one's SUBSCRIBE of the same channels.
+        for _ in 0..20 {
+            drop(b.create("/", weak_b()));
+        }
+        let adapter_b = b.create("/", weak_b());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let member = Sid::random();
+        adapter_b.add_all(member, &[Room::of_socket(member), "room".into()]);
+        let packet = BroadcastPacket::new(Packet {
+            kind: PacketKind::Event,
+            nsp: "/".into(),
+            id: None,
+            data: Some(serde_json::json!(["again"])),
+            attachments: Vec::new(),
+        });
+        let opts = BroadcastOptions {
+            rooms: vec!["room".into()],
+            ..Default::default()
+        };
+        adapter_a.broadcast(&packet, &opts);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            table_b.delivered.lock().expect("lock").as_slice(),
+            &[member]
+        );
+        let servers = a
+            .bus()
+            .numsub(&format!("{key}-request#/#"))
+            .await
+            .expect("numsub");
+        assert_eq!(servers, 2, "both nodes still listen for requests");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::PeerPolicy;
 use super::bus::RedisBus;
 use super::messages::{
     Request, RequestMessage, Response, ResponseMessage, Target, strip_credentials,
@@ -35,6 +36,8 @@ pub struct RedisAdapter {
     channels: Channels,
     local: LocalAdapter,
     bus: Arc<RedisBus>,
+    /// What peers may do here (this tenant's settings).
+    policy: PeerPolicy,
     /// Our requests waiting for responses, by request id.
     pending: Mutex<HashMap<String, Responses>>,
 }
@@ -49,7 +52,12 @@ fn uid2() -> String {
 }
 
 impl RedisAdapter {
-    pub(crate) fn new(nsp: &str, sockets: Weak<dyn SocketTable>, bus: Arc<RedisBus>) -> Arc<Self> {
+    pub(crate) fn new(
+        nsp: &str,
+        sockets: Weak<dyn SocketTable>,
+        bus: Arc<RedisBus>,
+        policy: PeerPolicy,
+    ) -> Arc<Self> {
         let uid = uid2();
         let adapter = Arc::new(RedisAdapter {
             nsp: nsp.to_owned(),
@@ -57,6 +65,7 @@ impl RedisAdapter {
             uid,
             local: LocalAdapter::new(sockets),
             bus: Arc::clone(&bus),
+            policy,
             pending: Mutex::new(HashMap::new()),
         });
         bus.register(&adapter);
@@ -215,7 +224,7 @@ impl RedisAdapter {
                 }
             },
             Request::RemoteFetch { opts } => {
-                let share = self.bus.config.share_credentials;
+                let share = self.policy.share_credentials;
                 let mut sockets = self.local.local_socket_infos(opts);
                 if !share {
                     for info in &mut sockets {
@@ -238,7 +247,7 @@ impl RedisAdapter {
         // A socket's own room is not one it joined.
         let refused =
             self.local
-                .local_join_capped(opts, rooms, self.bus.config.max_rooms_per_socket + 1);
+                .local_join_capped(opts, rooms, self.policy.max_rooms_per_socket + 1);
         if refused > 0 {
             self.bus
                 .stats

@@ -92,18 +92,49 @@ impl RedisConfig {
     }
 }
 
+/// What a namespace's adapter grants the fleet's peers: one tenant's settings, so that tenants sharing
+/// a connection (and a tenant whose settings change) each get their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerPolicy {
+    /// Rooms a peer's `socketsJoin` may bring a local socket to.
+    pub max_rooms_per_socket: usize,
+    /// Whether `fetchSockets` answers carry cookies, `authorization` and CONNECT `auth`.
+    pub share_credentials: bool,
+}
+
+impl PeerPolicy {
+    /// The policy a configuration sets.
+    pub fn of(config: &RedisConfig) -> Self {
+        PeerPolicy {
+            max_rooms_per_socket: config.max_rooms_per_socket,
+            share_credentials: config.share_credentials,
+        }
+    }
+}
+
 /// Gives each namespace a Redis adapter on a shared bus.
 #[derive(Clone)]
 pub struct RedisAdapterFactory {
     bus: Arc<RedisBus>,
+    policy: PeerPolicy,
 }
 
 impl RedisAdapterFactory {
     /// Connects to Redis (see [`RedisBus::start`]).
     pub async fn start(config: RedisConfig) -> Result<Self, BusError> {
+        let policy = PeerPolicy::of(&config);
         Ok(RedisAdapterFactory {
             bus: RedisBus::start(config).await?,
+            policy,
         })
+    }
+
+    /// Adapters on the same connection under another peer policy.
+    pub fn with_policy(&self, policy: PeerPolicy) -> Self {
+        RedisAdapterFactory {
+            bus: Arc::clone(&self.bus),
+            policy,
+        }
     }
 
     /// The shared connection (state and counters).
@@ -114,6 +145,6 @@ impl RedisAdapterFactory {
 
 impl AdapterFactory for RedisAdapterFactory {
     fn create(&self, nsp: &str, sockets: Weak<dyn SocketTable>) -> Arc<dyn Adapter> {
-        classic::RedisAdapter::new(nsp, sockets, Arc::clone(&self.bus))
+        classic::RedisAdapter::new(nsp, sockets, Arc::clone(&self.bus), self.policy)
     }
 }
