@@ -555,7 +555,6 @@ mod tests {
             drop(b.create("/", weak_b()));
         }
         let adapter_b = b.create("/", weak_b());
-        tokio::time::sleep(Duration::from_millis(300)).await;
         let member = Sid::random();
         adapter_b.add_all(member, &[Room::of_socket(member), "room".into()]);
         let packet = BroadcastPacket::new(Packet {
@@ -569,11 +568,17 @@ mod tests {
             rooms: vec!["room".into()],
             ..Default::default()
         };
-        adapter_a.broadcast(&packet, &opts);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Subscribing is asynchronous: publish until a copy arrives. With the race, none ever does.
+        for _ in 0..50 {
+            adapter_a.broadcast(&packet, &opts);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if !table_b.delivered.lock().expect("lock").is_empty() {
+                break;
+            }
+        }
         assert_eq!(
-            table_b.delivered.lock().expect("lock").as_slice(),
-            &[member]
+            table_b.delivered.lock().expect("lock").first(),
+            Some(&member)
         );
         let servers = a
             .bus()
