@@ -360,7 +360,54 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
             f.sample(name, &[("key", key)], read(bus));
         }
     }
+    render_cluster(&mut out, &tenants.cluster_buses());
     out
+}
+
+/// The sharded adapter's cluster connections, by channel prefix.
+fn render_cluster(out: &mut String, buses: &[(String, Arc<crate::adapter::redis::ShardedBus>)]) {
+    if buses.is_empty() {
+        return;
+    }
+    let mut f = Family::new(
+        out,
+        "ioplex_redis_cluster_connected",
+        "gauge",
+        "1 while both cluster clients are connected.",
+    );
+    for (key, bus) in buses {
+        f.sample(
+            "ioplex_redis_cluster_connected",
+            &[("key", key)],
+            u8::from(bus.is_connected()),
+        );
+    }
+    let counters: [FamilyOf<crate::adapter::redis::ShardedBus>; 3] = [
+        (
+            "ioplex_redis_cluster_published_total",
+            "counter",
+            "Messages published to shard channels.",
+            |b| b.stats.published.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_redis_cluster_received_total",
+            "counter",
+            "Messages received on shard channels.",
+            |b| b.stats.received.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_redis_cluster_refused_total",
+            "counter",
+            "Shard messages that did not decode.",
+            |b| b.stats.refused.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, read) in counters {
+        let mut f = Family::new(out, name, kind, help);
+        for (key, bus) in buses {
+            f.sample(name, &[("key", key)], read(bus));
+        }
+    }
 }
 
 /// The listeners' admission counters (connections held, shed, refused, timed out).

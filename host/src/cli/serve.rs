@@ -25,6 +25,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         socketio: args.socketio_config(),
         contract: args.contract_config(),
         redis: args.redis_config(),
+        cluster: args.cluster_config(),
         redis_key: args.redis_key.clone(),
         plugins: plugins.clone(),
     };
@@ -42,10 +43,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(file) = &args.config {
         ConfigWatch::new(file.clone(), tenants_config, &tenants).spawn(Duration::from_secs(1));
     }
-    let mode = match (&args.config, &args.redis_url) {
-        (Some(_), _) => "tenants from configuration",
-        (None, Some(_)) => "fleet: Redis adapter",
-        (None, None) => "embedded default: single node, in-memory adapter",
+    let mode = match (&args.config, &args.redis_url, &args.redis_cluster_nodes) {
+        (Some(_), _, _) => "tenants from configuration",
+        (None, Some(_), _) => "fleet: Redis adapter",
+        (None, None, Some(_)) => "fleet: sharded Redis Cluster adapter",
+        (None, None, None) => "embedded default: single node, in-memory adapter",
     };
 
     let listeners = bind(args.host, args.port)

@@ -72,6 +72,14 @@ pub struct ServeArgs {
     /// Without it the node serves alone with an in-memory adapter.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes (`host:port,host:port`; the first may be `rediss://user:password@host:port`):
+    /// the sharded adapter (Node's `createShardedAdapter`, SPUBLISH / SSUBSCRIBE) instead of the classic one.
+    #[arg(long, env = "REDIS_CLUSTER_NODES", conflicts_with = "redis_url")]
+    pub redis_cluster_nodes: Option<String>,
+    /// Which rooms get a shard channel of their own with --redis-cluster-nodes: static, dynamic (Node's
+    /// default) or dynamic-private. Every node of a fleet must use the same mode.
+    #[arg(long, env = "REDIS_SUBSCRIPTION_MODE", default_value = "dynamic")]
+    pub redis_subscription_mode: ioplex::adapter::redis::SubscriptionMode,
     /// Channel prefix shared with the fleet (the Node adapter's `key` option).
     #[arg(long, env = "IOPLEX_REDIS_KEY", default_value = "socket.io")]
     pub redis_key: String,
@@ -208,6 +216,20 @@ impl ServeArgs {
         config.outage.max_messages = self.redis_outage_buffer.max(1);
         config.max_message_bytes = self.redis_max_message_bytes.max(1024);
         config.share_credentials = self.fleet_share_credentials;
+        Some(config)
+    }
+
+    /// The cluster settings, when `--redis-cluster-nodes` is given.
+    pub fn cluster_config(&self) -> Option<ioplex::adapter::redis::ClusterConfig> {
+        let seeds = self.redis_cluster_nodes.as_ref()?;
+        let mut config = ioplex::adapter::redis::ClusterConfig::new(seeds.clone());
+        config.key = self.redis_key.clone();
+        config.mode = self.redis_subscription_mode;
+        config.requests_timeout = Duration::from_millis(self.redis_requests_timeout);
+        config.policy = ioplex::adapter::redis::PeerPolicy {
+            max_rooms_per_socket: self.max_rooms_per_socket,
+            share_credentials: self.fleet_share_credentials,
+        };
         Some(config)
     }
 

@@ -10,7 +10,10 @@ use http::{HeaderMap, Uri, header};
 use parking_lot::Mutex;
 
 use super::config::{OnRateExceeded, TenantConfig, TenantsConfig};
-use crate::adapter::redis::{PeerPolicy, RedisAdapterFactory, RedisBus, RedisConfig};
+use crate::adapter::redis::{
+    ClusterConfig, PeerPolicy, RedisAdapterFactory, RedisBus, RedisConfig, ShardedAdapterFactory,
+    ShardedBus,
+};
 use crate::contract::ContractConfig;
 use crate::engineio::Endpoints;
 use crate::engineio::{AllowedOrigins, Engine, EngineConfig, RequestError};
@@ -29,6 +32,9 @@ pub struct GatewayDefaults {
     pub contract: ContractConfig,
     /// Redis settings when the gateway has a Redis (`REDIS_URL`); a tenant overrides URL and key.
     pub redis: Option<RedisConfig>,
+    /// Redis Cluster settings when the gateway uses the sharded adapter (`REDIS_CLUSTER_NODES`); tenants
+    /// without a Redis of their own use it, each under its channel prefix.
+    pub cluster: Option<ClusterConfig>,
     /// The gateway's channel prefix (`--redis-key`).
     pub redis_key: String,
     /// Tenant plugins, when a plugin directory is configured.
@@ -99,6 +105,7 @@ pub struct Tenants {
     table: ArcSwap<Table>,
     /// Redis connections by (URL, key), shared by tenants and kept across rebuilds.
     factories: Mutex<HashMap<(String, String), Arc<RedisAdapterFactory>>>,
+    cluster_factories: Mutex<HashMap<String, Arc<ShardedAdapterFactory>>>,
 }
 
 fn request_host(headers: &HeaderMap) -> Option<String> {
@@ -141,6 +148,7 @@ impl Tenants {
             defaults,
             table: ArcSwap::from_pointee(Table::default()),
             factories: Mutex::new(HashMap::new()),
+            cluster_factories: Mutex::new(HashMap::new()),
         });
         let mut built = HashMap::new();
         for (id, tc) in &config.tenants {
@@ -253,6 +261,32 @@ impl Tenants {
         ))
     }
 
+    async fn cluster_factory(
+        &self,
+        config: ClusterConfig,
+    ) -> Result<Arc<ShardedAdapterFactory>, crate::adapter::redis::BusError> {
+        if let Some(f) = self.cluster_factories.lock().get(&config.key) {
+            return Ok(Arc::clone(f));
+        }
+        let key = config.key.clone();
+        let factory = Arc::new(ShardedAdapterFactory::start(config).await?);
+        Ok(Arc::clone(
+            self.cluster_factories.lock().entry(key).or_insert(factory),
+        ))
+    }
+
+    /// The cluster connection of every channel prefix in use, by prefix.
+    pub fn cluster_buses(&self) -> Vec<(String, Arc<ShardedBus>)> {
+        let mut buses: Vec<_> = self
+            .cluster_factories
+            .lock()
+            .iter()
+            .map(|(key, f)| (key.clone(), Arc::clone(f.bus())))
+            .collect();
+        buses.sort_by(|a, b| a.0.cmp(&b.0));
+        buses
+    }
+
     async fn build(&self, id: &str, tc: &TenantConfig) -> Result<Tenant, TenantError> {
         let d = &self.defaults;
         let mut engine_config = d.engine.clone();
@@ -314,7 +348,24 @@ impl Tenants {
             (None, Some(base)) => Some(base.clone()),
             (None, None) => None,
         };
-        if let Some(mut redis) = redis {
+        let cluster = d.cluster.clone().filter(|_| tc.redis_url.is_none());
+        if let Some(mut cluster) = cluster {
+            cluster.key = tc.redis_key(id, &d.redis_key);
+            let policy = PeerPolicy {
+                max_rooms_per_socket: contract_rooms,
+                share_credentials: tc
+                    .share_credentials
+                    .unwrap_or(cluster.policy.share_credentials),
+            };
+            let connection =
+                self.cluster_factory(cluster)
+                    .await
+                    .map_err(|source| TenantError::Redis {
+                        tenant: id.to_owned(),
+                        source,
+                    })?;
+            builder = builder.adapter(Arc::new(connection.with_policy(policy)));
+        } else if let Some(mut redis) = redis {
             redis.key = tc.redis_key(id, &d.redis_key);
             redis.max_rooms_per_socket = contract_rooms;
             redis.share_credentials = tc.share_credentials.unwrap_or(redis.share_credentials);
@@ -386,6 +437,7 @@ pub(crate) mod test_support {
             socketio: SocketIoConfig::default(),
             contract: ContractConfig::default(),
             redis: None,
+            cluster: None,
             redis_key: "socket.io".into(),
             plugins: None,
         }

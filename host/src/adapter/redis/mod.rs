@@ -9,6 +9,8 @@ pub mod bus;
 pub mod classic;
 pub mod messages;
 pub mod msgpack;
+pub mod sharded;
+pub mod sharded_wire;
 pub mod wire;
 
 use std::sync::{Arc, Weak};
@@ -17,6 +19,7 @@ use std::time::Duration;
 use super::{Adapter, AdapterFactory, SocketTable};
 
 pub use bus::{BusError, RedisBus};
+pub use sharded::{ClusterConfig, ShardedAdapterFactory, ShardedBus, SubscriptionMode};
 
 /// Bounds of the buffer that holds broadcasts while Redis is unreachable.
 #[derive(Clone, Debug)]

@@ -1,0 +1,883 @@
+//! The sharded Redis adapter: `@socket.io/redis-adapter` 8.3 `createShardedAdapter` on a Redis Cluster
+//! (Redis ≥ 7 `SPUBLISH` / `SSUBSCRIBE`), so a broadcast travels through the one shard that owns its
+//! channel instead of through every node of the cluster.
+//!
+//! Channels of namespace N under prefix K: `K#N#` (every node), `K#N#<uid>#` (this node's responses) and,
+//! in the dynamic modes, `K#N#<room>#` while this node holds the room. One [`ShardedBus`] (a cluster
+//! client and a subscriber client, each with one connection per cluster node) serves every namespace.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::types::Builder;
+use fred::types::config::{Config, ReconnectPolicy};
+use parking_lot::{Mutex, RwLock};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::messages::{Request, Response, Target, strip_credentials};
+use super::sharded_wire::{Envelope, ShardedMessage};
+use super::{BusError, PeerPolicy};
+use crate::adapter::local::collect_acks;
+use crate::adapter::{
+    Adapter, AdapterError, AdapterFactory, BoxFuture, BroadcastAcks, BroadcastOptions,
+    BroadcastPacket, LocalAdapter, Room, SocketInfo, SocketTable,
+};
+use crate::sid::Sid;
+
+/// Which rooms get a channel of their own (Node's `subscriptionMode`). A fleet shares one mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SubscriptionMode {
+    /// Only the namespace channel: every node receives every broadcast of the namespace.
+    Static,
+    /// A channel per public room (not a socket's own room) this node holds; Node's default.
+    #[default]
+    Dynamic,
+    /// A channel per room this node holds, each socket's own room included.
+    DynamicPrivate,
+}
+
+impl std::str::FromStr for SubscriptionMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "static" => Ok(SubscriptionMode::Static),
+            "dynamic" => Ok(SubscriptionMode::Dynamic),
+            "dynamic-private" => Ok(SubscriptionMode::DynamicPrivate),
+            other => Err(format!(
+                "unknown subscription mode {other:?}: static, dynamic or dynamic-private"
+            )),
+        }
+    }
+}
+
+impl SubscriptionMode {
+    /// Whether `room` gets a channel of its own in this mode.
+    fn has_channel(self, room: &Room) -> bool {
+        match self {
+            SubscriptionMode::Static => false,
+            SubscriptionMode::Dynamic => Sid::parse(room.as_str()).is_none(),
+            SubscriptionMode::DynamicPrivate => true,
+        }
+    }
+}
+
+/// How to reach the cluster and how to use it.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Seed nodes, `host:port,host:port`; the first may carry a scheme and credentials
+    /// (`rediss://user:password@host:port`), which apply to every node.
+    pub seeds: String,
+    /// Channel prefix (Node's `channelPrefix`).
+    pub key: String,
+    /// Which rooms get channels.
+    pub mode: SubscriptionMode,
+    /// How long fleet requests wait for every node.
+    pub requests_timeout: Duration,
+    /// What peers may do here.
+    pub policy: PeerPolicy,
+}
+
+impl ClusterConfig {
+    /// Node's defaults for the cluster at `seeds`.
+    pub fn new(seeds: impl Into<String>) -> Self {
+        ClusterConfig {
+            seeds: seeds.into(),
+            key: "socket.io".into(),
+            mode: SubscriptionMode::default(),
+            requests_timeout: Duration::from_secs(5),
+            policy: PeerPolicy {
+                max_rooms_per_socket: 100,
+                share_credentials: false,
+            },
+        }
+    }
+
+    /// fred's clustered URL: the first seed (with its scheme) plus `?node=` for the others.
+    fn url(&self) -> String {
+        let mut seeds = self
+            .seeds
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        let first = seeds.next().unwrap_or("127.0.0.1:6379");
+        let mut url = if first.contains("://") {
+            first.to_owned()
+        } else {
+            format!("redis://{first}")
+        };
+        for (i, seed) in seeds.enumerate() {
+            let seed = seed.rsplit('@').next().unwrap_or(seed);
+            let seed = seed.split("://").last().unwrap_or(seed);
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str("node=");
+            url.push_str(seed);
+        }
+        url
+    }
+}
+
+/// Counters of one cluster connection, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Messages published.
+    pub published: AtomicU64,
+    /// Messages received.
+    pub received: AtomicU64,
+    /// Messages that did not decode.
+    pub refused: AtomicU64,
+}
+
+/// The cluster connections every namespace of one prefix shares.
+pub struct ShardedBus {
+    config: ClusterConfig,
+    publisher: Client,
+    subscriber: SubscriberClient,
+    adapters: RwLock<Vec<Weak<ShardedAdapter>>>,
+    /// Counters.
+    pub stats: ClusterStats,
+}
+
+impl ShardedBus {
+    /// Connects to the cluster (retrying in the background while it is unreachable).
+    pub async fn start(config: ClusterConfig) -> Result<Arc<Self>, BusError> {
+        let mut fred_config = Config::from_url_clustered(&config.url())?;
+        fred_config.fail_fast = false;
+        let mut builder = Builder::from_config(fred_config);
+        builder.set_policy(ReconnectPolicy::new_linear(0, 500, 50));
+        let bus = Arc::new(ShardedBus {
+            publisher: builder.build()?,
+            subscriber: builder.build_subscriber_client()?,
+            config,
+            adapters: RwLock::new(Vec::new()),
+            stats: ClusterStats::default(),
+        });
+        bus.publisher.connect();
+        bus.subscriber.connect();
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            let _ = bus.publisher.wait_for_connect().await;
+            let _ = bus.subscriber.wait_for_connect().await;
+        })
+        .await;
+        // fred re-issues every tracked SSUBSCRIBE after a reconnect or a slot moving.
+        bus.subscriber.manage_subscriptions();
+        tokio::spawn(Arc::clone(&bus).receive_loop());
+        Ok(bus)
+    }
+
+    /// Whether both clients are connected.
+    pub fn is_connected(&self) -> bool {
+        self.publisher.is_connected() && self.subscriber.is_connected()
+    }
+
+    fn register(self: &Arc<Self>, adapter: &Arc<ShardedAdapter>) {
+        self.adapters.write().push(Arc::downgrade(adapter));
+    }
+
+    async fn ssubscribe(&self, channel: String) {
+        if let Err(err) = self.subscriber.ssubscribe(channel).await {
+            tracing::warn!(%err, "Redis SSUBSCRIBE failed; retried when the cluster answers");
+        }
+    }
+
+    fn sunsubscribe_later(self: &Arc<Self>, channels: Vec<String>) {
+        let bus = Arc::clone(self);
+        tokio::spawn(async move {
+            for channel in channels {
+                let _ = bus.subscriber.sunsubscribe(channel).await;
+            }
+        });
+    }
+
+    fn publish_nowait(self: &Arc<Self>, channel: String, payload: Vec<u8>) {
+        let bus = Arc::clone(self);
+        tokio::spawn(async move {
+            let _ = bus.publish_now(channel, payload).await;
+        });
+    }
+
+    async fn publish_now(&self, channel: String, payload: Vec<u8>) -> Result<(), AdapterError> {
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        self.publisher
+            .spublish::<(), _, _>(channel, payload)
+            .await
+            .map_err(|e| AdapterError::Unavailable(e.to_string()))
+    }
+
+    /// How many nodes listen on `channel` (`PUBSUB SHARDNUMSUB` on the shard that owns it).
+    async fn server_count(&self, channel: &str) -> Result<usize, AdapterError> {
+        let counts: Vec<Value> = self
+            .publisher
+            .pubsub_shardnumsub::<fred::types::Value, _>(channel)
+            .await
+            .map_err(|e| AdapterError::Unavailable(e.to_string()))?
+            .into_array()
+            .into_iter()
+            .map(|v| serde_json::to_value(v.as_u64()).unwrap_or(Value::Null))
+            .collect();
+        Ok(counts.get(1).and_then(Value::as_u64).unwrap_or(0) as usize)
+    }
+
+    async fn receive_loop(self: Arc<Self>) {
+        let mut messages = self.subscriber.message_rx();
+        loop {
+            let message = match messages.recv().await {
+                Ok(message) => message,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            self.stats.received.fetch_add(1, Ordering::Relaxed);
+            let Some(payload) = message.value.as_bytes().map(<[u8]>::to_vec) else {
+                continue;
+            };
+            let channel = message.channel.to_string();
+            let adapters: Vec<_> = self
+                .adapters
+                .read()
+                .iter()
+                .filter_map(Weak::upgrade)
+                .collect();
+            for adapter in adapters {
+                if channel.starts_with(&adapter.main) {
+                    adapter.on_message(&channel, &payload);
+                }
+            }
+        }
+    }
+}
+
+/// A 16-hex-digit node id, like the cluster adapter's.
+fn uid16() -> String {
+    let raw: [u8; 8] = rand::random();
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A namespace's adapter on a Redis Cluster.
+pub struct ShardedAdapter {
+    nsp: String,
+    uid: String,
+    /// `K#N#`.
+    main: String,
+    /// `K#N#<uid>#`.
+    own: String,
+    local: LocalAdapter,
+    bus: Arc<ShardedBus>,
+    policy: PeerPolicy,
+    /// Rooms whose channel this node listens to.
+    room_channels: Mutex<HashSet<Room>>,
+    pending: Mutex<HashMap<String, mpsc::UnboundedSender<Response>>>,
+}
+
+impl ShardedAdapter {
+    fn new(
+        nsp: &str,
+        sockets: Weak<dyn SocketTable>,
+        bus: Arc<ShardedBus>,
+        policy: PeerPolicy,
+    ) -> Arc<Self> {
+        let uid = uid16();
+        let main = format!("{}#{nsp}#", bus.config.key);
+        let adapter = Arc::new(ShardedAdapter {
+            nsp: nsp.to_owned(),
+            own: format!("{main}{uid}#"),
+            main,
+            uid,
+            local: LocalAdapter::new(sockets),
+            bus: Arc::clone(&bus),
+            policy,
+            room_channels: Mutex::new(HashSet::new()),
+            pending: Mutex::new(HashMap::new()),
+        });
+        bus.register(&adapter);
+        let (bus, main, own) = (Arc::clone(&bus), adapter.main.clone(), adapter.own.clone());
+        tokio::spawn(async move {
+            bus.ssubscribe(main).await;
+            bus.ssubscribe(own).await;
+        });
+        adapter
+    }
+
+    fn room_channel(&self, room: &Room) -> String {
+        format!("{}{room}#", self.main)
+    }
+
+    /// Subscribes to the channels of rooms that just got their first local socket.
+    fn rooms_created(&self, rooms: impl IntoIterator<Item = Room>) {
+        let mode = self.bus.config.mode;
+        let mut fresh = Vec::new();
+        {
+            let mut subscribed = self.room_channels.lock();
+            for room in rooms {
+                if mode.has_channel(&room)
+                    && self.local.room_size(&room) > 0
+                    && subscribed.insert(room.clone())
+                {
+                    fresh.push(self.room_channel(&room));
+                }
+            }
+        }
+        if !fresh.is_empty() {
+            let bus = Arc::clone(&self.bus);
+            tokio::spawn(async move {
+                for channel in fresh {
+                    bus.ssubscribe(channel).await;
+                }
+            });
+        }
+    }
+
+    /// Unsubscribes from the channels of rooms that lost their last local socket.
+    fn rooms_deleted(&self, rooms: impl IntoIterator<Item = Room>) {
+        let mut gone = Vec::new();
+        {
+            let mut subscribed = self.room_channels.lock();
+            for room in rooms {
+                if self.local.room_size(&room) == 0 && subscribed.remove(&room) {
+                    gone.push(self.room_channel(&room));
+                }
+            }
+        }
+        if !gone.is_empty() {
+            self.bus.sunsubscribe_later(gone);
+        }
+    }
+
+    fn envelope(&self, message: ShardedMessage) -> Vec<u8> {
+        Envelope {
+            uid: self.uid.clone(),
+            nsp: self.nsp.clone(),
+            message,
+        }
+        .encode()
+    }
+
+    fn on_message(&self, channel: &str, payload: &[u8]) {
+        let envelope = match Envelope::decode(payload) {
+            Ok(Some(envelope)) => envelope,
+            Ok(None) => return,
+            Err(err) => {
+                self.bus.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%err, channel, "ignoring an undecodable shard message");
+                return;
+            }
+        };
+        if envelope.uid == self.uid || envelope.nsp != self.nsp {
+            return;
+        }
+        match envelope.message {
+            ShardedMessage::Response {
+                request_id,
+                response,
+            } => {
+                if let Some(tx) = self.pending.lock().get(&request_id) {
+                    let _ = tx.send(response);
+                }
+            }
+            ShardedMessage::Request {
+                request_id,
+                request,
+            } => self.on_request(&envelope.uid, request_id, request),
+        }
+    }
+
+    fn respond(&self, requester: &str, request_id: String, response: Response) {
+        let channel = format!("{}{requester}#", self.main);
+        self.bus.publish_nowait(
+            channel,
+            self.envelope(ShardedMessage::Response {
+                request_id,
+                response,
+            }),
+        );
+    }
+
+    fn on_request(&self, requester: &str, request_id: Option<String>, request: Request) {
+        match request {
+            Request::Broadcast {
+                packet,
+                opts,
+                timeout_ms,
+            } => match request_id {
+                None => self.local.broadcast(&BroadcastPacket::new(packet), &opts),
+                Some(id) => {
+                    let timeout = timeout_ms
+                        .map_or(self.bus.config.requests_timeout, Duration::from_millis)
+                        .min(Duration::from_secs(60));
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let count = self.local.local_broadcast_with_ack(
+                        &BroadcastPacket::new(packet),
+                        &opts,
+                        timeout,
+                        &tx,
+                    );
+                    drop(tx);
+                    self.respond(requester, id.clone(), Response::BroadcastClientCount(count));
+                    let (bus, channel, uid, nsp) = (
+                        Arc::clone(&self.bus),
+                        format!("{}{requester}#", self.main),
+                        self.uid.clone(),
+                        self.nsp.clone(),
+                    );
+                    tokio::spawn(async move {
+                        for ack in collect_acks(rx, count, timeout).await.responses {
+                            let message = ShardedMessage::Response {
+                                request_id: id.clone(),
+                                response: Response::BroadcastAck(ack),
+                            };
+                            let bytes = Envelope {
+                                uid: uid.clone(),
+                                nsp: nsp.clone(),
+                                message,
+                            }
+                            .encode();
+                            bus.publish_nowait(channel.clone(), bytes);
+                        }
+                    });
+                }
+            },
+            Request::RemoteJoin {
+                target: Target::Matching(opts),
+                rooms,
+            } => {
+                let refused = self.local.local_join_capped(
+                    &opts,
+                    &rooms,
+                    self.policy.max_rooms_per_socket + 1,
+                );
+                if refused > 0 {
+                    tracing::debug!(refused, "a peer's join went past the rooms limit");
+                }
+                self.rooms_created(rooms);
+            }
+            Request::RemoteLeave {
+                target: Target::Matching(opts),
+                rooms,
+            } => {
+                self.local.local_update_rooms(&opts, &rooms, false);
+                self.rooms_deleted(rooms);
+            }
+            Request::RemoteDisconnect {
+                target: Target::Matching(opts),
+                close,
+            } => self.local.local_disconnect(&opts, close),
+            Request::RemoteFetch { opts } => {
+                let Some(id) = request_id else { return };
+                let mut sockets = self.local.local_socket_infos(&opts);
+                if !self.policy.share_credentials {
+                    for info in &mut sockets {
+                        strip_credentials(&mut info.handshake);
+                    }
+                }
+                self.respond(requester, id, Response::Sockets(sockets));
+            }
+            Request::ServerSideEmit { data } => {
+                let Some(table) = self.local.socket_table() else {
+                    return;
+                };
+                let ack = request_id.map(|id| {
+                    let (bus, channel, uid, nsp) = (
+                        Arc::clone(&self.bus),
+                        format!("{}{requester}#", self.main),
+                        self.uid.clone(),
+                        self.nsp.clone(),
+                    );
+                    Box::new(move |answer: Value| {
+                        let message = ShardedMessage::Response {
+                            request_id: id,
+                            response: Response::ServerSideEmitAck(answer),
+                        };
+                        bus.publish_nowait(channel, Envelope { uid, nsp, message }.encode());
+                    }) as crate::adapter::ServerAck
+                });
+                table.server_side_emit(data, ack);
+            }
+            _ => {}
+        }
+    }
+
+    /// The channel a broadcast goes to: the room's own channel for exactly one room with a channel.
+    fn channel_for(&self, opts: &BroadcastOptions) -> String {
+        match opts.rooms.as_slice() {
+            [room] if self.bus.config.mode.has_channel(room) => self.room_channel(room),
+            _ => self.main.clone(),
+        }
+    }
+
+    fn open_request(&self) -> (String, mpsc::UnboundedReceiver<Response>, PendingGuard<'_>) {
+        let id = uid16();
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.pending.lock().insert(id.clone(), tx);
+        (id.clone(), rx, PendingGuard { adapter: self, id })
+    }
+
+    async fn others(&self) -> Result<usize, AdapterError> {
+        Ok(self.bus.server_count(&self.main).await?.saturating_sub(1))
+    }
+
+    async fn publish_request(
+        &self,
+        request_id: Option<String>,
+        request: Request,
+    ) -> Result<(), AdapterError> {
+        self.bus
+            .publish_now(
+                self.main.clone(),
+                self.envelope(ShardedMessage::Request {
+                    request_id,
+                    request,
+                }),
+            )
+            .await
+    }
+}
+
+struct PendingGuard<'a> {
+    adapter: &'a ShardedAdapter,
+    id: String,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.adapter.pending.lock().remove(&self.id);
+    }
+}
+
+impl Drop for ShardedAdapter {
+    fn drop(&mut self) {
+        let mut channels = vec![self.main.clone(), self.own.clone()];
+        channels.extend(
+            self.room_channels
+                .lock()
+                .iter()
+                .map(|r| self.room_channel(r)),
+        );
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Another namespace adapter of this node may share the main channel: keep it then.
+            let others_share_main = self
+                .bus
+                .adapters
+                .read()
+                .iter()
+                .filter_map(Weak::upgrade)
+                .any(|a| a.main == self.main);
+            if others_share_main {
+                channels.remove(0);
+            }
+            self.bus.sunsubscribe_later(channels);
+        }
+    }
+}
+
+impl Adapter for ShardedAdapter {
+    fn add_all(&self, sid: Sid, rooms: &[Room]) {
+        self.local.add_all(sid, rooms);
+        self.rooms_created(rooms.iter().cloned());
+    }
+
+    fn del(&self, sid: Sid, room: &Room) {
+        self.local.del(sid, room);
+        self.rooms_deleted([room.clone()]);
+    }
+
+    fn del_all(&self, sid: Sid) {
+        let rooms = self.local.socket_rooms(sid);
+        self.local.del_all(sid);
+        self.rooms_deleted(rooms);
+    }
+
+    fn socket_rooms(&self, sid: Sid) -> Vec<Room> {
+        self.local.socket_rooms(sid)
+    }
+
+    fn socket_in_all(&self, sid: Sid, rooms: &[Room]) -> bool {
+        self.local.socket_in_all(sid, rooms)
+    }
+
+    fn room_size(&self, room: &Room) -> usize {
+        self.local.room_size(room)
+    }
+
+    fn broadcast(&self, packet: &BroadcastPacket, opts: &BroadcastOptions) {
+        self.local.broadcast(packet, opts);
+        if !opts.local {
+            let request = Request::Broadcast {
+                packet: packet.packet().clone(),
+                opts: opts.clone(),
+                timeout_ms: None,
+            };
+            let bytes = self.envelope(ShardedMessage::Request {
+                request_id: None,
+                request,
+            });
+            self.bus.publish_nowait(self.channel_for(opts), bytes);
+        }
+    }
+
+    fn fetch_sockets(
+        &self,
+        opts: &BroadcastOptions,
+    ) -> BoxFuture<'_, Result<Vec<SocketInfo>, AdapterError>> {
+        let opts = opts.clone();
+        Box::pin(async move {
+            let mut sockets = self.local.local_socket_infos(&opts);
+            if opts.local {
+                return Ok(sockets);
+            }
+            let expected = self.others().await?;
+            if expected == 0 {
+                return Ok(sockets);
+            }
+            let (id, mut rx, _guard) = self.open_request();
+            self.publish_request(Some(id), Request::RemoteFetch { opts })
+                .await?;
+            let timeout = self.bus.config.requests_timeout;
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut answered = 0;
+            while answered < expected {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(Response::Sockets(remote))) => {
+                        answered += 1;
+                        sockets.extend(remote);
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        return Err(AdapterError::Timeout {
+                            waited_ms: timeout.as_millis() as u64,
+                            received: answered,
+                            expected,
+                        });
+                    }
+                }
+            }
+            Ok(sockets)
+        })
+    }
+
+    fn all_rooms(&self) -> BoxFuture<'_, Result<HashSet<Room>, AdapterError>> {
+        // The cluster protocol has no rooms request; like Node's sharded adapter, the local rooms.
+        Box::pin(async move { Ok(self.local.local_rooms()) })
+    }
+
+    fn add_sockets(
+        &self,
+        opts: &BroadcastOptions,
+        rooms: &[Room],
+    ) -> BoxFuture<'_, Result<(), AdapterError>> {
+        self.local.local_update_rooms(opts, rooms, true);
+        self.rooms_created(rooms.iter().cloned());
+        let request = Request::RemoteJoin {
+            target: Target::Matching(opts.clone()),
+            rooms: rooms.to_vec(),
+        };
+        let local = opts.local;
+        Box::pin(async move {
+            if local {
+                Ok(())
+            } else {
+                self.publish_request(None, request).await
+            }
+        })
+    }
+
+    fn del_sockets(
+        &self,
+        opts: &BroadcastOptions,
+        rooms: &[Room],
+    ) -> BoxFuture<'_, Result<(), AdapterError>> {
+        self.local.local_update_rooms(opts, rooms, false);
+        self.rooms_deleted(rooms.iter().cloned());
+        let request = Request::RemoteLeave {
+            target: Target::Matching(opts.clone()),
+            rooms: rooms.to_vec(),
+        };
+        let local = opts.local;
+        Box::pin(async move {
+            if local {
+                Ok(())
+            } else {
+                self.publish_request(None, request).await
+            }
+        })
+    }
+
+    fn disconnect_sockets(
+        &self,
+        opts: &BroadcastOptions,
+        close: bool,
+    ) -> BoxFuture<'_, Result<(), AdapterError>> {
+        self.local.local_disconnect(opts, close);
+        let request = Request::RemoteDisconnect {
+            target: Target::Matching(opts.clone()),
+            close,
+        };
+        let local = opts.local;
+        Box::pin(async move {
+            if local {
+                Ok(())
+            } else {
+                self.publish_request(None, request).await
+            }
+        })
+    }
+
+    fn broadcast_with_ack(
+        &self,
+        packet: &BroadcastPacket,
+        opts: &BroadcastOptions,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<BroadcastAcks, AdapterError>> {
+        let (packet, opts) = (packet.clone(), opts.clone());
+        Box::pin(async move {
+            if opts.local || !self.bus.is_connected() {
+                return self.local.broadcast_with_ack(&packet, &opts, timeout).await;
+            }
+            let (local_tx, mut local_rx) = mpsc::unbounded_channel();
+            let (id, mut rx, _guard) = self.open_request();
+            let request = Request::Broadcast {
+                packet: packet.packet().clone(),
+                opts: opts.clone(),
+                timeout_ms: Some(timeout.as_millis() as u64),
+            };
+            self.publish_request(Some(id), request).await?;
+            let local_count = self
+                .local
+                .local_broadcast_with_ack(&packet, &opts, timeout, &local_tx);
+            drop(local_tx);
+            let servers = self.others().await?;
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut acks = BroadcastAcks::default();
+            let (mut counts, mut expected, mut local_open) = (0usize, local_count, true);
+            while counts < servers || acks.responses.len() < expected {
+                tokio::select! {
+                    local = local_rx.recv(), if local_open => match local {
+                        Some(payload) => acks.responses.push(payload),
+                        None => local_open = false,
+                    },
+                    remote = rx.recv() => match remote {
+                        Some(Response::BroadcastClientCount(count)) => { counts += 1; expected += count; }
+                        Some(Response::BroadcastAck(payload)) => acks.responses.push(payload),
+                        Some(_) => {}
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(deadline) => { acks.timed_out = true; break; }
+                }
+            }
+            acks.expected = expected;
+            Ok(acks)
+        })
+    }
+
+    fn server_side_emit(&self, data: Vec<Value>) -> BoxFuture<'_, Result<(), AdapterError>> {
+        Box::pin(async move {
+            self.publish_request(None, Request::ServerSideEmit { data })
+                .await
+        })
+    }
+
+    fn server_side_emit_with_ack(
+        &self,
+        data: Vec<Value>,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Value>, AdapterError>> {
+        Box::pin(async move {
+            let expected = self.others().await?;
+            if expected == 0 {
+                return Ok(Vec::new());
+            }
+            let (id, mut rx, _guard) = self.open_request();
+            self.publish_request(Some(id), Request::ServerSideEmit { data })
+                .await?;
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut answers = Vec::with_capacity(expected);
+            while answers.len() < expected {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(Response::ServerSideEmitAck(answer))) => answers.push(answer),
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        return Err(AdapterError::Timeout {
+                            waited_ms: timeout.as_millis() as u64,
+                            received: answers.len(),
+                            expected,
+                        });
+                    }
+                }
+            }
+            Ok(answers)
+        })
+    }
+}
+
+/// Gives each namespace a sharded adapter on a shared cluster connection.
+#[derive(Clone)]
+pub struct ShardedAdapterFactory {
+    bus: Arc<ShardedBus>,
+    policy: PeerPolicy,
+}
+
+impl ShardedAdapterFactory {
+    /// Connects to the cluster (see [`ShardedBus::start`]).
+    pub async fn start(config: ClusterConfig) -> Result<Self, BusError> {
+        let policy = config.policy;
+        Ok(ShardedAdapterFactory {
+            bus: ShardedBus::start(config).await?,
+            policy,
+        })
+    }
+
+    /// The shared connection.
+    pub fn bus(&self) -> &Arc<ShardedBus> {
+        &self.bus
+    }
+
+    /// Adapters on the same connection under another peer policy.
+    pub fn with_policy(&self, policy: PeerPolicy) -> Self {
+        ShardedAdapterFactory {
+            bus: Arc::clone(&self.bus),
+            policy,
+        }
+    }
+}
+
+impl AdapterFactory for ShardedAdapterFactory {
+    fn create(&self, nsp: &str, sockets: Weak<dyn SocketTable>) -> Arc<dyn Adapter> {
+        ShardedAdapter::new(nsp, sockets, Arc::clone(&self.bus), self.policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_become_one_clustered_url() {
+        let config = ClusterConfig::new("127.0.0.1:7000, 127.0.0.1:7001,127.0.0.1:7002");
+        assert_eq!(
+            config.url(),
+            "redis://127.0.0.1:7000?node=127.0.0.1:7001&node=127.0.0.1:7002"
+        );
+        let tls = ClusterConfig::new("rediss://u:p@a.example:7000,b.example:7001");
+        assert_eq!(tls.url(), "rediss://u:p@a.example:7000?node=b.example:7001");
+    }
+
+    #[test]
+    fn modes_say_which_rooms_get_channels() {
+        let private = Room::of_socket(Sid::random());
+        let public = Room::from("company:1");
+        assert!(!SubscriptionMode::Static.has_channel(&public));
+        assert!(SubscriptionMode::Dynamic.has_channel(&public));
+        assert!(
+            !SubscriptionMode::Dynamic.has_channel(&private),
+            "dynamic leaves socket rooms on the main channel"
+        );
+        assert!(SubscriptionMode::DynamicPrivate.has_channel(&private));
+        assert_eq!(
+            "dynamic-private".parse(),
+            Ok(SubscriptionMode::DynamicPrivate)
+        );
+        assert!("sharded".parse::<SubscriptionMode>().is_err());
+    }
+}
