@@ -31,7 +31,10 @@ async function startShardedNode(cluster, subscriptionMode) {
     url: `http://127.0.0.1:${port}`,
     async stop() {
       io.close();
-      await Promise.allSettled([pub.quit(), sub.quit()]);
+      // A cluster with a killed node can leave QUIT waiting: give it a second, then disconnect.
+      const quit = Promise.allSettled([pub.quit(), sub.quit()]);
+      const late = await Promise.race([quit.then(() => false), sleep(1000).then(() => true)]);
+      if (late) await Promise.allSettled([pub.disconnect(), sub.disconnect()]);
     },
   };
 }
@@ -126,6 +129,29 @@ describe("Redis Cluster: sharded adapter in a mixed fleet", () => {
         assert.deepEqual(await got, [42]);
       });
 
+      test("a room's members across the fleet, from an ioplex client, include Node's sockets", async () => {
+        const nodeClient = await connected(node.url);
+        const x = await connected(a.url);
+        await ack(nodeClient, "join", "members-room");
+        await ack(x, "join", "members-room");
+        const answer = await ack(x, "members", "members-room");
+        assert.equal(answer.ok, true);
+        assert.deepEqual(answer.members.map((m) => m.id).sort(), [nodeClient.id, x.id].sort());
+      });
+
+      test("Node's broadcast with acks collects the ioplex clients' answers", async () => {
+        const x = await connected(a.url);
+        const y = await connected(b.url);
+        const nodeClient = await connected(node.url);
+        for (const s of [x, y, nodeClient]) await ack(s, "join", "acks");
+        x.on("question", (cb) => cb("from-a", Buffer.from("x")));
+        y.on("question", (cb) => cb("from-b"));
+        nodeClient.on("question", (cb) => cb("from-node"));
+        await sleep(200);
+        const answers = await node.io.timeout(3000).to("acks").emitWithAck("question");
+        assert.deepEqual(answers.filter((v) => typeof v === "string").sort(), ["from-a", "from-b", "from-node"]);
+      });
+
       test("fetchSockets from Node sees ioplex sockets, and socketsJoin / disconnectSockets act on them", async () => {
         const s = await connected(a.url, { auth: { who: "a" } });
         await ack(s, "join", "fetch-room");
@@ -142,4 +168,57 @@ describe("Redis Cluster: sharded adapter in a mixed fleet", () => {
       });
     });
   }
+  describe("a master killed mid-run", () => {
+    let node, a, b, anchors;
+    before(async () => {
+      node = await startShardedNode(cluster, "dynamic");
+      const env = { REDIS_CLUSTER_NODES: cluster.seeds, REDIS_SUBSCRIPTION_MODE: "dynamic" };
+      [a, b] = await Promise.all([startServer({ env }), startServer({ env })]);
+      anchors = [ioClient(a.url), ioClient(b.url)];
+      await Promise.all(anchors.map((s) => once(s, "connect", 5000)));
+      await waitForServers(node.io, 3);
+    });
+    after(async () => {
+      for (const s of anchors ?? []) s.disconnect();
+      await Promise.all([a, b].filter(Boolean).map((s) => s.stop()));
+      await node?.stop();
+    });
+    afterEach(closeAll);
+
+    // Not yet: after the failover the surviving nodes' subscriptions on the promoted replica are not
+    // restored in time (README, "Not built yet"). Kept running, reported as todo, until it holds.
+    test("after its replica takes over, cross-node delivery resumes and local delivery never stopped", { todo: "failover resubscription" }, async () => {
+      const x = await connected(a.url);
+      const y = await connected(b.url);
+      const local = await connected(a.url);
+      for (const s of [x, y, local]) await ack(s, "join", "failover-room");
+      let seenByY = 0;
+      y.on("tick", () => seenByY++);
+      assert.ok(await eventually(() => x.emit("publish", { room: "failover-room", event: "tick" }), async (ms) => { await sleep(ms); return seenByY > 0; }));
+      // Kill the master that owns the room's shard channel.
+      const owner = await cluster.ownerOf("socket.io#/#failover-room#");
+      owner.child.kill("SIGKILL");
+      const killedAt = Date.now();
+      const localGot = once(local, "tick", 3000);
+      x.emit("publish", { room: "failover-room", event: "tick" });
+      await localGot; // the sender's own node delivers whatever Redis does
+      // Wait for the replica's promotion (the slot has another master), then for the cluster to be ok.
+      const channel = "socket.io#/#failover-room#";
+      while ((await cluster.ownerOf(channel).catch(() => owner)) === owner) {
+        assert.ok(Date.now() - killedAt < 20_000, "a replica took over within 20 s");
+        await sleep(100);
+      }
+      await cluster.waitOk([owner]);
+      const okAt = Date.now();
+      const before = seenByY;
+      const resumed = await eventually(
+        () => x.emit("publish", { room: "failover-room", event: "tick" }),
+        async (ms) => { await sleep(ms); return seenByY > before; },
+        10_000,
+      );
+      assert.ok(resumed, "cross-node delivery resumed after the failover");
+      console.log(`failover: cluster ok ${okAt - killedAt} ms after the kill, delivery back ${Date.now() - okAt} ms after that`);
+    });
+  });
+
 });

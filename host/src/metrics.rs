@@ -382,7 +382,13 @@ fn render_cluster(out: &mut String, buses: &[(String, Arc<crate::adapter::redis:
             u8::from(bus.is_connected()),
         );
     }
-    let counters: [FamilyOf<crate::adapter::redis::ShardedBus>; 3] = [
+    let counters: [FamilyOf<crate::adapter::redis::ShardedBus>; 4] = [
+        (
+            "ioplex_redis_cluster_resubscribes_total",
+            "counter",
+            "Times every shard subscription was issued again.",
+            |b| b.stats.resubscribes.load(Ordering::Relaxed),
+        ),
         (
             "ioplex_redis_cluster_published_total",
             "counter",

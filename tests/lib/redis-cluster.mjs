@@ -42,8 +42,47 @@ export async function startRedisCluster({ masters = 3 } = {}) {
       await new Promise((r) => setTimeout(r, 100));
     }
   }
+  // Replicas that have not finished their first sync cannot take over: wait for every link.
+  for (const node of nodes) {
+    for (;;) {
+      const { stdout } = await run("redis-cli", ["-p", String(node.port), "info", "replication"]);
+      if (stdout.includes("role:master") && stdout.includes("connected_slaves:1")) break;
+      if (stdout.includes("role:slave") && stdout.includes("master_link_status:up")) break;
+      if (Date.now() > deadline) throw new Error(`replication not up on ${node.port}:\n${stdout}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  const alive = () => nodes.filter((n) => n.child.exitCode === null && n.child.signalCode === null);
   return {
     nodes,
+    /** The node serving as master of `channel`'s hash slot now. */
+    async ownerOf(channel) {
+      const [anyNode] = alive();
+      const { stdout: slot } = await run("redis-cli", ["-p", String(anyNode.port), "cluster", "keyslot", channel]);
+      const { stdout } = await run("redis-cli", ["-p", String(anyNode.port), "cluster", "nodes"]);
+      for (const line of stdout.trim().split("\n")) {
+        const parts = line.split(" ");
+        if (!parts[2].includes("master") || parts[2].includes("fail")) continue;
+        for (const range of parts.slice(8)) {
+          const [from, to = from] = range.split("-").map(Number);
+          if (Number(slot) >= from && Number(slot) <= to) {
+            const port = Number(parts[1].split("@")[0].split(":")[1]);
+            return nodes.find((n) => n.port === port);
+          }
+        }
+      }
+      throw new Error(`no master owns ${channel}`);
+    },
+    /** Resolves once every live node (not in `except`) reports cluster_state:ok. */
+    async waitOk(except = [], ms = 20_000) {
+      const deadline = Date.now() + ms;
+      for (const node of alive().filter((n) => !except.includes(n))) {
+        while (!(await info(node.port)).includes("cluster_state:ok")) {
+          if (Date.now() > deadline) throw new Error(`cluster not ok on ${node.port}`);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+    },
     /** Seed nodes as ioplex's REDIS_CLUSTER_NODES takes them. */
     seeds: addresses.join(","),
     /** Root nodes as node-redis's createCluster takes them. */
@@ -51,7 +90,7 @@ export async function startRedisCluster({ masters = 3 } = {}) {
     async stop() {
       await Promise.all(
         nodes.map(async ({ child }) => {
-          if (child.exitCode !== null) return;
+          if (child.exitCode !== null || child.signalCode !== null) return;
           const exited = new Promise((resolve) => child.once("exit", resolve));
           child.kill("SIGKILL");
           await exited;

@@ -130,6 +130,8 @@ pub struct ClusterStats {
     pub received: AtomicU64,
     /// Messages that did not decode.
     pub refused: AtomicU64,
+    /// Times every shard subscription was issued again (reconnect, failover, slot move, a lost one).
+    pub resubscribes: AtomicU64,
 }
 
 /// The cluster connections every namespace of one prefix shares.
@@ -163,10 +165,62 @@ impl ShardedBus {
             let _ = bus.subscriber.wait_for_connect().await;
         })
         .await;
-        // fred re-issues every tracked SSUBSCRIBE after a reconnect or a slot moving.
-        bus.subscriber.manage_subscriptions();
         tokio::spawn(Arc::clone(&bus).receive_loop());
+        tokio::spawn(Arc::clone(&bus).keep_subscriptions());
         Ok(bus)
+    }
+
+    /// Keeps every shard subscription alive across reconnects, failovers and slot moves: on each
+    /// reconnect or cluster change, and whenever a namespace's main channel has no listener left,
+    /// every tracked channel is subscribed again (grouped by slot), retried until the cluster takes it.
+    async fn keep_subscriptions(self: Arc<Self>) {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut changes = self.subscriber.cluster_change_rx();
+        let mut reconnects = self.subscriber.reconnect_rx();
+        let mut check = tokio::time::interval(Duration::from_secs(2));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let lost = tokio::select! {
+                r = changes.recv() => !matches!(r, Err(RecvError::Closed)) || return,
+                r = reconnects.recv() => !matches!(r, Err(RecvError::Closed)) || return,
+                _ = check.tick() => self.a_main_channel_lost().await,
+            };
+            if !lost {
+                continue;
+            }
+            self.stats.resubscribes.fetch_add(1, Ordering::Relaxed);
+            let mut backoff = Duration::from_millis(100);
+            for _ in 0..50 {
+                match self.subscriber.resubscribe_all().await {
+                    Ok(()) => break,
+                    Err(err) => {
+                        tracing::debug!(%err, "shard resubscribe failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether some live namespace's main channel has no listener at all (we should be one).
+    async fn a_main_channel_lost(&self) -> bool {
+        if self.adapters.read().is_empty() || !self.is_connected() {
+            return false;
+        }
+        let mains: Vec<String> = self
+            .adapters
+            .read()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|a| a.main.clone())
+            .collect();
+        for main in mains {
+            if matches!(self.server_count(&main).await, Ok(0)) {
+                return true;
+            }
+        }
+        false
     }
 
     /// Whether both clients are connected.
