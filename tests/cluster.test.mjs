@@ -168,56 +168,103 @@ describe("Redis Cluster: sharded adapter in a mixed fleet", () => {
       });
     });
   }
-  describe("a master killed mid-run", () => {
-    let node, a, b, anchors;
+  /** A Node sharded server and two ioplex nodes in "dynamic" mode, with a room joined on both ioplex nodes. */
+  function resilienceFleet() {
+    const fleet = {};
     before(async () => {
-      node = await startShardedNode(cluster, "dynamic");
+      fleet.node = await startShardedNode(cluster, "dynamic");
       const env = { REDIS_CLUSTER_NODES: cluster.seeds, REDIS_SUBSCRIPTION_MODE: "dynamic" };
-      [a, b] = await Promise.all([startServer({ env }), startServer({ env })]);
-      anchors = [ioClient(a.url), ioClient(b.url)];
-      await Promise.all(anchors.map((s) => once(s, "connect", 5000)));
-      await waitForServers(node.io, 3);
+      [fleet.a, fleet.b] = await Promise.all([startServer({ env }), startServer({ env })]);
+      fleet.anchors = [ioClient(fleet.a.url), ioClient(fleet.b.url)];
+      await Promise.all(fleet.anchors.map((s) => once(s, "connect", 5000)));
+      await waitForServers(fleet.node.io, 3);
     });
     after(async () => {
-      for (const s of anchors ?? []) s.disconnect();
-      await Promise.all([a, b].filter(Boolean).map((s) => s.stop()));
-      await node?.stop();
+      for (const s of fleet.anchors ?? []) s.disconnect();
+      await Promise.all([fleet.a, fleet.b].filter(Boolean).map((s) => s.stop()));
+      await fleet.node?.stop();
     });
     afterEach(closeAll);
-
-    // Not yet: after the failover the surviving nodes' subscriptions on the promoted replica are not
-    // restored in time (README, "Not built yet"). Kept running, reported as todo, until it holds.
-    test("after its replica takes over, cross-node delivery resumes and local delivery never stopped", { todo: "failover resubscription" }, async () => {
-      const x = await connected(a.url);
-      const y = await connected(b.url);
-      const local = await connected(a.url);
-      for (const s of [x, y, local]) await ack(s, "join", "failover-room");
+    /** x on a, y on b, both in `room`; `seen()` counts y's "tick"s; delivery checked once. */
+    fleet.members = async (room) => {
+      const x = await connected(fleet.a.url);
+      const y = await connected(fleet.b.url);
+      const local = await connected(fleet.a.url);
+      for (const s of [x, y, local]) await ack(s, "join", room);
       let seenByY = 0;
       y.on("tick", () => seenByY++);
-      assert.ok(await eventually(() => x.emit("publish", { room: "failover-room", event: "tick" }), async (ms) => { await sleep(ms); return seenByY > 0; }));
+      const tick = () => x.emit("publish", { room, event: "tick" });
+      assert.ok(await eventually(tick, async (ms) => { await sleep(ms); return seenByY > 0; }), "delivery before the change");
+      return { x, y, local, tick, seen: () => seenByY };
+    };
+    return fleet;
+  }
+
+  /** Publishes until y hears a new tick; returns ms from now, or fails after `ms`. */
+  async function resumes(members, ms = 10_000) {
+    const start = Date.now();
+    const before = members.seen();
+    const back = await eventually(members.tick, async (wait) => { await sleep(wait); return members.seen() > before; }, ms);
+    assert.ok(back, "cross-node delivery resumed");
+    return Date.now() - start;
+  }
+
+  describe("a slot migrated mid-run", () => {
+    const fleet = resilienceFleet();
+
+    test("the room's channel moves to another master and delivery follows it", async () => {
+      const room = "migrating-room";
+      const channel = `socket.io#/#${room}#`;
+      const members = await fleet.members(room);
+      const from = await cluster.ownerOf(channel);
+      const to = (await cluster.masters()).find((m) => m !== from);
+      await cluster.moveSlot(channel, to);
+      const movedAt = Date.now();
+      const localGot = once(members.local, "tick", 3000);
+      members.tick();
+      await localGot;
+      const took = await resumes(members);
+      console.log(`slot migration: delivery back ${Date.now() - movedAt} ms after the move (${took} ms of publishing)`);
+      assert.ok(Date.now() - movedAt < 2000 + 1000, "back within 2 s of the move (plus a publish round)");
+    });
+  });
+
+  describe("a master killed mid-run", () => {
+    const fleet = resilienceFleet();
+
+    test("after its replica takes over, cross-node delivery resumes and local delivery never stopped", async () => {
+      const room = "failover-room";
+      const channel = `socket.io#/#${room}#`;
+      const members = await fleet.members(room);
       // Kill the master that owns the room's shard channel.
-      const owner = await cluster.ownerOf("socket.io#/#failover-room#");
+      const owner = await cluster.ownerOf(channel);
       owner.child.kill("SIGKILL");
       const killedAt = Date.now();
-      const localGot = once(local, "tick", 3000);
-      x.emit("publish", { room: "failover-room", event: "tick" });
+      const localGot = once(members.local, "tick", 3000);
+      members.tick();
       await localGot; // the sender's own node delivers whatever Redis does
+      // During the gap, a fleet request fails at once with a clear error instead of waiting 5 s.
+      await sleep(1500);
+      const asked = Date.now();
+      const answer = await ack(members.x, "members", room);
+      if (await cluster.ownerOf(channel).catch(() => owner) === owner) {
+        assert.equal(answer.ok, false, `fleet request during the gap: ${JSON.stringify(answer)}`);
+        assert.match(answer.message, /does not answer/);
+        assert.ok(Date.now() - asked < 1500, `answered in ${Date.now() - asked} ms`);
+      }
       // Wait for the replica's promotion (the slot has another master), then for the cluster to be ok.
-      const channel = "socket.io#/#failover-room#";
       while ((await cluster.ownerOf(channel).catch(() => owner)) === owner) {
         assert.ok(Date.now() - killedAt < 20_000, "a replica took over within 20 s");
         await sleep(100);
       }
       await cluster.waitOk([owner]);
       const okAt = Date.now();
-      const before = seenByY;
-      const resumed = await eventually(
-        () => x.emit("publish", { room: "failover-room", event: "tick" }),
-        async (ms) => { await sleep(ms); return seenByY > before; },
-        10_000,
-      );
-      assert.ok(resumed, "cross-node delivery resumed after the failover");
-      console.log(`failover: cluster ok ${okAt - killedAt} ms after the kill, delivery back ${Date.now() - okAt} ms after that`);
+      await resumes(members);
+      const back = Date.now() - okAt;
+      console.log(`failover: cluster ok ${okAt - killedAt} ms after the kill, delivery back ${back} ms after that`);
+      assert.ok(back < 2000, `cross-node delivery back ${back} ms after cluster_state:ok (goal: 2 s)`);
+      const answerAfter = await ack(members.x, "members", room);
+      assert.equal(answerAfter.ok, true, `fleet requests work again: ${JSON.stringify(answerAfter)}`);
     });
   });
 

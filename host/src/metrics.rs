@@ -382,12 +382,62 @@ fn render_cluster(out: &mut String, buses: &[(String, Arc<crate::adapter::redis:
             u8::from(bus.is_connected()),
         );
     }
-    let counters: [FamilyOf<crate::adapter::redis::ShardedBus>; 4] = [
+    let masters = "ioplex_redis_cluster_masters";
+    let mut f = Family::new(
+        out,
+        masters,
+        "gauge",
+        "Masters in the cluster's slot map as the last subscription check saw it.",
+    );
+    for (key, bus) in buses {
+        f.sample(masters, &[("key", key)], bus.subscriptions.shards().len());
+    }
+    for (name, help, held) in [
+        (
+            "ioplex_redis_cluster_subscriptions_wanted",
+            "Shard channels this node should hold on each master.",
+            false,
+        ),
+        (
+            "ioplex_redis_cluster_subscriptions_held",
+            "Shard channels this node's connection held on each master (CLIENT LIST); absent when it did not answer.",
+            true,
+        ),
+    ] {
+        let mut f = Family::new(out, name, "gauge", help);
+        for (key, bus) in buses {
+            for shard in bus.subscriptions.shards() {
+                let value = if held { shard.held } else { Some(shard.wanted) };
+                if let Some(value) = value {
+                    f.sample(name, &[("key", key), ("shard", &shard.server)], value);
+                }
+            }
+        }
+    }
+    let counters: [FamilyOf<crate::adapter::redis::ShardedBus>; 7] = [
+        (
+            "ioplex_redis_cluster_dropped_total",
+            "counter",
+            "Messages not published: the outgoing queue was full or the shard unreachable.",
+            |b| b.stats.dropped.load(Ordering::Relaxed),
+        ),
         (
             "ioplex_redis_cluster_resubscribes_total",
             "counter",
-            "Times every shard subscription was issued again.",
-            |b| b.stats.resubscribes.load(Ordering::Relaxed),
+            "Checks that found a master holding fewer shard channels than wanted, and subscribed again.",
+            |b| b.subscriptions.stats.resubscribes.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_redis_cluster_masters_lost_total",
+            "counter",
+            "Masters that left the slot map (failovers, removals).",
+            |b| b.subscriptions.stats.masters_lost.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_redis_cluster_subscribe_commands_total",
+            "counter",
+            "SSUBSCRIBE and SUNSUBSCRIBE commands sent (one per hash slot per batch).",
+            |b| b.subscriptions.stats.commands.load(Ordering::Relaxed),
         ),
         (
             "ioplex_redis_cluster_published_total",

@@ -19,6 +19,20 @@ pub const PATH: &str = "/status";
 pub struct NodeStatus {
     /// Every tenant the node serves, by id.
     pub tenants: BTreeMap<String, TenantStatus>,
+    /// Every Redis Cluster connection (sharded adapter), by channel prefix.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub clusters: BTreeMap<String, ClusterStatus>,
+}
+
+/// One Redis Cluster connection as the last subscription check saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Both cluster clients are connected.
+    pub connected: bool,
+    /// Masters lost from the slot map since start (failovers).
+    pub masters_lost: u64,
+    /// Each master: `host:port`, shard channels wanted there, held there (`None`: no answer).
+    pub shards: Vec<(String, usize, Option<usize>)>,
 }
 
 /// One tenant's live connections on this node.
@@ -31,8 +45,8 @@ pub struct TenantStatus {
 }
 
 /// The node's status now.
-pub fn snapshot(tenants: &Tenants) -> NodeStatus {
-    let tenants = tenants
+pub fn snapshot(registry: &Tenants) -> NodeStatus {
+    let tenants = registry
         .all()
         .iter()
         .map(|t| {
@@ -40,7 +54,27 @@ pub fn snapshot(tenants: &Tenants) -> NodeStatus {
             (t.id().to_owned(), TenantStatus { websocket, polling })
         })
         .collect();
-    NodeStatus { tenants }
+    let clusters = registry
+        .cluster_buses()
+        .into_iter()
+        .map(|(key, bus)| {
+            let shards = bus.subscriptions.shards();
+            let status = ClusterStatus {
+                connected: bus.is_connected(),
+                masters_lost: bus
+                    .subscriptions
+                    .stats
+                    .masters_lost
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                shards: shards
+                    .into_iter()
+                    .map(|s| (s.server, s.wanted, s.held))
+                    .collect(),
+            };
+            (key, status)
+        })
+        .collect();
+    NodeStatus { tenants, clusters }
 }
 
 /// The `/status` handler; with `token`, requests need `Authorization: Bearer <token>`.

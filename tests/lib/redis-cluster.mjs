@@ -73,6 +73,49 @@ export async function startRedisCluster({ masters = 3 } = {}) {
       }
       throw new Error(`no master owns ${channel}`);
     },
+    /**
+     * Moves `channel`'s hash slot to the master `to` the way `redis-cli --cluster reshard` moves a slot
+     * (IMPORTING / MIGRATING, keys migrated, then SETSLOT NODE on every master); resolves once every
+     * master agrees. Returns the slot.
+     */
+    async moveSlot(channel, to) {
+      const [anyNode] = alive();
+      const cli = (port, ...args) => run("redis-cli", ["-p", String(port), ...args]);
+      const slot = (await cli(anyNode.port, "cluster", "keyslot", channel)).stdout.trim();
+      const from = await this.ownerOf(channel);
+      if (from === to) throw new Error("moveSlot: the slot is there already");
+      const id = async (node) => (await cli(node.port, "cluster", "myid")).stdout.trim();
+      const [fromId, toId] = [await id(from), await id(to)];
+      await cli(to.port, "cluster", "setslot", slot, "importing", fromId);
+      await cli(from.port, "cluster", "setslot", slot, "migrating", toId);
+      for (;;) {
+        const keys = (await cli(from.port, "cluster", "getkeysinslot", slot, "100")).stdout.trim();
+        if (!keys) break;
+        await cli(from.port, "migrate", "127.0.0.1", String(to.port), "", "0", "5000", "keys", ...keys.split("\n"));
+      }
+      const masters = [];
+      for (const node of alive()) {
+        if ((await cli(node.port, "role")).stdout.startsWith("master")) masters.push(node);
+      }
+      for (const node of [to, from, ...masters.filter((n) => n !== to && n !== from)]) {
+        await cli(node.port, "cluster", "setslot", slot, "node", toId);
+      }
+      const deadline = Date.now() + 20_000;
+      while ((await this.ownerOf(channel)) !== to) {
+        if (Date.now() > deadline) throw new Error(`slot ${slot} did not move`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return Number(slot);
+    },
+    /** Masters now (live nodes that say they are masters). */
+    async masters() {
+      const out = [];
+      for (const node of alive()) {
+        const { stdout } = await run("redis-cli", ["-p", String(node.port), "role"]);
+        if (stdout.startsWith("master")) out.push(node);
+      }
+      return out;
+    },
     /** Resolves once every live node (not in `except`) reports cluster_state:ok. */
     async waitOk(except = [], ms = 20_000) {
       const deadline = Date.now() + ms;

@@ -134,14 +134,14 @@ async fn start_plugin_fleet(
     ))
 }
 
-/// `/readyz`: ready while every Redis the tenants use is connected.
+/// `/readyz`: ready while every Redis (and Redis Cluster) the tenants use is connected.
 fn readiness(tenants: &Arc<Tenants>) -> Readiness {
     let tenants = Arc::clone(tenants);
     Arc::new(move || {
-        if tenants
-            .redis_buses()
-            .iter()
-            .all(|(_, bus)| bus.is_connected())
+        let redis = tenants.redis_buses();
+        let clusters = tenants.cluster_buses();
+        if redis.iter().all(|(_, bus)| bus.is_connected())
+            && clusters.iter().all(|(_, bus)| bus.is_connected())
         {
             Ok(())
         } else {

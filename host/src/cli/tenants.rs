@@ -37,6 +37,29 @@ pub async fn run(
         Some(_) => Some(checking_runtime()?),
         None => None,
     };
+    if let Some(live) = &live {
+        for (key, cluster) in &live.clusters {
+            let shards: Vec<String> = cluster
+                .shards
+                .iter()
+                .map(|(server, wanted, held)| match held {
+                    Some(held) => format!("{server} {held}/{wanted}"),
+                    None => format!("{server} ?/{wanted} (no answer)"),
+                })
+                .collect();
+            println!(
+                "redis cluster {key}: {}, {} masters, {} lost since start; subscriptions held/wanted: {}",
+                if cluster.connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                },
+                cluster.shards.len(),
+                cluster.masters_lost,
+                shards.join(", ")
+            );
+        }
+    }
     let mut all_ok = true;
     for (id, t) in &tenants.tenants {
         let mut reached = Vec::new();

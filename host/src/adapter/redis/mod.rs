@@ -9,6 +9,7 @@ pub mod bus;
 pub mod classic;
 pub mod messages;
 pub mod msgpack;
+pub mod shard_subscriptions;
 pub mod sharded;
 pub mod sharded_wire;
 pub mod wire;

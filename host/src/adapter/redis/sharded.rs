@@ -14,12 +14,13 @@ use std::time::Duration;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::types::Builder;
-use fred::types::config::{Config, ReconnectPolicy};
+use fred::types::config::{Config, Options, ReconnectPolicy};
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::messages::{Request, Response, Target, strip_credentials};
+use super::shard_subscriptions::ShardSubscriptions;
 use super::sharded_wire::{Envelope, ShardedMessage};
 use super::{BusError, PeerPolicy};
 use crate::adapter::local::collect_acks;
@@ -130,8 +131,8 @@ pub struct ClusterStats {
     pub received: AtomicU64,
     /// Messages that did not decode.
     pub refused: AtomicU64,
-    /// Times every shard subscription was issued again (reconnect, failover, slot move, a lost one).
-    pub resubscribes: AtomicU64,
+    /// Messages not published: the outgoing queue was full, or the shard was unreachable.
+    pub dropped: AtomicU64,
 }
 
 /// The cluster connections every namespace of one prefix shares.
@@ -140,8 +141,28 @@ pub struct ShardedBus {
     publisher: Client,
     subscriber: SubscriberClient,
     adapters: RwLock<Vec<Weak<ShardedAdapter>>>,
+    /// Broadcasts and answers on their way out, in the order they were made.
+    outgoing: mpsc::Sender<(String, Vec<u8>)>,
+    /// The shard channels this node holds, checked against every master.
+    pub subscriptions: Arc<ShardSubscriptions>,
     /// Counters.
     pub stats: ClusterStats,
+}
+
+/// Messages waiting to be published; past it the newest are dropped (and counted).
+const OUTGOING_QUEUE: usize = 10_000;
+/// Publishes in flight at once: enough to pipeline on every shard, few enough to bound a stall.
+const PUBLISHES_IN_FLIGHT: usize = 512;
+
+/// One attempt, no waiting for a reconnect, a short timeout: a shard that is down costs its own
+/// messages, not the others' (pub/sub keeps nothing anyway).
+fn once() -> Options {
+    Options {
+        max_attempts: Some(1),
+        fail_fast: true,
+        timeout: Some(Duration::from_secs(1)),
+        ..Options::default()
+    }
 }
 
 impl ShardedBus {
@@ -151,11 +172,16 @@ impl ShardedBus {
         fred_config.fail_fast = false;
         let mut builder = Builder::from_config(fred_config);
         builder.set_policy(ReconnectPolicy::new_linear(0, 500, 50));
+        // Named connections let the subscription check find this node's own line in CLIENT LIST.
+        builder.with_connection_config(|c| c.auto_client_setname = true);
+        let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
         let bus = Arc::new(ShardedBus {
             publisher: builder.build()?,
             subscriber: builder.build_subscriber_client()?,
             config,
             adapters: RwLock::new(Vec::new()),
+            outgoing,
+            subscriptions: Arc::new(ShardSubscriptions::default()),
             stats: ClusterStats::default(),
         });
         bus.publisher.connect();
@@ -166,61 +192,11 @@ impl ShardedBus {
         })
         .await;
         tokio::spawn(Arc::clone(&bus).receive_loop());
-        tokio::spawn(Arc::clone(&bus).keep_subscriptions());
+        tokio::spawn(
+            Arc::clone(&bus.subscriptions).run(bus.subscriber.clone(), bus.publisher.clone()),
+        );
+        tokio::spawn(Arc::clone(&bus).publish_loop(queue));
         Ok(bus)
-    }
-
-    /// Keeps every shard subscription alive across reconnects, failovers and slot moves: on each
-    /// reconnect or cluster change, and whenever a namespace's main channel has no listener left,
-    /// every tracked channel is subscribed again (grouped by slot), retried until the cluster takes it.
-    async fn keep_subscriptions(self: Arc<Self>) {
-        use tokio::sync::broadcast::error::RecvError;
-        let mut changes = self.subscriber.cluster_change_rx();
-        let mut reconnects = self.subscriber.reconnect_rx();
-        let mut check = tokio::time::interval(Duration::from_secs(2));
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let lost = tokio::select! {
-                r = changes.recv() => !matches!(r, Err(RecvError::Closed)) || return,
-                r = reconnects.recv() => !matches!(r, Err(RecvError::Closed)) || return,
-                _ = check.tick() => self.a_main_channel_lost().await,
-            };
-            if !lost {
-                continue;
-            }
-            self.stats.resubscribes.fetch_add(1, Ordering::Relaxed);
-            let mut backoff = Duration::from_millis(100);
-            for _ in 0..50 {
-                match self.subscriber.resubscribe_all().await {
-                    Ok(()) => break,
-                    Err(err) => {
-                        tracing::debug!(%err, "shard resubscribe failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Whether some live namespace's main channel has no listener at all (we should be one).
-    async fn a_main_channel_lost(&self) -> bool {
-        if self.adapters.read().is_empty() || !self.is_connected() {
-            return false;
-        }
-        let mains: Vec<String> = self
-            .adapters
-            .read()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .map(|a| a.main.clone())
-            .collect();
-        for main in mains {
-            if matches!(self.server_count(&main).await, Ok(0)) {
-                return true;
-            }
-        }
-        false
     }
 
     /// Whether both clients are connected.
@@ -229,51 +205,64 @@ impl ShardedBus {
     }
 
     fn register(self: &Arc<Self>, adapter: &Arc<ShardedAdapter>) {
-        self.adapters.write().push(Arc::downgrade(adapter));
+        let mut adapters = self.adapters.write();
+        adapters.retain(|a| a.strong_count() > 0);
+        adapters.push(Arc::downgrade(adapter));
     }
 
-    async fn ssubscribe(&self, channel: String) {
-        if let Err(err) = self.subscriber.ssubscribe(channel).await {
-            tracing::warn!(%err, "Redis SSUBSCRIBE failed; retried when the cluster answers");
+    /// Queues a message; never waits. Messages leave in the order they were queued, so two
+    /// broadcasts to one room arrive in the order they were made.
+    fn publish_nowait(self: &Arc<Self>, channel: String, payload: Vec<u8>) {
+        if self.outgoing.try_send((channel, payload)).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn sunsubscribe_later(self: &Arc<Self>, channels: Vec<String>) {
-        let bus = Arc::clone(self);
-        tokio::spawn(async move {
-            for channel in channels {
-                let _ = bus.subscriber.sunsubscribe(channel).await;
+    /// Sends queued messages with many in flight. `FuturesOrdered` polls new publishes for the
+    /// first time in the order they were pushed, and that first poll is when fred hands the
+    /// command to the shard's connection: each channel keeps the queue's order, while a slow
+    /// shard holds back the others only once [`PUBLISHES_IN_FLIGHT`] are waiting.
+    async fn publish_loop(self: Arc<Self>, mut queue: mpsc::Receiver<(String, Vec<u8>)>) {
+        use futures_util::StreamExt;
+        use futures_util::stream::FuturesOrdered;
+        let mut in_flight = FuturesOrdered::new();
+        loop {
+            tokio::select! {
+                next = queue.recv(), if in_flight.len() < PUBLISHES_IN_FLIGHT => {
+                    let Some((channel, payload)) = next else { break };
+                    let bus = Arc::clone(&self);
+                    in_flight.push_back(async move { bus.publish_now(channel, payload).await });
+                }
+                Some(result) = in_flight.next(), if !in_flight.is_empty() => {
+                    if let Err(err) = result {
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%err, "shard publish failed");
+                    }
+                }
             }
-        });
-    }
-
-    fn publish_nowait(self: &Arc<Self>, channel: String, payload: Vec<u8>) {
-        let bus = Arc::clone(self);
-        tokio::spawn(async move {
-            let _ = bus.publish_now(channel, payload).await;
-        });
+        }
     }
 
     async fn publish_now(&self, channel: String, payload: Vec<u8>) -> Result<(), AdapterError> {
-        self.stats.published.fetch_add(1, Ordering::Relaxed);
         self.publisher
+            .with_options(&once())
             .spublish::<(), _, _>(channel, payload)
             .await
-            .map_err(|e| AdapterError::Unavailable(e.to_string()))
+            .map_err(|e| AdapterError::Unavailable(e.to_string()))?;
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// How many nodes listen on `channel` (`PUBSUB SHARDNUMSUB` on the shard that owns it).
     async fn server_count(&self, channel: &str) -> Result<usize, AdapterError> {
-        let counts: Vec<Value> = self
+        let reply: Vec<fred::types::Value> = self
             .publisher
+            .with_options(&once())
             .pubsub_shardnumsub::<fred::types::Value, _>(channel)
             .await
             .map_err(|e| AdapterError::Unavailable(e.to_string()))?
-            .into_array()
-            .into_iter()
-            .map(|v| serde_json::to_value(v.as_u64()).unwrap_or(Value::Null))
-            .collect();
-        Ok(counts.get(1).and_then(Value::as_u64).unwrap_or(0) as usize)
+            .into_array();
+        Ok(reply.get(1).and_then(|v| v.as_u64()).unwrap_or(0) as usize)
     }
 
     async fn receive_loop(self: Arc<Self>) {
@@ -285,10 +274,10 @@ impl ShardedBus {
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
             self.stats.received.fetch_add(1, Ordering::Relaxed);
-            let Some(payload) = message.value.as_bytes().map(<[u8]>::to_vec) else {
+            let Some(payload) = message.value.as_bytes() else {
                 continue;
             };
-            let channel = message.channel.to_string();
+            let channel = &*message.channel;
             let adapters: Vec<_> = self
                 .adapters
                 .read()
@@ -297,7 +286,7 @@ impl ShardedBus {
                 .collect();
             for adapter in adapters {
                 if channel.starts_with(&adapter.main) {
-                    adapter.on_message(&channel, &payload);
+                    adapter.on_message(channel, payload);
                 }
             }
         }
@@ -347,11 +336,8 @@ impl ShardedAdapter {
             pending: Mutex::new(HashMap::new()),
         });
         bus.register(&adapter);
-        let (bus, main, own) = (Arc::clone(&bus), adapter.main.clone(), adapter.own.clone());
-        tokio::spawn(async move {
-            bus.ssubscribe(main).await;
-            bus.ssubscribe(own).await;
-        });
+        bus.subscriptions
+            .want([adapter.main.clone(), adapter.own.clone()]);
         adapter
     }
 
@@ -375,12 +361,7 @@ impl ShardedAdapter {
             }
         }
         if !fresh.is_empty() {
-            let bus = Arc::clone(&self.bus);
-            tokio::spawn(async move {
-                for channel in fresh {
-                    bus.ssubscribe(channel).await;
-                }
-            });
+            self.bus.subscriptions.want(fresh);
         }
     }
 
@@ -396,7 +377,7 @@ impl ShardedAdapter {
             }
         }
         if !gone.is_empty() {
-            self.bus.sunsubscribe_later(gone);
+            self.bus.subscriptions.release(gone);
         }
     }
 
@@ -568,7 +549,14 @@ impl ShardedAdapter {
         (id.clone(), rx, PendingGuard { adapter: self, id })
     }
 
+    /// How many other nodes a fleet request waits for; fails at once while a master does not
+    /// answer (some nodes' answers could not reach this one).
     async fn others(&self) -> Result<usize, AdapterError> {
+        if let Some(master) = self.bus.subscriptions.unreachable() {
+            return Err(AdapterError::Unavailable(format!(
+                "Redis Cluster master {master} does not answer; fleet requests resume after failover"
+            )));
+        }
         Ok(self.bus.server_count(&self.main).await?.saturating_sub(1))
     }
 
@@ -609,20 +597,8 @@ impl Drop for ShardedAdapter {
                 .iter()
                 .map(|r| self.room_channel(r)),
         );
-        if tokio::runtime::Handle::try_current().is_ok() {
-            // Another namespace adapter of this node may share the main channel: keep it then.
-            let others_share_main = self
-                .bus
-                .adapters
-                .read()
-                .iter()
-                .filter_map(Weak::upgrade)
-                .any(|a| a.main == self.main);
-            if others_share_main {
-                channels.remove(0);
-            }
-            self.bus.sunsubscribe_later(channels);
-        }
+        // Channels another adapter of this node still holds (a shared main) keep their holder.
+        self.bus.subscriptions.release(channels);
     }
 }
 
@@ -786,7 +762,11 @@ impl Adapter for ShardedAdapter {
     ) -> BoxFuture<'_, Result<BroadcastAcks, AdapterError>> {
         let (packet, opts) = (packet.clone(), opts.clone());
         Box::pin(async move {
-            if opts.local || !self.bus.is_connected() {
+            // Without the whole cluster, the acks of this node's own clients are all that can come.
+            if opts.local
+                || !self.bus.is_connected()
+                || self.bus.subscriptions.unreachable().is_some()
+            {
                 return self.local.broadcast_with_ack(&packet, &opts, timeout).await;
             }
             let (local_tx, mut local_rx) = mpsc::unbounded_channel();
