@@ -3,11 +3,15 @@
 // cluster client) and two ioplex nodes (REDIS_CLUSTER_NODES), in each subscription mode.
 import { after, afterEach, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { createCluster } from "redis";
 import { io as ioClient } from "socket.io-client";
 import { Server } from "socket.io";
 import { createShardedAdapter } from "@socket.io/redis-adapter";
-import { freePort, startServer } from "./lib/server.mjs";
+import { binaryPath, freePort, startServer } from "./lib/server.mjs";
 import { startRedisCluster } from "./lib/redis-cluster.mjs";
 import { arrives, closeAll, connected, once, sleep } from "./lib/client.mjs";
 
@@ -168,6 +172,52 @@ describe("Redis Cluster: sharded adapter in a mixed fleet", () => {
       });
     });
   }
+  describe("a tenant's own Redis Cluster, from its TOML section", () => {
+    let node, a, b, dir, config;
+    before(async () => {
+      dir = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-cluster-tenant-"));
+      config = path.join(dir, "ioplex.toml");
+      fs.writeFileSync(config, [
+        "[tenants.acme]",
+        `redis-cluster-nodes = "${cluster.seeds}"`,
+        'redis-subscription-mode = "dynamic-private"',
+        "[tenants.plain]",
+        "default = true",
+        "",
+      ].join("\n"));
+      node = await startShardedNode(cluster, "dynamic-private");
+      // No gateway Redis at all: only acme's section names the cluster.
+      [a, b] = await Promise.all([startServer({ args: ["--config", config] }), startServer({ args: ["--config", config] })]);
+    });
+    after(async () => {
+      await Promise.all([a, b].filter(Boolean).map((s) => s.stop()));
+      await node?.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    });
+    afterEach(closeAll);
+
+    test("acme's rooms span its nodes and Node's; the other tenant stays local", async () => {
+      const acme = { query: { tenant: "acme" } };
+      const x = await connected(a.url, acme);
+      const y = await connected(b.url, acme);
+      const outsider = await connected(b.url);
+      for (const s of [x, y, outsider]) await ack(s, "join", "company:7");
+      await waitForServers(node.io, 3);
+      let toY;
+      y.on("news", (...args) => (toY = args));
+      const reached = await eventually(
+        () => node.io.to("company:7").emit("news", "for acme"),
+        async (ms) => { await sleep(ms); return toY !== undefined; },
+      );
+      assert.ok(reached, "a Node broadcast on acme's cluster reached acme's socket on the other node");
+      assert.deepEqual(toY, ["for acme"]);
+      assert.equal(await arrives(outsider, "news"), false, "the default tenant has no Redis: nothing crosses");
+      const run = spawnSync(binaryPath("ioplex"), ["tenants", "--config", config, "--url", a.url], { encoding: "utf8" });
+      assert.equal(run.status, 0, run.stderr);
+      assert.match(run.stdout, /redis cluster socket\.io: connected, 3 masters, 0 lost since start; subscriptions held\/wanted: /);
+    });
+  });
+
   /** A Node sharded server and two ioplex nodes in "dynamic" mode, with a room joined on both ioplex nodes. */
   function resilienceFleet() {
     const fleet = {};

@@ -11,6 +11,9 @@
 //! namespaces = ["/", "/support"]     # default: any namespace a client asks for
 //! redis-url = "redis://10.0.0.5:6379"  # default: the gateway's REDIS_URL
 //! redis-key = "socket.io"            # default: see `TenantConfig::redis_key`
+//! # instead of redis-url: the tenant's Redis Cluster (sharded adapter, Node's createShardedAdapter)
+//! # redis-cluster-nodes = "10.0.0.7:7000,10.0.0.8:7000"
+//! # redis-subscription-mode = "dynamic"  # static | dynamic | dynamic-private; default: the gateway's
 //! api-keys = ["k_live_..."]
 //! share-credentials = false          # fetchSockets replies carry cookie/authorization/auth
 //!
@@ -80,6 +83,12 @@ pub struct TenantConfig {
     pub redis_url: Option<String>,
     /// Channel prefix in Redis (the Node adapter's `key`).
     pub redis_key: Option<String>,
+    /// Seed nodes of the tenant's own Redis Cluster (`host:port,…`), for the sharded adapter; not
+    /// with `redis-url`.
+    pub redis_cluster_nodes: Option<String>,
+    /// Which rooms get a shard channel (`static`, `dynamic`, `dynamic-private`); default: the
+    /// gateway's `REDIS_SUBSCRIPTION_MODE`.
+    pub redis_subscription_mode: Option<String>,
     /// Keys the tenant's backend uses for the HTTP API.
     pub api_keys: Vec<String>,
     /// Answer the fleet's `fetchSockets` with the sockets' `cookie` / `authorization` headers and CONNECT
@@ -163,11 +172,16 @@ impl TenantConfig {
     /// of its own (its Node fleet's channels as they are); else `<gateway key>/<id>`, so tenants sharing
     /// one Redis never share rooms.
     pub fn redis_key(&self, id: &str, gateway_key: &str) -> String {
-        match (&self.redis_key, &self.redis_url) {
+        match (&self.redis_key, self.has_own_redis()) {
             (Some(key), _) => key.clone(),
-            (None, Some(_)) => gateway_key.to_owned(),
-            (None, None) => format!("{gateway_key}/{id}"),
+            (None, true) => gateway_key.to_owned(),
+            (None, false) => format!("{gateway_key}/{id}"),
         }
+    }
+
+    /// Whether the tenant names a Redis (or Redis Cluster) of its own.
+    pub fn has_own_redis(&self) -> bool {
+        self.redis_url.is_some() || self.redis_cluster_nodes.is_some()
     }
 
     /// Whether `other` differs only in what can change on live sessions (routing and API keys).
@@ -202,6 +216,17 @@ pub struct TenantsConfig {
 }
 
 /// `host:port` of a Redis URL (scheme, credentials and database left out), lower case.
+/// A Redis Cluster named by its seed nodes (order, scheme and credentials ignored).
+fn cluster_name(seeds: &str) -> String {
+    let mut nodes: Vec<String> = seeds
+        .split(',')
+        .map(|seed| redis_server(seed.trim()))
+        .filter(|seed| !seed.is_empty())
+        .collect();
+    nodes.sort();
+    format!("cluster {}", nodes.join(","))
+}
+
 fn redis_server(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
@@ -314,11 +339,15 @@ impl TenantsConfig {
     ) -> Result<(), ConfigError> {
         let mut seen: BTreeMap<(String, String), &str> = BTreeMap::new();
         for (id, t) in &self.tenants {
-            let Some(url) = t.redis_url.as_deref().or(gateway_url) else {
-                continue;
+            let server = match (
+                &t.redis_cluster_nodes,
+                t.redis_url.as_deref().or(gateway_url),
+            ) {
+                (Some(seeds), _) => cluster_name(seeds),
+                (None, Some(url)) => redis_server(url),
+                (None, None) => continue,
             };
             let key = t.redis_key(id, gateway_key);
-            let server = redis_server(url);
             if let Some(other) = seen.insert((server.clone(), key.clone()), id) {
                 return Err(ConfigError::Invalid(format!(
                     "tenants {other} and {id} would share the channels \"{key}\" on the Redis at \
@@ -329,7 +358,7 @@ impl TenantsConfig {
         Ok(())
     }
 
-    /// Ids valid, host names and query values unique, at most one default.
+    /// Ids valid, host names and query values unique, at most one default, Redis settings coherent.
     pub fn check(&self) -> Result<(), ConfigError> {
         let mut hosts = BTreeMap::new();
         let mut queries = BTreeMap::new();
@@ -359,6 +388,16 @@ impl TenantsConfig {
                 return Err(ConfigError::Invalid(format!(
                     "tenants {other} and {id} are both marked default"
                 )));
+            }
+            if t.redis_url.is_some() && t.redis_cluster_nodes.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant {id}: give redis-url or redis-cluster-nodes, not both"
+                )));
+            }
+            if let Some(mode) = &t.redis_subscription_mode
+                && let Err(err) = mode.parse::<crate::adapter::redis::SubscriptionMode>()
+            {
+                return Err(ConfigError::Invalid(format!("tenant {id}: {err}")));
             }
             if let Some(rate) = t.limits.events_per_second
                 && !(rate > 0.0 && rate.is_finite())
@@ -450,5 +489,44 @@ mod tests {
         assert!(a.same_sessions_as(&b));
         b.limits.max_rooms_per_socket = Some(3);
         assert!(!a.same_sessions_as(&b));
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let dir = temp_dir("cluster");
+        let parse = |text: &str| TenantsConfig::load(&write(&dir, "c.toml", text));
+        let both = parse(
+            "[tenants.a]\nredis-url = \"redis://r:6379\"\nredis-cluster-nodes = \"c:7000\"\n",
+        );
+        assert!(both.unwrap_err().to_string().contains("not both"));
+        let mode = parse(
+            "[tenants.a]\nredis-cluster-nodes = \"c:7000\"\nredis-subscription-mode = \"sharded\"\n",
+        );
+        assert!(
+            mode.unwrap_err()
+                .to_string()
+                .contains("unknown subscription mode")
+        );
+        let shared = parse(
+            "[tenants.a]\nredis-cluster-nodes = \"c1:7000,c2:7000\"\n\
+             [tenants.b]\nredis-cluster-nodes = \"redis://c2:7000, c1:7000\"\n",
+        );
+        let err = shared.unwrap_err().to_string();
+        assert!(err.contains("tenants a and b"), "{err}");
+        let apart = parse(
+            "[tenants.a]\nredis-cluster-nodes = \"c1:7000\"\n\
+             [tenants.b]\nredis-cluster-nodes = \"c1:7000\"\nredis-key = \"b\"\nredis-subscription-mode = \"static\"\n",
+        );
+        assert!(apart.is_ok(), "{apart:?}");
+        let a = TenantConfig {
+            redis_cluster_nodes: Some("c:7000".into()),
+            ..TenantConfig::default()
+        };
+        assert_eq!(
+            a.redis_key("a", "socket.io"),
+            "socket.io",
+            "its own cluster: Node's channels"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use super::config::{OnRateExceeded, TenantConfig, TenantsConfig};
 use crate::adapter::redis::{
     ClusterConfig, PeerPolicy, RedisAdapterFactory, RedisBus, RedisConfig, ShardedAdapterFactory,
-    ShardedBus,
+    ShardedBus, SubscriptionMode,
 };
 use crate::contract::ContractConfig;
 use crate::engineio::Endpoints;
@@ -99,13 +99,21 @@ impl Table {
     }
 }
 
+/// What one Redis Cluster connection is shared by.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ClusterKey {
+    seeds: String,
+    key: String,
+    mode: SubscriptionMode,
+}
+
 /// Every tenant of the gateway; the [`Endpoints`] of its router.
 pub struct Tenants {
     defaults: GatewayDefaults,
     table: ArcSwap<Table>,
     /// Redis connections by (URL, key), shared by tenants and kept across rebuilds.
     factories: Mutex<HashMap<(String, String), Arc<RedisAdapterFactory>>>,
-    cluster_factories: Mutex<HashMap<String, Arc<ShardedAdapterFactory>>>,
+    cluster_factories: Mutex<HashMap<ClusterKey, Arc<ShardedAdapterFactory>>>,
 }
 
 fn request_host(headers: &HeaderMap) -> Option<String> {
@@ -265,10 +273,15 @@ impl Tenants {
         &self,
         config: ClusterConfig,
     ) -> Result<Arc<ShardedAdapterFactory>, crate::adapter::redis::BusError> {
-        if let Some(f) = self.cluster_factories.lock().get(&config.key) {
+        // One connection per (cluster, prefix, mode): the mode decides what the bus subscribes to.
+        let key = ClusterKey {
+            seeds: config.seeds.clone(),
+            key: config.key.clone(),
+            mode: config.mode,
+        };
+        if let Some(f) = self.cluster_factories.lock().get(&key) {
             return Ok(Arc::clone(f));
         }
-        let key = config.key.clone();
         let factory = Arc::new(ShardedAdapterFactory::start(config).await?);
         Ok(Arc::clone(
             self.cluster_factories.lock().entry(key).or_insert(factory),
@@ -281,7 +294,7 @@ impl Tenants {
             .cluster_factories
             .lock()
             .iter()
-            .map(|(key, f)| (key.clone(), Arc::clone(f.bus())))
+            .map(|(key, f)| (key.key.clone(), Arc::clone(f.bus())))
             .collect();
         buses.sort_by(|a, b| a.0.cmp(&b.0));
         buses
@@ -348,9 +361,21 @@ impl Tenants {
             (None, Some(base)) => Some(base.clone()),
             (None, None) => None,
         };
-        let cluster = d.cluster.clone().filter(|_| tc.redis_url.is_none());
+        let cluster = match (&tc.redis_cluster_nodes, &d.cluster) {
+            (Some(seeds), base) => Some(ClusterConfig {
+                seeds: seeds.clone(),
+                ..base
+                    .clone()
+                    .unwrap_or_else(|| ClusterConfig::new(seeds.clone()))
+            }),
+            (None, base) => base.clone().filter(|_| tc.redis_url.is_none()),
+        };
         if let Some(mut cluster) = cluster {
             cluster.key = tc.redis_key(id, &d.redis_key);
+            if let Some(mode) = &tc.redis_subscription_mode {
+                // `check` refused an unknown mode already.
+                cluster.mode = mode.parse().unwrap_or(cluster.mode);
+            }
             let policy = PeerPolicy {
                 max_rooms_per_socket: contract_rooms,
                 share_credentials: tc

@@ -31,7 +31,7 @@ use crate::adapter::{
 use crate::sid::Sid;
 
 /// Which rooms get a channel of their own (Node's `subscriptionMode`). A fleet shares one mode.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum SubscriptionMode {
     /// Only the namespace channel: every node receives every broadcast of the namespace.
     Static,
