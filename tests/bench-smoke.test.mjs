@@ -145,6 +145,22 @@ describe("ioplex-bench smoke", () => {
     }
   });
 
+  test("cluster: cross-node broadcasts through one Redis, a 1-master and a 3-master cluster", async () => {
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-cluster-bench-"));
+    try {
+      const { stdout } = await script("cluster", ["--clients", "100", "--room-size", "10", "--rates", "20", "--duration", "1", "--out", out]);
+      for (const label of ["classic", "cluster-1", "cluster-3"]) {
+        assert.match(stdout, new RegExp(`^\\| ${label} \\| 20 \\| \\d+ \\| [\\d.]+ ms \\| [\\d.]+ ms \\| [\\d.]+ \\|$`, "m"));
+      }
+      const rows = jsonLines(path.join(out, "cluster.jsonl"));
+      assert.deepEqual(rows.map((r) => r.label), ["classic", "cluster-1", "cluster-3"]);
+      // Every delivery crossed Redis: the publishers were on the other node.
+      assert.ok(rows.every((r) => r.cross_node && r.deliveries_per_s > 100 && r.redis_cores >= 0), JSON.stringify(rows));
+    } finally {
+      fs.rmSync(out, { recursive: true, force: true });
+    }
+  });
+
   test("hostile: tenant b's latency alone and beside tenant a's hostile plugins", async () => {
     const out = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-hostile-"));
     try {

@@ -20,10 +20,13 @@ export async function startRedisCluster({ masters = 3 } = {}) {
   const nodes = [];
   for (let i = 0; i < masters * 2; i++) {
     const port = await freePort();
+    // The bus port is port + 10000 unless given: a free port above 55535 would have none.
+    const busPort = await freePort();
     const logs = [];
     const child = spawn(
       "redis-server",
-      ["--port", String(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+      ["--port", String(port), "--cluster-port", String(busPort), "--cluster-announce-ip", "127.0.0.1",
+        "--bind", "127.0.0.1", "--cluster-enabled", "yes",
         "--cluster-config-file", path.join(dir, `nodes-${port}.conf`), "--cluster-node-timeout", "2000",
         "--save", "", "--appendonly", "no", "--dir", dir],
       { stdio: ["ignore", "pipe", "pipe"] },
