@@ -14,6 +14,15 @@ async function info(port) {
   return stdout;
 }
 
+/** Starts (or starts again) one node's redis-server with its arguments; resolves once it listens. */
+async function launch(node) {
+  const child = spawn("redis-server", node.args, { stdio: ["ignore", "pipe", "pipe"] });
+  child.stdout.on("data", (d) => node.logs.push(d.toString()));
+  child.stderr.on("data", (d) => node.logs.push(d.toString()));
+  node.child = child;
+  await waitForPort(node.port, child, node.logs);
+}
+
 /** Starts `masters` masters and as many replicas; resolves once every node reports cluster_state:ok. */
 export async function startRedisCluster({ masters = 3 } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-cluster-"));
@@ -22,19 +31,13 @@ export async function startRedisCluster({ masters = 3 } = {}) {
     const port = await freePort();
     // The bus port is port + 10000 unless given: a free port above 55535 would have none.
     const busPort = await freePort();
-    const logs = [];
-    const child = spawn(
-      "redis-server",
-      ["--port", String(port), "--cluster-port", String(busPort), "--cluster-announce-ip", "127.0.0.1",
-        "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-        "--cluster-config-file", path.join(dir, `nodes-${port}.conf`), "--cluster-node-timeout", "2000",
-        "--save", "", "--appendonly", "no", "--dir", dir],
-      { stdio: ["ignore", "pipe", "pipe"] },
-    );
-    child.stdout.on("data", (d) => logs.push(d.toString()));
-    child.stderr.on("data", (d) => logs.push(d.toString()));
-    await waitForPort(port, child, logs);
-    nodes.push({ port, child, logs });
+    const node = { port, logs: [] };
+    node.args = ["--port", String(port), "--cluster-port", String(busPort), "--cluster-announce-ip", "127.0.0.1",
+      "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+      "--cluster-config-file", path.join(dir, `nodes-${port}.conf`), "--cluster-node-timeout", "2000",
+      "--save", "", "--appendonly", "no", "--dir", dir];
+    await launch(node);
+    nodes.push(node);
   }
   const addresses = nodes.map((n) => `127.0.0.1:${n.port}`);
   await run("redis-cli", ["--cluster", "create", ...addresses, "--cluster-replicas", "1", "--cluster-yes"]);
@@ -109,6 +112,10 @@ export async function startRedisCluster({ masters = 3 } = {}) {
         await new Promise((r) => setTimeout(r, 100));
       }
       return Number(slot);
+    },
+    /** Starts a stopped node again with its cluster config: it rejoins (a failed-over master as a replica). */
+    async restart(node) {
+      await launch(node);
     },
     /** Masters now (live nodes that say they are masters). */
     async masters() {
