@@ -32,6 +32,7 @@ async function startShardedNode(cluster, subscriptionMode) {
   });
   return {
     io,
+    pub,
     url: `http://127.0.0.1:${port}`,
     async stop() {
       io.close();
@@ -154,6 +155,32 @@ describe("Redis Cluster: sharded adapter in a mixed fleet", () => {
         await sleep(200);
         const answers = await node.io.timeout(3000).to("acks").emitWithAck("question");
         assert.deepEqual(answers.filter((v) => typeof v === "string").sort(), ["from-a", "from-b", "from-node"]);
+      });
+
+      test("a peer's oversized or malformed shard messages are refused unread; the node goes on", async () => {
+        const metric = async () => {
+          const text = await (await fetch(`${a.url}/metrics`)).text();
+          return Number(/^ioplex_redis_cluster_refused_total\{key="socket.io"\} (\d+)$/m.exec(text)?.[1] ?? NaN);
+        };
+        const member = await connected(a.url);
+        assert.deepEqual(await ack(member, "join", "junk-room"), { ok: true });
+        const got = [];
+        member.on("big", (text) => got.push(text.length));
+        // A well-formed broadcast envelope, as the sharded adapter writes it, with an argument of `bytes`.
+        const envelope = (bytes) => JSON.stringify({
+          type: 3,
+          data: { packet: { type: 2, data: ["big", "x".repeat(bytes)], nsp: "/" }, opts: { rooms: ["junk-room"], except: [], flags: {} } },
+          uid: "peer", nsp: "/",
+        });
+        const before = await metric();
+        await node.pub.sPublish("socket.io#/#", envelope(5_000_000)); // over the 4 MB cap
+        await node.pub.sPublish("socket.io#/#", Buffer.from([0xc1, 0xc1])); // not an envelope
+        await node.pub.sPublish("socket.io#/#", envelope(10)); // the same, small: delivered
+        const deadline = Date.now() + 3000;
+        while ((got.length === 0 || (await metric()) < before + 2) && Date.now() < deadline) await sleep(50);
+        assert.deepEqual(got, [10], "only the small copy reached the member");
+        assert.equal(await metric(), before + 2);
+        assert.deepEqual(await ack(member, "join", "after-junk"), { ok: true });
       });
 
       test("fetchSockets from Node sees ioplex sockets, and socketsJoin / disconnectSockets act on them", async () => {

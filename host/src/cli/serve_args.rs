@@ -226,6 +226,7 @@ impl ServeArgs {
         config.key = self.redis_key.clone();
         config.mode = self.redis_subscription_mode;
         config.requests_timeout = Duration::from_millis(self.redis_requests_timeout);
+        config.max_message_bytes = self.redis_max_message_bytes.max(1024);
         config.policy = ioplex::adapter::redis::PeerPolicy {
             max_rooms_per_socket: self.max_rooms_per_socket,
             share_credentials: self.fleet_share_credentials,

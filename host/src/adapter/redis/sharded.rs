@@ -81,6 +81,8 @@ pub struct ClusterConfig {
     pub requests_timeout: Duration,
     /// What peers may do here.
     pub policy: PeerPolicy,
+    /// Larger messages are refused unread (counted in `refused`).
+    pub max_message_bytes: usize,
 }
 
 impl ClusterConfig {
@@ -95,6 +97,7 @@ impl ClusterConfig {
                 max_rooms_per_socket: 100,
                 share_credentials: false,
             },
+            max_message_bytes: super::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 
@@ -129,7 +132,7 @@ pub struct ClusterStats {
     pub published: AtomicU64,
     /// Messages received.
     pub received: AtomicU64,
-    /// Messages that did not decode.
+    /// Messages refused: larger than `max_message_bytes`, over the decoding bounds, or malformed.
     pub refused: AtomicU64,
     /// Messages not published: the outgoing queue was full, or the shard was unreachable.
     pub dropped: AtomicU64,
@@ -277,6 +280,14 @@ impl ShardedBus {
             let Some(payload) = message.value.as_bytes() else {
                 continue;
             };
+            if payload.len() > self.config.max_message_bytes {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    bytes = payload.len(),
+                    "refusing an oversized shard message unread"
+                );
+                continue;
+            }
             let channel = &*message.channel;
             let adapters: Vec<_> = self
                 .adapters
