@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::PeerPolicy;
 use super::bus::RedisBus;
 use super::messages::{
-    Request, RequestMessage, Response, ResponseMessage, Target, strip_credentials,
+    Request, RequestMessage, Response, ResponseMessage, Target, await_responses, strip_credentials,
 };
 use super::wire::{self, Channels};
 use crate::adapter::local::collect_acks;
@@ -356,26 +356,17 @@ impl RedisAdapter {
                 self.request(Some(request_id), request).encode(),
             )
             .await?;
-        let timeout = self.bus.config.requests_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
         // Like Node: ourselves count as the first response.
-        let mut answered = 1;
-        while answered < expected {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(response)) => {
-                    answered += 1;
-                    merge(response);
-                }
-                Ok(None) | Err(_) => {
-                    return Err(AdapterError::Timeout {
-                        waited_ms: timeout.as_millis() as u64,
-                        received: answered - 1,
-                        expected: expected - 1,
-                    });
-                }
-            }
-        }
-        Ok(())
+        await_responses(
+            &mut rx,
+            expected - 1,
+            self.bus.config.requests_timeout,
+            |r| {
+                merge(r);
+                true
+            },
+        )
+        .await
     }
 
     async fn publish_request(&self, request: Request) -> Result<(), AdapterError> {
@@ -603,21 +594,15 @@ impl Adapter for RedisAdapter {
                         .encode(),
                 )
                 .await?;
-            let deadline = tokio::time::Instant::now() + timeout;
             let mut answers = Vec::with_capacity(expected);
-            while answers.len() < expected {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(Response::ServerSideEmitAck(answer))) => answers.push(answer),
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => {
-                        return Err(AdapterError::Timeout {
-                            waited_ms: timeout.as_millis() as u64,
-                            received: answers.len(),
-                            expected,
-                        });
-                    }
+            await_responses(&mut rx, expected, timeout, |response| match response {
+                Response::ServerSideEmitAck(answer) => {
+                    answers.push(answer);
+                    true
                 }
-            }
+                _ => false,
+            })
+            .await?;
             Ok(answers)
         })
     }

@@ -12,7 +12,7 @@ use super::wire::{
     self, RequestType, WireError, broadcast_opts_json, opts_json, packet_json, parse_opts,
     parse_packet, parse_rooms, request_rooms,
 };
-use crate::adapter::{BroadcastOptions, Room, SocketInfo};
+use crate::adapter::{AdapterError, BroadcastOptions, Room, SocketInfo};
 use crate::codec::{Packet, Payload};
 use crate::sid::Sid;
 
@@ -339,6 +339,32 @@ pub fn strip_credentials(handshake: &mut Value) {
     {
         hs.insert("auth".into(), Value::Object(Map::new()));
     }
+}
+
+/// Waits for `expected` responses to one request, handing each to `take`, which says whether it
+/// counts (a response of another kind does not). Every adapter's fleet requests end here, so they all
+/// fail alike: [`AdapterError::Timeout`] with what came, once `timeout` has passed.
+pub async fn await_responses(
+    responses: &mut tokio::sync::mpsc::UnboundedReceiver<Response>,
+    expected: usize,
+    timeout: std::time::Duration,
+    mut take: impl FnMut(Response) -> bool,
+) -> Result<(), AdapterError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut received = 0;
+    while received < expected {
+        match tokio::time::timeout_at(deadline, responses.recv()).await {
+            Ok(Some(response)) => received += usize::from(take(response)),
+            Ok(None) | Err(_) => {
+                return Err(AdapterError::Timeout {
+                    waited_ms: timeout.as_millis() as u64,
+                    received,
+                    expected,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A socket as `fetchSockets` responses describe it (Node's `RemoteSocket` fields).

@@ -19,7 +19,7 @@ use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::messages::{Request, Response, Target, strip_credentials};
+use super::messages::{Request, Response, Target, await_responses, strip_credentials};
 use super::shard_subscriptions::ShardSubscriptions;
 use super::sharded_wire::{Envelope, ShardedMessage};
 use super::{BusError, PeerPolicy};
@@ -588,6 +588,23 @@ impl ShardedAdapter {
     }
 }
 
+impl ShardedAdapter {
+    /// Sends a request that expects no answer, unless the operation was local only.
+    fn tell_others(
+        &self,
+        local: bool,
+        request: Request,
+    ) -> BoxFuture<'_, Result<(), AdapterError>> {
+        Box::pin(async move {
+            if local {
+                Ok(())
+            } else {
+                self.publish_request(None, request).await
+            }
+        })
+    }
+}
+
 struct PendingGuard<'a> {
     adapter: &'a ShardedAdapter,
     id: String,
@@ -676,24 +693,14 @@ impl Adapter for ShardedAdapter {
             self.publish_request(Some(id), Request::RemoteFetch { opts })
                 .await?;
             let timeout = self.bus.config.requests_timeout;
-            let deadline = tokio::time::Instant::now() + timeout;
-            let mut answered = 0;
-            while answered < expected {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(Response::Sockets(remote))) => {
-                        answered += 1;
-                        sockets.extend(remote);
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => {
-                        return Err(AdapterError::Timeout {
-                            waited_ms: timeout.as_millis() as u64,
-                            received: answered,
-                            expected,
-                        });
-                    }
+            await_responses(&mut rx, expected, timeout, |response| match response {
+                Response::Sockets(remote) => {
+                    sockets.extend(remote);
+                    true
                 }
-            }
+                _ => false,
+            })
+            .await?;
             Ok(sockets)
         })
     }
@@ -714,14 +721,7 @@ impl Adapter for ShardedAdapter {
             target: Target::Matching(opts.clone()),
             rooms: rooms.to_vec(),
         };
-        let local = opts.local;
-        Box::pin(async move {
-            if local {
-                Ok(())
-            } else {
-                self.publish_request(None, request).await
-            }
-        })
+        self.tell_others(opts.local, request)
     }
 
     fn del_sockets(
@@ -735,14 +735,7 @@ impl Adapter for ShardedAdapter {
             target: Target::Matching(opts.clone()),
             rooms: rooms.to_vec(),
         };
-        let local = opts.local;
-        Box::pin(async move {
-            if local {
-                Ok(())
-            } else {
-                self.publish_request(None, request).await
-            }
-        })
+        self.tell_others(opts.local, request)
     }
 
     fn disconnect_sockets(
@@ -755,14 +748,7 @@ impl Adapter for ShardedAdapter {
             target: Target::Matching(opts.clone()),
             close,
         };
-        let local = opts.local;
-        Box::pin(async move {
-            if local {
-                Ok(())
-            } else {
-                self.publish_request(None, request).await
-            }
-        })
+        self.tell_others(opts.local, request)
     }
 
     fn broadcast_with_ack(
@@ -836,21 +822,15 @@ impl Adapter for ShardedAdapter {
             let (id, mut rx, _guard) = self.open_request();
             self.publish_request(Some(id), Request::ServerSideEmit { data })
                 .await?;
-            let deadline = tokio::time::Instant::now() + timeout;
             let mut answers = Vec::with_capacity(expected);
-            while answers.len() < expected {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(Response::ServerSideEmitAck(answer))) => answers.push(answer),
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => {
-                        return Err(AdapterError::Timeout {
-                            waited_ms: timeout.as_millis() as u64,
-                            received: answers.len(),
-                            expected,
-                        });
-                    }
+            await_responses(&mut rx, expected, timeout, |response| match response {
+                Response::ServerSideEmitAck(answer) => {
+                    answers.push(answer);
+                    true
                 }
-            }
+                _ => false,
+            })
+            .await?;
             Ok(answers)
         })
     }
