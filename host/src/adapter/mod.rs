@@ -260,6 +260,12 @@ pub trait Adapter: Send + Sync + 'static {
 pub trait AdapterFactory: Send + Sync + 'static {
     /// The adapter for namespace `nsp`, reaching its sockets through `sockets`.
     fn create(&self, nsp: &str, sockets: std::sync::Weak<dyn SocketTable>) -> Arc<dyn Adapter>;
+
+    /// Whether every broadcast of the namespace passes through this node (no fleet), so that a log
+    /// kept here holds all a disconnected socket missed (connection state recovery in memory).
+    fn single_node(&self) -> bool {
+        false
+    }
 }
 
 /// Builds [`LocalAdapter`]s: a single node.
@@ -269,5 +275,9 @@ pub struct LocalAdapterFactory;
 impl AdapterFactory for LocalAdapterFactory {
     fn create(&self, _nsp: &str, sockets: std::sync::Weak<dyn SocketTable>) -> Arc<dyn Adapter> {
         Arc::new(LocalAdapter::new(sockets))
+    }
+
+    fn single_node(&self) -> bool {
+        true
     }
 }

@@ -64,6 +64,15 @@ pub struct ServeArgs {
     /// Namespaces clients may open on demand; further ones are refused with `Too many namespaces`.
     #[arg(long, env = "IOPLEX_MAX_DYNAMIC_NAMESPACES", default_value_t = 1000)]
     pub max_dynamic_namespaces: usize,
+    /// Connection state recovery: how long (ms) a socket whose connection dropped can come back with
+    /// its id, rooms and data and get what it missed (Node's `maxDisconnectionDuration`, 120000);
+    /// 0, the default, leaves it off. In memory, for nodes without a fleet (the Redis adapters keep no
+    /// shared log yet). With it on, every event carries its offset as a last argument.
+    #[arg(long, env = "RECOVERY_WINDOW_MS", default_value_t = 0)]
+    pub recovery_window_ms: u64,
+    /// Broadcasts kept for recovery on one node (all namespaces of a tenant together).
+    #[arg(long, env = "IOPLEX_RECOVERY_MAX_PACKETS", default_value_t = 10_000)]
+    pub recovery_max_packets: usize,
     /// Rooms a client may join through the client contract.
     #[arg(long, env = "IOPLEX_MAX_ROOMS_PER_SOCKET", default_value_t = 100)]
     pub max_rooms_per_socket: usize,
@@ -239,6 +248,11 @@ impl ServeArgs {
         SocketIoConfig {
             connect_timeout: Duration::from_millis(self.connect_timeout),
             max_dynamic_namespaces: self.max_dynamic_namespaces,
+            recovery: (self.recovery_window_ms > 0).then(|| ioplex::socketio::RecoveryConfig {
+                window: Duration::from_millis(self.recovery_window_ms),
+                max_packets: self.recovery_max_packets.max(1),
+                ..ioplex::socketio::RecoveryConfig::default()
+            }),
             ..SocketIoConfig::default()
         }
     }

@@ -72,8 +72,22 @@ impl BroadcastOperator {
     /// Emits an event to every targeted socket.
     pub fn emit(self, event: &str, payload: Payload) -> Result<(), EmitError> {
         check_event_name(event)?;
-        let packet = self.event_packet(event, payload);
-        self.ns.adapter().broadcast(&packet, &self.opts);
+        match self.ns.recovery().filter(|_| !self.opts.volatile) {
+            // Logged with its offset as the last argument, and delivered while the log is held, so
+            // a socket being restored gets it exactly once (replayed, or live).
+            Some(recovery) => {
+                let (mut log, seq, offset) = recovery.offset();
+                let mut payload = payload;
+                payload.args.push(Value::String(offset));
+                let packet = self.event_packet(event, payload);
+                log.append(seq, self.ns.name(), &self.opts, packet.encoded());
+                self.ns.adapter().broadcast(&packet, &self.opts);
+            }
+            None => {
+                let packet = self.event_packet(event, payload);
+                self.ns.adapter().broadcast(&packet, &self.opts);
+            }
+        }
         Ok(())
     }
 

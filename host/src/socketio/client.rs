@@ -6,11 +6,13 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
+use super::namespace::Namespace;
 use super::server::Shared;
-use super::socket::{DisconnectReason, Socket};
+use super::socket::{DisconnectReason, Identity, Socket};
 use crate::codec::PacketDecoder;
 use crate::codec::{Packet, PacketKind, Payload, encode};
 use crate::engineio::{CloseReason, Message, Session, SessionHandler};
+use crate::sid::Sid;
 
 /// Socket.IO state of one connection.
 pub struct Client {
@@ -111,6 +113,9 @@ impl Client {
             Ok(ns) => ns,
             Err(message) => return send_connect_error(session, &packet.nsp, message, None),
         };
+        if self.recover(session, &ns, &packet.nsp, &auth) {
+            return;
+        }
         let mut data = Value::Null;
         let mut user_id = None;
         let mut rooms = Vec::new();
@@ -141,6 +146,12 @@ impl Client {
                 }
             }
         }
+        let identity = Identity {
+            id: Sid::random(),
+            pid: ns.recovery().map(|r| r.new_pid()),
+            from: ns.recovery().map_or(0, |r| r.position()),
+            recovered: false,
+        };
         let socket = Socket::new(
             Arc::clone(&ns),
             Arc::clone(session),
@@ -148,21 +159,79 @@ impl Client {
             auth,
             data,
             user_id.map(Arc::from),
+            identity,
         );
         self.io.attach(&ns, Arc::clone(&socket), &rooms);
         self.sockets.lock().push(Arc::clone(&socket));
+        self.connected(session, &ns, &socket);
+    }
+
+    /// Connection state recovery: a CONNECT whose `auth` names a saved session (`pid`, and the
+    /// `offset` of the last packet the client got) brings the socket back with its id, rooms and
+    /// data, skipping the connect authorizers as Node does (the pid is the session's secret), and
+    /// sends what it missed before the CONNECT reply. `false` when there is nothing to recover.
+    fn recover(
+        &self,
+        session: &Arc<Session>,
+        ns: &Arc<Namespace>,
+        nsp: &str,
+        auth: &Value,
+    ) -> bool {
+        let Some(recovery) = ns.recovery() else {
+            return false;
+        };
+        let Some(pid) = auth.get("pid").and_then(Value::as_str) else {
+            return false;
+        };
+        let offset = auth.get("offset").and_then(Value::as_str);
+        let Some((log, saved, missed)) = recovery.restore(nsp, pid, offset) else {
+            return false;
+        };
+        let identity = Identity {
+            id: saved.sid,
+            pid: Some(pid.to_owned()),
+            from: saved.from,
+            recovered: true,
+        };
+        let socket = Socket::new(
+            Arc::clone(ns),
+            Arc::clone(session),
+            self.me.clone(),
+            auth.clone(),
+            saved.data,
+            saved.user_id,
+            identity,
+        );
+        // While the log is held no broadcast is appended or delivered: the replay and the live
+        // packets that follow it neither overlap nor leave a gap.
+        self.io.attach(ns, Arc::clone(&socket), &saved.rooms);
+        self.sockets.lock().push(Arc::clone(&socket));
+        for packet in &missed {
+            session.send_all(packet.frames(), false);
+        }
+        drop(log);
+        tracing::debug!(socket = %socket.id(), replayed = missed.len(), "socket recovered");
+        self.connected(session, ns, &socket);
+        true
+    }
+
+    /// Sends the CONNECT reply (`sid`, and `pid` with recovery on) and runs the connect handler.
+    fn connected(&self, session: &Arc<Session>, ns: &Arc<Namespace>, socket: &Arc<Socket>) {
         let mut reply = Map::new();
         reply.insert("sid".into(), Value::String(socket.id().to_string()));
+        if let Some(pid) = socket.pid() {
+            reply.insert("pid".into(), Value::String(pid.to_owned()));
+        }
         let reply = Packet {
             kind: PacketKind::Connect,
-            nsp: packet.nsp,
+            nsp: ns.name().to_owned(),
             id: None,
             data: Some(Value::Object(reply)),
             attachments: Vec::new(),
         };
         session.send_all(encode(&reply).separated().frames(), false);
         if let Some(on_connect) = ns.handlers().connect.clone() {
-            on_connect(&socket);
+            on_connect(socket);
         }
     }
 }

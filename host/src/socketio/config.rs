@@ -12,6 +12,10 @@ pub struct SocketIoConfig {
     /// Most namespaces clients may create on demand (with dynamic namespaces). Each costs a room index and,
     /// in a fleet, a Redis pattern subscription, so client-chosen names must not grow them without bound.
     pub max_dynamic_namespaces: usize,
+    /// Connection state recovery; off (`None`) by default, as in Node, because every logged event
+    /// then carries its offset as a last argument, which the stock client hands to the handler.
+    /// It runs only where the adapter is single-node (a fleet needs a log every node shares).
+    pub recovery: Option<super::RecoveryConfig>,
 }
 
 impl Default for SocketIoConfig {
@@ -20,6 +24,7 @@ impl Default for SocketIoConfig {
             connect_timeout: Duration::from_millis(45_000),
             max_attachments: 10,
             max_dynamic_namespaces: 1000,
+            recovery: None,
         }
     }
 }

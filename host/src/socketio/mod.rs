@@ -11,6 +11,7 @@ mod connect_timeout;
 mod handlers;
 mod namespace;
 mod rate;
+mod recovery;
 mod server;
 mod socket;
 #[cfg(all(test, unix))]
@@ -22,5 +23,6 @@ pub use config::SocketIoConfig;
 pub use handlers::{ConnectAccept, ConnectRefusal, ConnectRequest, Handlers};
 pub use namespace::Namespace;
 pub use rate::{RateAction, RateLimit};
+pub use recovery::RecoveryConfig;
 pub use server::{NamespaceHandle, SocketIo, SocketIoBuilder};
 pub use socket::{AckError, AckResponder, DisconnectReason, EmitError, Event, Socket};

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::broadcast::BroadcastOperator;
 use super::handlers::Handlers;
+use super::recovery::Recovery;
 use super::socket::{EmitError, Socket};
 use crate::adapter::{
     AckSink, Adapter, AdapterError, AdapterFactory, Room, ServerAck, SocketInfo, SocketTable,
@@ -27,6 +28,8 @@ pub struct Namespace {
     pub(crate) dynamic: bool,
     /// Events received from clients (for `/metrics`).
     pub(crate) events_in: std::sync::atomic::AtomicU64,
+    /// The server's recovery log, when connection state recovery is on here.
+    recovery: Option<Arc<Recovery>>,
 }
 
 impl Namespace {
@@ -35,6 +38,7 @@ impl Namespace {
         handlers: Arc<Handlers>,
         factory: &dyn AdapterFactory,
         dynamic: bool,
+        recovery: Option<Arc<Recovery>>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me: &std::sync::Weak<Namespace>| {
             let table: std::sync::Weak<dyn SocketTable> = me.clone();
@@ -45,6 +49,7 @@ impl Namespace {
                 adapter: factory.create(name, table),
                 dynamic,
                 events_in: std::sync::atomic::AtomicU64::new(0),
+                recovery,
             }
         })
     }
@@ -62,6 +67,16 @@ impl Namespace {
     /// The adapter (rooms, broadcasts, fleet-wide operations).
     pub fn adapter(&self) -> &Arc<dyn Adapter> {
         &self.adapter
+    }
+
+    /// The recovery log, when connection state recovery is on.
+    pub(crate) fn recovery(&self) -> Option<&Arc<Recovery>> {
+        self.recovery.as_ref()
+    }
+
+    /// Whether sockets of this namespace can recover their state after a dropped connection.
+    pub fn recovers_connections(&self) -> bool {
+        self.recovery.is_some()
     }
 
     pub(crate) fn handlers(&self) -> &Handlers {

@@ -11,6 +11,7 @@ use super::config::SocketIoConfig;
 use super::connect_timeout::ConnectTimeouts;
 use super::handlers::Handlers;
 use super::namespace::Namespace;
+use super::recovery::Recovery;
 use super::socket::Socket;
 use crate::adapter::{AdapterFactory, LocalAdapterFactory, Room};
 use crate::engineio::{CloseReason, Engine, EngineConfig, EngineHandler, Session, SessionHandler};
@@ -23,6 +24,8 @@ pub(crate) struct Shared {
     dynamic_count: AtomicUsize,
     connect_timeouts: Arc<ConnectTimeouts>,
     adapter: Arc<dyn AdapterFactory>,
+    /// Connection state recovery, when on and the adapter is single-node.
+    recovery: Option<Arc<Recovery>>,
 }
 
 /// What a client hears when its namespace does not exist (Node's exact message).
@@ -50,7 +53,13 @@ impl Shared {
             );
             return Err("Too many namespaces");
         }
-        let ns = Namespace::new(name, Arc::clone(handlers), &*self.adapter, true);
+        let ns = Namespace::new(
+            name,
+            Arc::clone(handlers),
+            &*self.adapter,
+            true,
+            self.recovery.clone(),
+        );
         self.dynamic_count.fetch_add(1, Ordering::AcqRel);
         namespaces.insert(name.to_owned(), Arc::clone(&ns));
         Ok(ns)
@@ -169,7 +178,13 @@ impl SocketIo {
 
     /// Registers (or replaces the handlers of) a namespace at run time.
     pub fn add_namespace(&self, name: &str, handlers: Handlers) -> Arc<Namespace> {
-        let ns = Namespace::new(name, Arc::new(handlers), &*self.shared.adapter, false);
+        let ns = Namespace::new(
+            name,
+            Arc::new(handlers),
+            &*self.shared.adapter,
+            false,
+            self.shared.recovery.clone(),
+        );
         self.shared
             .namespaces
             .write()
@@ -225,7 +240,14 @@ impl SocketIoBuilder {
 
     /// The server.
     pub fn build(self) -> SocketIo {
+        let recovery = self
+            .config
+            .recovery
+            .clone()
+            .filter(|_| self.adapter.single_node())
+            .map(|config| Arc::new(Recovery::new(config)));
         let shared = Arc::new(Shared {
+            recovery,
             connect_timeouts: Arc::new(ConnectTimeouts::new(self.config.connect_timeout)),
             config: self.config,
             namespaces: RwLock::new(HashMap::new()),
@@ -236,7 +258,13 @@ impl SocketIoBuilder {
         {
             let mut namespaces = shared.namespaces.write();
             for (name, handlers) in self.namespaces {
-                let ns = Namespace::new(&name, Arc::new(handlers), &*shared.adapter, false);
+                let ns = Namespace::new(
+                    &name,
+                    Arc::new(handlers),
+                    &*shared.adapter,
+                    false,
+                    shared.recovery.clone(),
+                );
                 namespaces.insert(name, ns);
             }
         }

@@ -28,6 +28,25 @@ pub enum DisconnectReason {
     Transport(CloseReason),
 }
 
+impl DisconnectReason {
+    /// Whether the client may come back and recover its state: the connection broke, timed out, was
+    /// closed without leaving the namespace (an Engine.IO close, as Node counts it), or the server
+    /// closed it; not when either side left the namespace on purpose (DISCONNECT).
+    pub fn recoverable(&self) -> bool {
+        matches!(
+            self,
+            DisconnectReason::Transport(
+                CloseReason::TransportClose
+                    | CloseReason::ClientClose
+                    | CloseReason::TransportError(_)
+                    | CloseReason::PingTimeout
+                    | CloseReason::SlowClient
+                    | CloseReason::ServerClose
+            )
+        )
+    }
+}
+
 impl std::fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -118,9 +137,26 @@ impl PendingAcks {
     }
 }
 
+/// Who a new socket is: fresh, or restored by connection state recovery.
+pub(crate) struct Identity {
+    /// Its id (a restored socket keeps its old one).
+    pub id: Sid,
+    /// Its private session id, with recovery on.
+    pub pid: Option<String>,
+    /// The recovery log's position when it first connected.
+    pub from: u64,
+    /// Restored by connection state recovery.
+    pub recovered: bool,
+}
+
 /// A client connected to a namespace.
 pub struct Socket {
     id: Sid,
+    /// Private session id (connection state recovery); never shown to other clients.
+    pid: Option<String>,
+    /// The recovery log's position when the socket first connected.
+    from: u64,
+    recovered: bool,
     pub(crate) ns: Arc<Namespace>,
     session: Arc<Session>,
     client: Weak<Client>,
@@ -141,6 +177,7 @@ impl Socket {
         auth: Value,
         data: Value,
         user_id: Option<Arc<str>>,
+        identity: Identity,
     ) -> Arc<Self> {
         let bucket = ns
             .handlers()
@@ -148,7 +185,10 @@ impl Socket {
             .as_ref()
             .map(|limit| Mutex::new(super::rate::TokenBucket::full(limit)));
         Arc::new(Socket {
-            id: Sid::random(),
+            id: identity.id,
+            pid: identity.pid,
+            from: identity.from,
+            recovered: identity.recovered,
             ns,
             session,
             client,
@@ -164,6 +204,17 @@ impl Socket {
     /// The socket id (not the Engine.IO session id).
     pub fn id(&self) -> Sid {
         self.id
+    }
+
+    /// Whether this socket came back through connection state recovery (Node's `socket.recovered`):
+    /// same id, rooms and data as before its connection dropped, and what it missed replayed.
+    pub fn recovered(&self) -> bool {
+        self.recovered
+    }
+
+    /// The private session id a recovering client presents (with connection state recovery on).
+    pub(crate) fn pid(&self) -> Option<&str> {
+        self.pid.as_deref()
     }
 
     /// The namespace.
@@ -248,6 +299,12 @@ impl Socket {
         check_event_name(event)?;
         if !self.connected() {
             return Err(EmitError::Disconnected);
+        }
+        if self.ns.recovery().is_some() {
+            // Through the log (its own room), so that it is replayed if the connection drops.
+            return BroadcastOperator::new(Arc::clone(&self.ns))
+                .to(Room::of_socket(self.id))
+                .emit(event, payload.clone());
         }
         self.send_encoded(&encode_event(self.ns.name(), event, payload, None), false);
         Ok(())
@@ -452,6 +509,22 @@ impl Socket {
         self.acks.lock().waiting.clear();
         if let Some(handler) = self.ns.handlers().disconnect.clone() {
             handler(self, &reason);
+        }
+        if let (Some(recovery), Some(pid)) = (self.ns.recovery(), &self.pid)
+            && reason.recoverable()
+        {
+            let own = Room::of_socket(self.id);
+            recovery.save(
+                pid.clone(),
+                super::recovery::SavedSession {
+                    sid: self.id,
+                    nsp: self.ns.name().to_owned(),
+                    rooms: self.rooms().into_iter().filter(|r| *r != own).collect(),
+                    data: self.data(),
+                    user_id: self.user_id.clone(),
+                    from: self.from,
+                },
+            );
         }
         self.ns.remove_socket(self.id);
         if self.ns.dynamic
