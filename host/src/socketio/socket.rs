@@ -510,23 +510,30 @@ impl Socket {
         if let Some(handler) = self.ns.handlers().disconnect.clone() {
             handler(self, &reason);
         }
-        if let (Some(recovery), Some(pid)) = (self.ns.recovery(), &self.pid)
-            && reason.recoverable()
-        {
-            let own = Room::of_socket(self.id);
+        let keep = match (self.ns.recovery(), &self.pid) {
+            (Some(recovery), Some(pid)) if reason.recoverable() => {
+                let own = Room::of_socket(self.id);
+                let rooms = self.rooms().into_iter().filter(|r| *r != own).collect();
+                Some((recovery, pid, rooms))
+            }
+            _ => None,
+        };
+        self.ns.remove_socket(self.id);
+        // Saved only once the socket is gone, so that a client coming back at once cannot be
+        // restored under this id while the old socket still holds it.
+        if let Some((recovery, pid, rooms)) = keep {
             recovery.save(
                 pid.clone(),
                 super::recovery::SavedSession {
                     sid: self.id,
                     nsp: self.ns.name().to_owned(),
-                    rooms: self.rooms().into_iter().filter(|r| *r != own).collect(),
+                    rooms,
                     data: self.data(),
                     user_id: self.user_id.clone(),
                     from: self.from,
                 },
             );
         }
-        self.ns.remove_socket(self.id);
         if self.ns.dynamic
             && let Some(client) = self.client.upgrade()
         {
