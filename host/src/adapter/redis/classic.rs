@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 use super::PeerPolicy;
 use super::bus::RedisBus;
 use super::messages::{
-    Request, RequestMessage, Response, ResponseMessage, Target, await_responses, strip_credentials,
+    Request, RequestMessage, Response, ResponseMessage, Target, await_responses,
+    await_server_side_acks, strip_credentials,
 };
 use super::wire::{self, Channels};
 use crate::adapter::local::collect_acks;
@@ -594,16 +595,7 @@ impl Adapter for RedisAdapter {
                         .encode(),
                 )
                 .await?;
-            let mut answers = Vec::with_capacity(expected);
-            await_responses(&mut rx, expected, timeout, |response| match response {
-                Response::ServerSideEmitAck(answer) => {
-                    answers.push(answer);
-                    true
-                }
-                _ => false,
-            })
-            .await?;
-            Ok(answers)
+            await_server_side_acks(&mut rx, expected, timeout).await
         })
     }
 }

@@ -367,6 +367,24 @@ pub async fn await_responses(
     Ok(())
 }
 
+/// The answers of `expected` nodes to a server-side emit with an ack, as [`await_responses`] waits.
+pub async fn await_server_side_acks(
+    responses: &mut tokio::sync::mpsc::UnboundedReceiver<Response>,
+    expected: usize,
+    timeout: std::time::Duration,
+) -> Result<Vec<Value>, AdapterError> {
+    let mut answers = Vec::with_capacity(expected);
+    await_responses(responses, expected, timeout, |response| match response {
+        Response::ServerSideEmitAck(answer) => {
+            answers.push(answer);
+            true
+        }
+        _ => false,
+    })
+    .await?;
+    Ok(answers)
+}
+
 /// A socket as `fetchSockets` responses describe it (Node's `RemoteSocket` fields).
 fn socket_json(info: &SocketInfo) -> Value {
     json!({

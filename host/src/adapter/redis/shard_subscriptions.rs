@@ -6,9 +6,9 @@
 //! that slot's shard subscribers). Reacting to reconnect events misses some of these (ioredis #1988,
 //! the Go port's PR #182), so this module keeps its own list of what the node should hold and, once a
 //! second, asks every master how many shard channels this node's subscriber connection holds there
-//! (`CLIENT LIST`, field `ssub`). Wherever the count falls short, that master's channels are
-//! subscribed again: one `SSUBSCRIBE` per hash slot (Redis refuses a command across slots), issued
-//! together so they share the connection's round trips.
+//! (`CLIENT LIST`, field `ssub`; by client id once known, one line per master). Wherever the count
+//! falls short, that master's channels are subscribed again: one `SSUBSCRIBE` per hash slot (Redis
+//! refuses a command across slots), issued together so they share the connection's round trips.
 //!
 //! Knows nothing of namespaces or rooms: it holds channel names.
 
@@ -151,6 +151,7 @@ impl ShardSubscriptions {
         let mut verify = tokio::time::interval(VERIFY_EVERY);
         verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut masters: HashSet<String> = HashSet::new();
+        let mut ids: HashMap<String, String> = HashMap::new();
         loop {
             let check = tokio::select! {
                 _ = self.wake.notified() => false,
@@ -160,7 +161,8 @@ impl ShardSubscriptions {
             };
             self.apply_changes(&subscriber).await;
             if check {
-                self.verify(&subscriber, &publisher, &mut masters).await;
+                self.verify(&subscriber, &publisher, &mut masters, &mut ids)
+                    .await;
             }
         }
     }
@@ -243,6 +245,7 @@ impl ShardSubscriptions {
         subscriber: &SubscriberClient,
         publisher: &Client,
         masters: &mut HashSet<String>,
+        ids: &mut HashMap<String, String>,
     ) {
         let Some(routing) = subscriber.cached_cluster_state() else {
             return;
@@ -269,7 +272,7 @@ impl ShardSubscriptions {
         let mut unanswered = false;
         for server in primaries {
             let channels = per_master.remove(&server).unwrap_or_default();
-            let held = held_on(publisher, &server, &name).await;
+            let held = held_on(publisher, &server, &name, ids).await;
             unanswered |= held.is_none();
             if held.is_some_and(|h| h < channels.len()) {
                 short.extend(channels.iter().cloned());
@@ -301,7 +304,14 @@ impl ShardSubscriptions {
 }
 
 /// How many shard channels the connection named `name` holds on `server` (`None`: no answer).
-async fn held_on(publisher: &Client, server: &Server, name: &str) -> Option<usize> {
+/// `ids` remembers that connection's client id per master, so a check costs one `CLIENT LIST ID`
+/// line, not the master's whole list of pub/sub clients; a miss (a new connection) lists them again.
+async fn held_on(
+    publisher: &Client,
+    server: &Server,
+    name: &str,
+    ids: &mut HashMap<String, String>,
+) -> Option<usize> {
     let options = Options {
         cluster_node: Some(server.clone()),
         max_attempts: Some(1),
@@ -309,25 +319,45 @@ async fn held_on(publisher: &Client, server: &Server, name: &str) -> Option<usiz
         timeout: Some(ASK_TIMEOUT),
         ..Options::default()
     };
-    let list: String = publisher
-        .with_options(&options)
-        .custom(
-            CustomCommand::new_static("CLIENT", ClusterHash::Random, false),
-            vec!["LIST", "TYPE", "pubsub"],
-        )
+    let client = publisher.with_options(&options);
+    let list = |args: Vec<String>| {
+        let client = &client;
+        async move {
+            client
+                .custom::<String, String>(
+                    CustomCommand::new_static("CLIENT", ClusterHash::Random, false),
+                    args,
+                )
+                .await
+        }
+    };
+    let key = server.to_string();
+    if let Some(id) = ids.get(&key) {
+        let line = list(vec!["LIST".into(), "ID".into(), id.clone()]).await;
+        if let Some((_, held)) = line.ok().as_deref().and_then(|l| connection_of(l, name)) {
+            return Some(held);
+        }
+        ids.remove(&key);
+    }
+    let all = list(vec!["LIST".into(), "TYPE".into(), "pubsub".into()])
         .await
         .ok()?;
-    Some(ssub_of(&list, name).unwrap_or(0))
+    match connection_of(&all, name) {
+        Some((id, held)) => {
+            ids.insert(key, id.to_owned());
+            Some(held)
+        }
+        None => Some(0),
+    }
 }
 
-/// The `ssub` field of the `CLIENT LIST` line whose `name` is `name`.
-fn ssub_of(list: &str, name: &str) -> Option<usize> {
+/// The client id and `ssub` field of the `CLIENT LIST` line whose `name` is `name`.
+fn connection_of<'a>(list: &'a str, name: &str) -> Option<(&'a str, usize)> {
     list.lines().find_map(|line| {
-        let mut fields = line.split(' ');
-        fields
-            .clone()
-            .find(|f| f.strip_prefix("name=") == Some(name))?;
-        fields.find_map(|f| f.strip_prefix("ssub=")?.parse().ok())
+        let field = |key: &str| line.split(' ').find_map(|f| f.strip_prefix(key));
+        (field("name=")? == name)
+            .then(|| Some((field("id=")?, field("ssub=")?.parse().ok()?)))
+            .flatten()
     })
 }
 
@@ -339,10 +369,10 @@ mod tests {
     fn ssub_is_read_from_the_named_connection_only() {
         let list = "id=5 addr=127.0.0.1:1 name=fred-other db=0 sub=0 psub=0 ssub=9 multi=-1\n\
                     id=6 addr=127.0.0.1:2 name=fred-mine db=0 sub=0 psub=0 ssub=3 multi=-1\n";
-        assert_eq!(ssub_of(list, "fred-mine"), Some(3));
-        assert_eq!(ssub_of(list, "fred-other"), Some(9));
-        assert_eq!(ssub_of(list, "fred-absent"), None);
-        assert_eq!(ssub_of("", "fred-mine"), None);
+        assert_eq!(connection_of(list, "fred-mine"), Some(("6", 3)));
+        assert_eq!(connection_of(list, "fred-other"), Some(("5", 9)));
+        assert_eq!(connection_of(list, "fred-absent"), None);
+        assert_eq!(connection_of("", "fred-mine"), None);
     }
 
     #[test]

@@ -19,7 +19,9 @@ use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::messages::{Request, Response, Target, await_responses, strip_credentials};
+use super::messages::{
+    Request, Response, Target, await_responses, await_server_side_acks, strip_credentials,
+};
 use super::shard_subscriptions::ShardSubscriptions;
 use super::sharded_wire::{Envelope, ShardedMessage};
 use super::{BusError, PeerPolicy};
@@ -822,16 +824,7 @@ impl Adapter for ShardedAdapter {
             let (id, mut rx, _guard) = self.open_request();
             self.publish_request(Some(id), Request::ServerSideEmit { data })
                 .await?;
-            let mut answers = Vec::with_capacity(expected);
-            await_responses(&mut rx, expected, timeout, |response| match response {
-                Response::ServerSideEmitAck(answer) => {
-                    answers.push(answer);
-                    true
-                }
-                _ => false,
-            })
-            .await?;
-            Ok(answers)
+            await_server_side_acks(&mut rx, expected, timeout).await
         })
     }
 }
