@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
+use crate::adapter::redis::shard_subscriptions::ShardState;
 use crate::http_util::{Body, Handler, bearer_matches};
 use crate::tenant::Tenants;
 
@@ -31,8 +32,8 @@ pub struct ClusterStatus {
     pub connected: bool,
     /// Masters lost from the slot map since start (failovers).
     pub masters_lost: u64,
-    /// Each master: `host:port`, shard channels wanted there, held there (`None`: no answer).
-    pub shards: Vec<(String, usize, Option<usize>)>,
+    /// Each master as the last check saw it.
+    pub shards: Vec<ShardState>,
 }
 
 /// One tenant's live connections on this node.
@@ -58,7 +59,6 @@ pub fn snapshot(registry: &Tenants) -> NodeStatus {
         .cluster_buses()
         .into_iter()
         .map(|(key, bus)| {
-            let shards = bus.subscriptions.shards();
             let status = ClusterStatus {
                 connected: bus.is_connected(),
                 masters_lost: bus
@@ -66,10 +66,7 @@ pub fn snapshot(registry: &Tenants) -> NodeStatus {
                     .stats
                     .masters_lost
                     .load(std::sync::atomic::Ordering::Relaxed),
-                shards: shards
-                    .into_iter()
-                    .map(|s| (s.server, s.wanted, s.held))
-                    .collect(),
+                shards: bus.subscriptions.shards(),
             };
             (key, status)
         })

@@ -42,9 +42,9 @@ pub async fn run(
             let shards: Vec<String> = cluster
                 .shards
                 .iter()
-                .map(|(server, wanted, held)| match held {
-                    Some(held) => format!("{server} {held}/{wanted}"),
-                    None => format!("{server} ?/{wanted} (no answer)"),
+                .map(|shard| match shard.held {
+                    Some(held) => format!("{} {held}/{}", shard.server, shard.wanted),
+                    None => format!("{} ?/{} (no answer)", shard.server, shard.wanted),
                 })
                 .collect();
             println!(

@@ -72,22 +72,23 @@ impl BroadcastOperator {
     /// Emits an event to every targeted socket.
     pub fn emit(self, event: &str, payload: Payload) -> Result<(), EmitError> {
         check_event_name(event)?;
-        match self.ns.recovery().filter(|_| !self.opts.volatile) {
-            // Logged with its offset as the last argument, and delivered while the log is held, so
-            // a socket being restored gets it exactly once (replayed, or live).
-            Some(recovery) => {
-                let (mut log, seq, offset) = recovery.offset();
-                let mut payload = payload;
-                payload.args.push(Value::String(offset));
-                let packet = self.event_packet(event, payload);
-                log.append(seq, self.ns.name(), &self.opts, packet.encoded());
-                self.ns.adapter().broadcast(&packet, &self.opts);
-            }
-            None => {
-                let packet = self.event_packet(event, payload);
-                self.ns.adapter().broadcast(&packet, &self.opts);
-            }
+        // With recovery on, logged with its offset as the last argument and delivered while the log
+        // is held, so a socket being restored gets it exactly once (replayed, or live).
+        let mut log = self
+            .ns
+            .recovery()
+            .filter(|_| !self.opts.volatile)
+            .map(|recovery| recovery.offset());
+        let mut payload = payload;
+        if let Some((_, _, offset)) = &mut log {
+            payload.args.push(Value::String(std::mem::take(offset)));
         }
+        let packet = self.event_packet(event, payload);
+        if let Some((log, seq, _)) = &mut log {
+            log.append(*seq, self.ns.name(), &self.opts, packet.encoded());
+        }
+        self.ns.adapter().broadcast(&packet, &self.opts);
+        drop(log);
         Ok(())
     }
 

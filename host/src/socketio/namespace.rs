@@ -74,11 +74,6 @@ impl Namespace {
         self.recovery.as_ref()
     }
 
-    /// Whether sockets of this namespace can recover their state after a dropped connection.
-    pub fn recovers_connections(&self) -> bool {
-        self.recovery.is_some()
-    }
-
     pub(crate) fn handlers(&self) -> &Handlers {
         &self.handlers
     }

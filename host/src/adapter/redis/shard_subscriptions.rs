@@ -31,7 +31,7 @@ const VERIFY_EVERY: Duration = Duration::from_secs(1);
 const ASK_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// One master as last seen: what this node should hold there and what it held.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ShardState {
     /// `host:port` of the master.
     pub server: String,

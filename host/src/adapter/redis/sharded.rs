@@ -588,9 +588,7 @@ impl ShardedAdapter {
             )
             .await
     }
-}
 
-impl ShardedAdapter {
     /// Sends a request that expects no answer, unless the operation was local only.
     fn tell_others(
         &self,
