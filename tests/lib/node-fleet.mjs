@@ -38,3 +38,39 @@ export async function waitForServers(io, count, ms = 10000) {
   }
   throw new Error(`expected ${count} servers on Redis, saw ${seen}`);
 }
+
+/**
+ * A Node socket.io 4.8 server with @socket.io/redis-streams-adapter 0.3 (default options: stream
+ * `socket.io`, sessions under `sio:session:`) and connection state recovery, answering the client
+ * contract's `join` and `publish` the way ioplex does.
+ */
+export async function startNodeStreamsServer(redisUrl, { maxDisconnectionDuration = 120000 } = {}) {
+  const { createAdapter: createStreamsAdapter } = await import("@socket.io/redis-streams-adapter");
+  const port = await freePort();
+  const redis = createClient({ url: redisUrl });
+  redis.on("error", () => {});
+  await redis.connect();
+  const io = new Server(port, {
+    adapter: createStreamsAdapter(redis),
+    connectionStateRecovery: { maxDisconnectionDuration },
+  });
+  io.on("connection", (socket) => {
+    socket.on("join", (room, ack) => {
+      socket.join(room);
+      ack?.({ ok: true });
+    });
+    socket.on("publish", ({ room, event, args = [] }, ack) => {
+      socket.to(room).emit(event, ...args);
+      ack?.({ ok: true });
+    });
+  });
+  return {
+    io,
+    port,
+    url: `http://127.0.0.1:${port}`,
+    async stop() {
+      io.close();
+      await Promise.allSettled([redis.quit()]);
+    },
+  };
+}

@@ -8,6 +8,7 @@
 
 mod local;
 pub mod redis;
+pub mod session;
 #[cfg(test)]
 pub(crate) mod test_support;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use local::LocalAdapter;
+pub use session::{AttachRestored, PersistedSession, SessionStore};
 
 use crate::codec::{EncodedPacket, Packet, Payload, encode};
 use crate::sid::Sid;
@@ -254,6 +256,11 @@ pub trait Adapter: Send + Sync + 'static {
         data: Vec<Value>,
         timeout: Duration,
     ) -> BoxFuture<'_, Result<Vec<Value>, AdapterError>>;
+    /// The fleet's connection state recovery, when this adapter keeps sessions and offsets itself;
+    /// it then appends each logged broadcast's offset as its last argument.
+    fn sessions(&self) -> Option<&dyn SessionStore> {
+        None
+    }
 }
 
 /// Creates the adapter of each namespace.

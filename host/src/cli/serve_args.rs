@@ -65,11 +65,12 @@ pub struct ServeArgs {
     #[arg(long, env = "IOPLEX_MAX_DYNAMIC_NAMESPACES", default_value_t = 1000)]
     pub max_dynamic_namespaces: usize,
     /// Connection state recovery: how long (ms) a socket whose connection dropped can come back with
-    /// its id, rooms and data and get what it missed (Node's `maxDisconnectionDuration`, 120000);
-    /// 0, the default, leaves it off. In memory, for nodes without a fleet (the Redis adapters keep no
-    /// shared log yet). With it on, every event carries its offset as a last argument.
-    #[arg(long, env = "RECOVERY_WINDOW_MS", default_value_t = 0)]
-    pub recovery_window_ms: u64,
+    /// its id, rooms and data and get what it missed (Node's `maxDisconnectionDuration`); 0 turns it
+    /// off. Default: 120000 with `REDIS_ADAPTER=streams` (across the fleet), off otherwise. Without
+    /// Redis it is kept in memory; the classic and sharded adapters keep no log. With it on, every
+    /// event carries its offset as a last argument.
+    #[arg(long, env = "RECOVERY_WINDOW_MS")]
+    pub recovery_window_ms: Option<u64>,
     /// Broadcasts kept for recovery on one node (all namespaces of a tenant together).
     #[arg(long, env = "IOPLEX_RECOVERY_MAX_PACKETS", default_value_t = 10_000)]
     pub recovery_max_packets: usize,
@@ -81,6 +82,11 @@ pub struct ServeArgs {
     /// Without it the node serves alone with an in-memory adapter.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Which Node adapter the fleet on `REDIS_URL` speaks: `classic` (`@socket.io/redis-adapter`) or
+    /// `streams` (`@socket.io/redis-streams-adapter`: a Redis stream, connection state recovery
+    /// across the fleet).
+    #[arg(long, env = "REDIS_ADAPTER", default_value = "classic")]
+    pub redis_adapter: ioplex::adapter::redis::RedisAdapterKind,
     /// Redis Cluster seed nodes (`host:port,host:port`; the first may be `rediss://user:password@host:port`):
     /// the sharded adapter (Node's `createShardedAdapter`, SPUBLISH / SSUBSCRIBE) instead of the classic one.
     #[arg(long, env = "REDIS_CLUSTER_NODES", conflicts_with = "redis_url")]
@@ -225,6 +231,12 @@ impl ServeArgs {
         config.outage.max_messages = self.redis_outage_buffer.max(1);
         config.max_message_bytes = self.redis_max_message_bytes.max(1024);
         config.share_credentials = self.fleet_share_credentials;
+        config.adapter = self.redis_adapter;
+        config.recovery_window = match self.recovery_window_ms {
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None => config.recovery_window,
+        };
         Some(config)
     }
 
@@ -248,10 +260,12 @@ impl ServeArgs {
         SocketIoConfig {
             connect_timeout: Duration::from_millis(self.connect_timeout),
             max_dynamic_namespaces: self.max_dynamic_namespaces,
-            recovery: (self.recovery_window_ms > 0).then(|| ioplex::socketio::RecoveryConfig {
-                window: Duration::from_millis(self.recovery_window_ms),
-                max_packets: self.recovery_max_packets.max(1),
-                ..ioplex::socketio::RecoveryConfig::default()
+            recovery: self.recovery_window_ms.filter(|ms| *ms > 0).map(|ms| {
+                ioplex::socketio::RecoveryConfig {
+                    window: Duration::from_millis(ms),
+                    max_packets: self.recovery_max_packets.max(1),
+                    ..ioplex::socketio::RecoveryConfig::default()
+                }
             }),
             ..SocketIoConfig::default()
         }

@@ -9,8 +9,9 @@ use serde_json::{Map, Value};
 use super::namespace::Namespace;
 use super::server::Shared;
 use super::socket::{DisconnectReason, Identity, Socket};
+use crate::adapter::{PersistedSession, Room};
 use crate::codec::PacketDecoder;
-use crate::codec::{Packet, PacketKind, Payload, encode};
+use crate::codec::{EncodedPacket, Packet, PacketKind, Payload, encode};
 use crate::engineio::{CloseReason, Message, Session, SessionHandler};
 use crate::sid::Sid;
 
@@ -21,6 +22,8 @@ pub struct Client {
     decoder: Mutex<PacketDecoder>,
     /// Joined namespaces; almost always one or two, so a vector beats a map.
     sockets: Mutex<Vec<Arc<Socket>>>,
+    /// Namespaces whose CONNECT waits for the fleet to restore a session.
+    restoring: Mutex<Vec<String>>,
 }
 
 impl Client {
@@ -31,6 +34,7 @@ impl Client {
             me: me.clone(),
             decoder: Mutex::new(PacketDecoder::new(max_attachments)),
             sockets: Mutex::new(Vec::new()),
+            restoring: Mutex::new(Vec::new()),
         })
     }
 
@@ -105,7 +109,7 @@ impl Client {
     }
 
     fn connect(&self, session: &Arc<Session>, packet: Packet) {
-        if self.socket_of(&packet.nsp).is_some() {
+        if self.socket_of(&packet.nsp).is_some() || self.restoring.lock().contains(&packet.nsp) {
             return Self::violation(session, "CONNECT for a namespace already joined");
         }
         let auth = packet.data.unwrap_or_else(|| Value::Object(Map::new()));
@@ -113,15 +117,22 @@ impl Client {
             Ok(ns) => ns,
             Err(message) => return send_connect_error(session, &packet.nsp, message, None),
         };
-        if self.recover(session, &ns, &packet.nsp, &auth) {
+        if self.recover(session, &ns, &packet.nsp, &auth)
+            || self.recover_from_fleet(session, &ns, &auth)
+        {
             return;
         }
+        self.connect_fresh(session, &ns, &packet.nsp, auth);
+    }
+
+    /// A new socket: the connect authorizers decide, then it joins its namespace and rooms.
+    fn connect_fresh(&self, session: &Arc<Session>, ns: &Arc<Namespace>, nsp: &str, auth: Value) {
         let mut data = Value::Null;
         let mut user_id = None;
         let mut rooms = Vec::new();
         for authorize in &ns.handlers().authorizers {
             let request = super::handlers::ConnectRequest {
-                nsp: &packet.nsp,
+                nsp,
                 auth: &auth,
                 handshake: session.handshake(),
             };
@@ -136,24 +147,23 @@ impl Client {
                     rooms.extend(accept.rooms);
                 }
                 Err(refusal) => {
-                    self.io.release_if_unused(&ns);
-                    return send_connect_error(
-                        session,
-                        &packet.nsp,
-                        &refusal.message,
-                        refusal.data,
-                    );
+                    self.io.release_if_unused(ns);
+                    return send_connect_error(session, nsp, &refusal.message, refusal.data);
                 }
             }
         }
+        let fleet = ns.adapter().sessions();
         let identity = Identity {
             id: Sid::random(),
-            pid: ns.recovery().map(|r| r.new_pid()),
+            pid: ns
+                .recovery()
+                .map(|r| r.new_pid())
+                .or_else(|| fleet.map(|_| Sid::random().to_string())),
             from: ns.recovery().map_or(0, |r| r.position()),
             recovered: false,
         };
         let socket = Socket::new(
-            Arc::clone(&ns),
+            Arc::clone(ns),
             Arc::clone(session),
             self.me.clone(),
             auth,
@@ -161,9 +171,103 @@ impl Client {
             user_id.map(Arc::from),
             identity,
         );
-        self.io.attach(&ns, Arc::clone(&socket), &rooms);
+        self.io.attach(ns, Arc::clone(&socket), &rooms);
         self.sockets.lock().push(Arc::clone(&socket));
-        self.connected(session, &ns, &socket);
+        if let (Some(store), Some(pid)) = (fleet, socket.pid()) {
+            store.track(socket.id(), pid, socket.data());
+        }
+        self.connected(session, ns, &socket);
+    }
+
+    /// Connection state recovery kept by the fleet (the Redis Streams adapter): the session may
+    /// have been saved by any node, this one or one that crashed. The CONNECT is answered once
+    /// the adapter has looked; until then, a second CONNECT for the namespace is a violation.
+    fn recover_from_fleet(
+        &self,
+        session: &Arc<Session>,
+        ns: &Arc<Namespace>,
+        auth: &Value,
+    ) -> bool {
+        let (Some(_), Some(pid), Some(client)) = (
+            ns.adapter().sessions(),
+            auth.get("pid").and_then(Value::as_str),
+            self.me.upgrade(),
+        ) else {
+            return false;
+        };
+        let offset = auth
+            .get("offset")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let (pid, session, ns, auth) = (
+            pid.to_owned(),
+            Arc::clone(session),
+            Arc::clone(ns),
+            auth.clone(),
+        );
+        self.restoring.lock().push(ns.name().to_owned());
+        tokio::spawn(async move {
+            let adapter = Arc::clone(ns.adapter());
+            let Some(store) = adapter.sessions() else {
+                return;
+            };
+            let slot: Mutex<Option<Arc<Socket>>> = Mutex::new(None);
+            let attach = Box::new(|saved: PersistedSession, missed: Vec<EncodedPacket>| {
+                // A socket of this id still here is the one whose connection the client left.
+                if let Some(stale) = ns.socket(saved.sid) {
+                    stale.leave_namespace(DisconnectReason::ServerNamespaceDisconnect);
+                }
+                let identity = Identity {
+                    id: saved.sid,
+                    pid: Some(saved.pid),
+                    from: 0,
+                    recovered: true,
+                };
+                let socket = Socket::new(
+                    Arc::clone(&ns),
+                    Arc::clone(&session),
+                    client.me.clone(),
+                    auth.clone(),
+                    saved.data,
+                    None,
+                    identity,
+                );
+                let own = Room::of_socket(saved.sid);
+                let rooms: Vec<Room> = saved.rooms.into_iter().filter(|r| *r != own).collect();
+                client.io.attach(&ns, Arc::clone(&socket), &rooms);
+                client.sockets.lock().push(Arc::clone(&socket));
+                for packet in &missed {
+                    session.send_all(packet.frames(), false);
+                }
+                tracing::debug!(socket = %socket.id(), replayed = missed.len(), "socket recovered from the fleet");
+                *slot.lock() = Some(socket);
+            });
+            let restored = store.restore(&pid, offset.as_deref(), attach).await;
+            client.restoring.lock().retain(|n| n != ns.name());
+            if let Err(err) = &restored {
+                tracing::debug!(%err, "session not restored; a fresh socket instead");
+            }
+            let socket = slot.lock().take();
+            match socket {
+                Some(socket) => {
+                    store.track(socket.id(), &pid, socket.data());
+                    if session.is_closed() {
+                        // Gone while it was restored: keep it for the next attempt.
+                        client.forget(ns.name());
+                        socket.leave_namespace(DisconnectReason::Transport(
+                            CloseReason::TransportClose,
+                        ));
+                    } else {
+                        client.connected(&session, &ns, &socket);
+                    }
+                }
+                None if !session.is_closed() => {
+                    client.connect_fresh(&session, &ns, ns.name(), auth);
+                }
+                None => client.io.release_if_unused(&ns),
+            }
+        });
+        true
     }
 
     /// Connection state recovery: a CONNECT whose `auth` names a saved session (`pid`, and the

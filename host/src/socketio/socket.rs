@@ -286,6 +286,9 @@ impl Socket {
 
     /// Replaces the application data.
     pub fn set_data(&self, data: Value) {
+        if let Some(store) = self.ns.adapter().sessions() {
+            store.update_data(self.id, data.clone());
+        }
         *self.data.lock() = data;
     }
 
@@ -300,7 +303,7 @@ impl Socket {
         if !self.connected() {
             return Err(EmitError::Disconnected);
         }
-        if self.ns.recovery().is_some() {
+        if self.ns.recovery().is_some() || self.ns.adapter().sessions().is_some() {
             // Through the log (its own room), so that it is replayed if the connection drops.
             return BroadcastOperator::new(Arc::clone(&self.ns))
                 .to(Room::of_socket(self.id))
@@ -518,6 +521,9 @@ impl Socket {
             }
             _ => None,
         };
+        if let Some(store) = self.ns.adapter().sessions() {
+            store.untrack(self.id, reason.recoverable());
+        }
         self.ns.remove_socket(self.id);
         // Saved only once the socket is gone, so that a client coming back at once cannot be
         // restored under this id while the old socket still holds it.

@@ -83,6 +83,12 @@ pub struct TenantConfig {
     pub redis_url: Option<String>,
     /// Channel prefix in Redis (the Node adapter's `key`).
     pub redis_key: Option<String>,
+    /// Which Node adapter the tenant's fleet speaks on its Redis: `classic` or `streams`
+    /// (default: the gateway's `REDIS_ADAPTER`).
+    pub redis_adapter: Option<String>,
+    /// Connection state recovery's window in ms with the streams adapter; 0 turns it off (default:
+    /// the gateway's `RECOVERY_WINDOW_MS`).
+    pub recovery_window_ms: Option<u64>,
     /// Seed nodes of the tenant's own Redis Cluster (`host:port,…`), for the sharded adapter; not
     /// with `redis-url`.
     pub redis_cluster_nodes: Option<String>,
@@ -396,6 +402,11 @@ impl TenantsConfig {
             }
             if let Some(mode) = &t.redis_subscription_mode
                 && let Err(err) = mode.parse::<crate::adapter::redis::SubscriptionMode>()
+            {
+                return Err(ConfigError::Invalid(format!("tenant {id}: {err}")));
+            }
+            if let Some(kind) = &t.redis_adapter
+                && let Err(err) = kind.parse::<crate::adapter::redis::RedisAdapterKind>()
             {
                 return Err(ConfigError::Invalid(format!("tenant {id}: {err}")));
             }

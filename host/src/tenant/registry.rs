@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Uri, header};
@@ -11,8 +12,8 @@ use parking_lot::Mutex;
 
 use super::config::{OnRateExceeded, TenantConfig, TenantsConfig};
 use crate::adapter::redis::{
-    ClusterConfig, PeerPolicy, RedisAdapterFactory, RedisBus, RedisConfig, ShardedAdapterFactory,
-    ShardedBus, SubscriptionMode,
+    ClusterConfig, PeerPolicy, RedisAdapterFactory, RedisAdapterKind, RedisBus, RedisConfig,
+    ShardedAdapterFactory, ShardedBus, StreamsAdapterFactory, StreamsBus, SubscriptionMode,
 };
 use crate::contract::ContractConfig;
 use crate::engineio::Endpoints;
@@ -114,6 +115,7 @@ pub struct Tenants {
     /// Redis connections by (URL, key), shared by tenants and kept across rebuilds.
     factories: Mutex<HashMap<(String, String), Arc<RedisAdapterFactory>>>,
     cluster_factories: Mutex<HashMap<ClusterKey, Arc<ShardedAdapterFactory>>>,
+    streams_factories: Mutex<HashMap<(String, String), Arc<StreamsAdapterFactory>>>,
 }
 
 fn request_host(headers: &HeaderMap) -> Option<String> {
@@ -157,6 +159,7 @@ impl Tenants {
             table: ArcSwap::from_pointee(Table::default()),
             factories: Mutex::new(HashMap::new()),
             cluster_factories: Mutex::new(HashMap::new()),
+            streams_factories: Mutex::new(HashMap::new()),
         });
         let mut built = HashMap::new();
         for (id, tc) in &config.tenants {
@@ -267,6 +270,32 @@ impl Tenants {
         Ok(Arc::clone(
             self.factories.lock().entry(key).or_insert(factory),
         ))
+    }
+
+    async fn streams_factory(
+        &self,
+        config: RedisConfig,
+    ) -> Result<Arc<StreamsAdapterFactory>, crate::adapter::redis::BusError> {
+        let key = (config.url.clone(), config.key.clone());
+        if let Some(f) = self.streams_factories.lock().get(&key) {
+            return Ok(Arc::clone(f));
+        }
+        let factory = Arc::new(StreamsAdapterFactory::start(config.streams()).await?);
+        Ok(Arc::clone(
+            self.streams_factories.lock().entry(key).or_insert(factory),
+        ))
+    }
+
+    /// The streams connection of every prefix in use, by prefix.
+    pub fn streams_buses(&self) -> Vec<(String, Arc<StreamsBus>)> {
+        let mut buses: Vec<_> = self
+            .streams_factories
+            .lock()
+            .iter()
+            .map(|((_, key), f)| (key.clone(), Arc::clone(f.bus())))
+            .collect();
+        buses.sort_by(|a, b| a.0.cmp(&b.0));
+        buses
     }
 
     async fn cluster_factory(
@@ -394,16 +423,34 @@ impl Tenants {
             redis.key = tc.redis_key(id, &d.redis_key);
             redis.max_rooms_per_socket = contract_rooms;
             redis.share_credentials = tc.share_credentials.unwrap_or(redis.share_credentials);
+            if let Some(kind) = &tc.redis_adapter {
+                // `check` refused an unknown adapter already.
+                redis.adapter = kind.parse().unwrap_or(redis.adapter);
+            }
+            if let Some(ms) = tc.recovery_window_ms {
+                redis.recovery_window = (ms > 0).then(|| Duration::from_millis(ms));
+            }
             let policy = PeerPolicy::of(&redis);
-            let connection =
-                self.redis_factory(redis)
-                    .await
-                    .map_err(|source| TenantError::Redis {
-                        tenant: id.to_owned(),
-                        source,
-                    })?;
-            // One connection per (Redis, prefix), but this tenant's settings as they are now.
-            builder = builder.adapter(Arc::new(connection.with_policy(policy)));
+            if redis.adapter == RedisAdapterKind::Streams {
+                let connection =
+                    self.streams_factory(redis)
+                        .await
+                        .map_err(|source| TenantError::Redis {
+                            tenant: id.to_owned(),
+                            source,
+                        })?;
+                builder = builder.adapter(Arc::new(connection.with_policy(policy)));
+            } else {
+                let connection =
+                    self.redis_factory(redis)
+                        .await
+                        .map_err(|source| TenantError::Redis {
+                            tenant: id.to_owned(),
+                            source,
+                        })?;
+                // One connection per (Redis, prefix), but this tenant's settings as they are now.
+                builder = builder.adapter(Arc::new(connection.with_policy(policy)));
+            }
         }
         builder = if tc.namespaces.is_empty() {
             builder.dynamic_namespaces(handlers)

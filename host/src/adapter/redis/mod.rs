@@ -12,6 +12,8 @@ pub mod msgpack;
 pub mod shard_subscriptions;
 pub mod sharded;
 pub mod sharded_wire;
+pub mod streams;
+pub mod streams_wire;
 pub mod wire;
 
 use std::sync::{Arc, Weak};
@@ -21,6 +23,7 @@ use super::{Adapter, AdapterFactory, SocketTable};
 
 pub use bus::{BusError, RedisBus};
 pub use sharded::{ClusterConfig, ShardedAdapterFactory, ShardedBus, SubscriptionMode};
+pub use streams::{StreamsAdapterFactory, StreamsBus, StreamsConfig};
 
 /// Bounds of the buffer that holds broadcasts while Redis is unreachable.
 #[derive(Clone, Debug)]
@@ -43,9 +46,38 @@ impl Default for OutageLimits {
     }
 }
 
+/// Which Node adapter a fleet on one Redis speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RedisAdapterKind {
+    /// `@socket.io/redis-adapter` (pub/sub; nothing kept).
+    #[default]
+    Classic,
+    /// `@socket.io/redis-streams-adapter` (a stream that keeps what it carried; connection state
+    /// recovery across the fleet).
+    Streams,
+}
+
+impl std::str::FromStr for RedisAdapterKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "classic" => Ok(RedisAdapterKind::Classic),
+            "streams" => Ok(RedisAdapterKind::Streams),
+            other => Err(format!(
+                "unknown Redis adapter {other:?}: classic or streams"
+            )),
+        }
+    }
+}
+
 /// Settings of the Redis adapter (Node's option names in parentheses).
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
+    /// Which adapter: classic pub/sub or streams.
+    pub adapter: RedisAdapterKind,
+    /// Connection state recovery's window with the streams adapter (`maxDisconnectionDuration`);
+    /// `None` turns it off.
+    pub recovery_window: Option<Duration>,
     /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS.
     pub url: String,
     /// Channel prefix (`key`), `socket.io` by default so Node servers with default options share the channels.
@@ -81,6 +113,8 @@ impl RedisConfig {
     /// Node's defaults for a Redis at `url`.
     pub fn new(url: impl Into<String>) -> Self {
         RedisConfig {
+            adapter: RedisAdapterKind::Classic,
+            recovery_window: Some(Duration::from_millis(120_000)),
             url: url.into(),
             key: "socket.io".into(),
             requests_timeout: Duration::from_millis(5000),
@@ -93,6 +127,24 @@ impl RedisConfig {
             max_rooms_per_socket: 100,
             share_credentials: false,
         }
+    }
+}
+
+impl RedisConfig {
+    /// The streams adapter's settings on this Redis: the stream and channels are named after the
+    /// prefix, and sessions are kept under `sio:session:` for the default prefix (Node's default),
+    /// under `<prefix>:session:` otherwise, so tenants never share session keys.
+    pub fn streams(&self) -> StreamsConfig {
+        let mut config = StreamsConfig::new(self.url.clone());
+        config.key = self.key.clone();
+        if self.key != "socket.io" {
+            config.session_prefix = format!("{}:session:", self.key);
+        }
+        config.requests_timeout = self.requests_timeout;
+        config.recovery_window = self.recovery_window;
+        config.policy = PeerPolicy::of(self);
+        config.max_message_bytes = self.max_message_bytes;
+        config
     }
 }
 

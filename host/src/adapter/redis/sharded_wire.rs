@@ -81,9 +81,31 @@ fn socket_from_json(v: &Value) -> Option<SocketInfo> {
 }
 
 impl Envelope {
-    /// The bytes Node's sharded adapter would publish.
+    /// The bytes Node's sharded adapter would publish: JSON, or msgpack when binary travels.
     pub fn encode(&self) -> Vec<u8> {
-        let (kind, data, attachments): (u64, Value, &[bytes::Bytes]) = match &self.message {
+        let (envelope, attachments) = self.to_value();
+        if attachments.is_empty() {
+            wire::encode_json(&envelope)
+        } else {
+            wire::encode_msgpack(&envelope, attachments)
+        }
+    }
+
+    /// Always msgpack, as the Redis Streams adapter publishes its pub/sub messages.
+    pub fn encode_msgpack(&self) -> Vec<u8> {
+        let (envelope, attachments) = self.to_value();
+        wire::encode_msgpack(&envelope, attachments)
+    }
+
+    fn to_value(&self) -> (Value, &[bytes::Bytes]) {
+        let (kind, data, attachments) = self.type_and_data();
+        let envelope = json!({ "type": kind, "data": data, "uid": self.uid, "nsp": self.nsp });
+        (envelope, attachments)
+    }
+
+    /// The message's `type` code and `data`, with the binary attachments `data` refers to.
+    pub fn type_and_data(&self) -> (u64, Value, &[bytes::Bytes]) {
+        match &self.message {
             ShardedMessage::Request {
                 request_id,
                 request,
@@ -167,12 +189,6 @@ impl Envelope {
                 ),
                 _ => (0, Value::Null, &[]),
             },
-        };
-        let envelope = json!({ "type": kind, "data": data, "uid": self.uid, "nsp": self.nsp });
-        if attachments.is_empty() {
-            wire::encode_json(&envelope)
-        } else {
-            wire::encode_msgpack(&envelope, attachments)
         }
     }
 
@@ -183,10 +199,22 @@ impl Envelope {
         let uid = str_of(value.get("uid")).unwrap_or_default();
         let nsp = str_of(value.get("nsp")).unwrap_or_else(|| "/".to_owned());
         let data = value.get("data").cloned().unwrap_or(Value::Null);
-        let request_id = str_of(data.get("requestId"));
         let Some(kind) = value.get("type").and_then(Value::as_u64) else {
             return Err(WireError::Shape("message without a type"));
         };
+        Self::from_parts(uid, nsp, kind, data, attachments)
+    }
+
+    /// Reads a message from its parts (a stream entry carries them as separate fields).
+    pub fn from_parts(
+        uid: String,
+        nsp: String,
+        kind: u64,
+        data: Value,
+        attachments: Vec<bytes::Bytes>,
+    ) -> Result<Option<Envelope>, WireError> {
+        let str_of = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+        let request_id = str_of(data.get("requestId"));
         let request = |request| {
             Ok(Some(ShardedMessage::Request {
                 request_id: request_id.clone(),
