@@ -361,7 +361,78 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
         }
     }
     render_cluster(&mut out, &tenants.cluster_buses());
+    render_streams(&mut out, &tenants.streams_buses());
     out
+}
+
+/// The streams adapter's connections, by prefix.
+fn render_streams(out: &mut String, buses: &[(String, Arc<crate::adapter::redis::StreamsBus>)]) {
+    if buses.is_empty() {
+        return;
+    }
+    let mut f = Family::new(
+        out,
+        "ioplex_redis_streams_connected",
+        "gauge",
+        "1 while the streams adapter's three Redis connections are up.",
+    );
+    for (key, bus) in buses {
+        f.sample(
+            "ioplex_redis_streams_connected",
+            &[("key", key)],
+            u8::from(bus.is_connected()),
+        );
+    }
+    let counters: [FamilyOf<crate::adapter::redis::StreamsBus>; 7] = [
+        (
+            "ioplex_redis_streams_published_total",
+            "counter",
+            "Stream entries appended and pub/sub messages published.",
+            |b| b.stats.published.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_redis_streams_received_total",
+            "counter",
+            "Stream entries read and pub/sub messages received.",
+            |b| b.stats.received.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_redis_streams_refused_total",
+            "counter",
+            "Entries and messages refused unread: oversized, over the decoding bounds, or malformed.",
+            |b| b.stats.refused.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_redis_streams_dropped_total",
+            "counter",
+            "Appends and publishes that failed or found the queue full (a broadcast is then delivered on this node only).",
+            |b| b.stats.dropped.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_recovery_session_writes_total",
+            "counter",
+            "Session writes (SET, DEL) sent to Redis for connection state recovery.",
+            |b| b.stats.session_writes.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_recovery_restored_total",
+            "counter",
+            "Sockets restored by connection state recovery on this node.",
+            |b| b.stats.restored.load(Ordering::Relaxed),
+        ),
+        (
+            "ioplex_recovery_not_restored_total",
+            "counter",
+            "Recovery attempts that found no session, or whose offset had left the stream (a fresh socket instead).",
+            |b| b.stats.not_restored.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, read) in counters {
+        let mut f = Family::new(out, name, kind, help);
+        for (key, bus) in buses {
+            f.sample(name, &[("key", key)], read(bus));
+        }
+    }
 }
 
 /// The sharded adapter's cluster connections, by channel prefix.

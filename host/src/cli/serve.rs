@@ -140,8 +140,10 @@ fn readiness(tenants: &Arc<Tenants>) -> Readiness {
     Arc::new(move || {
         let redis = tenants.redis_buses();
         let clusters = tenants.cluster_buses();
+        let streams = tenants.streams_buses();
         if redis.iter().all(|(_, bus)| bus.is_connected())
             && clusters.iter().all(|(_, bus)| bus.is_connected())
+            && streams.iter().all(|(_, bus)| bus.is_connected())
         {
             Ok(())
         } else {

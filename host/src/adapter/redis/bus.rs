@@ -472,7 +472,7 @@ pub(crate) fn redact(url: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Weak};
     use std::time::Duration;
 

@@ -129,10 +129,19 @@ enum Outgoing {
 /// What a broadcast's sender delivers itself when the stream refuses it.
 type Fallback = (Weak<StreamsAdapter>, BroadcastPacket, BroadcastOptions);
 
+/// A session write waiting to be sent.
+enum SessionWrite {
+    /// This node holds the socket: its state as it is now.
+    Set(String),
+    /// The socket left this node: its last state, or nothing (`None`, it left on purpose), unless
+    /// another node has restored the session since (the key then names that node).
+    Release { value: Option<String>, node: String },
+}
+
 /// Where session writes wait to be sent; the latest write of a key wins.
 #[derive(Default)]
 struct SessionWrites {
-    pending: HashMap<String, Option<String>>,
+    pending: HashMap<String, SessionWrite>,
 }
 
 /// The Redis connections and the stream reader every namespace of one prefix shares.
@@ -479,13 +488,45 @@ impl StreamsBus {
         format!("{}{pid}", self.config.session_prefix)
     }
 
-    /// Queues a session write (`None`: delete); the latest one of a key wins.
-    fn write_session(&self, pid: &str, value: Option<String>) {
+    /// Queues a session write; the latest one of a key wins.
+    fn write_session(&self, pid: &str, write: SessionWrite) {
         self.writes
             .lock()
             .pending
-            .insert(self.session_key(pid), value);
+            .insert(self.session_key(pid), write);
         self.writes_ready.notify_one();
+    }
+
+    async fn send_session_write(
+        &self,
+        key: String,
+        write: SessionWrite,
+        ttl: i64,
+    ) -> Result<(), fred::error::Error> {
+        let value = match write {
+            SessionWrite::Set(value) => Some(value),
+            SessionWrite::Release { value, node } => {
+                // A socket whose connection died unnoticed may leave this node after its client
+                // was restored on another: that node's session must not be overwritten.
+                let current: Option<String> = self.publisher.get(&key).await?;
+                let restored_elsewhere = current
+                    .and_then(|c| StoredSession::decode(&c).ok())
+                    .and_then(|c| c.node)
+                    .is_some_and(|holder| holder != node);
+                if restored_elsewhere {
+                    return Ok(());
+                }
+                value
+            }
+        };
+        match value {
+            Some(value) => {
+                self.publisher
+                    .set(key, value, Some(Expiration::PX(ttl)), None, false)
+                    .await
+            }
+            None => self.publisher.del(key).await,
+        }
     }
 
     /// Sends session writes as they come (a burst goes out together), and refreshes the expiry of
@@ -501,20 +542,10 @@ impl StreamsBus {
             tokio::select! {
                 _ = self.writes_ready.notified() => {
                     let batch = std::mem::take(&mut self.writes.lock().pending);
-                    let sends = batch.into_iter().map(|(key, value)| {
-                        let publisher = self.publisher.clone();
-                        async move {
-                            let result: Result<(), _> = match value {
-                                Some(value) => {
-                                    publisher
-                                        .set(key, value, Some(Expiration::PX(ttl)), None, false)
-                                        .await
-                                }
-                                None => publisher.del(key).await,
-                            };
-                            if let Err(err) = result {
-                                tracing::debug!(%err, "session write failed");
-                            }
+                    let bus = &self;
+                    let sends = batch.into_iter().map(|(key, write)| async move {
+                        if let Err(err) = bus.send_session_write(key, write, ttl).await {
+                            tracing::debug!(%err, "session write failed");
                         }
                     });
                     let sent = futures_util::future::join_all(sends).await.len();
@@ -883,6 +914,7 @@ impl StreamsAdapter {
             },
             nsp: Some(self.nsp.clone()),
             from: Some(tracked.from),
+            node: Some(self.uid.clone()),
         }
         .encode()
     }
@@ -895,7 +927,8 @@ impl StreamsAdapter {
         }
         for sid in sids {
             if let Some(t) = tracked.get(&sid) {
-                self.bus.write_session(&t.pid, Some(self.stored(sid, t)));
+                self.bus
+                    .write_session(&t.pid, SessionWrite::Set(self.stored(sid, t)));
             }
         }
     }
@@ -1216,7 +1249,7 @@ impl SessionStore for StreamsAdapter {
             from,
         };
         self.bus
-            .write_session(pid, Some(self.stored(sid, &tracked)));
+            .write_session(pid, SessionWrite::Set(self.stored(sid, &tracked)));
         self.tracked.lock().insert(sid, tracked);
     }
 
@@ -1224,7 +1257,8 @@ impl SessionStore for StreamsAdapter {
         let mut tracked = self.tracked.lock();
         if let Some(t) = tracked.get_mut(&sid) {
             t.data = data;
-            self.bus.write_session(&t.pid, Some(self.stored(sid, t)));
+            self.bus
+                .write_session(&t.pid, SessionWrite::Set(self.stored(sid, t)));
         }
     }
 
@@ -1233,7 +1267,9 @@ impl SessionStore for StreamsAdapter {
             return;
         };
         let value = keep.then(|| self.stored(sid, &t));
-        self.bus.write_session(&t.pid, value);
+        let node = self.uid.clone();
+        self.bus
+            .write_session(&t.pid, SessionWrite::Release { value, node });
     }
 
     fn restore<'a>(
@@ -1373,5 +1409,66 @@ impl StreamsAdapterFactory {
 impl AdapterFactory for StreamsAdapterFactory {
     fn create(&self, nsp: &str, sockets: Weak<dyn SocketTable>) -> Arc<dyn Adapter> {
         StreamsAdapter::new(nsp, sockets, Arc::clone(&self.bus), self.policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapter::redis::bus::tests::redis_url;
+
+    fn stored(node: &str) -> String {
+        StoredSession {
+            session: PersistedSession {
+                sid: Sid::random(),
+                pid: "p".into(),
+                rooms: Vec::new(),
+                data: Value::Null,
+            },
+            nsp: Some("/".into()),
+            from: None,
+            node: Some(node.into()),
+        }
+        .encode()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_releasing_a_socket_never_overwrites_a_session_restored_elsewhere() {
+        let key = format!("ioplex-test-{}", Sid::random());
+        let mut config = StreamsConfig::new(redis_url());
+        config.key = key.clone();
+        config.session_prefix = format!("{key}:session:");
+        let bus = StreamsBus::start(config).await.expect("bus");
+        assert!(bus.is_connected(), "the test Redis at {} answers", redis_url());
+        let session = bus.session_key("p");
+        let get = || async {
+            let value: Option<String> = bus.publisher.get(&session).await.expect("get");
+            value.and_then(|v| StoredSession::decode(&v).ok()?.node)
+        };
+        let ttl = 60_000;
+        bus.send_session_write(session.clone(), SessionWrite::Set(stored("b")), ttl)
+            .await
+            .expect("set");
+        // Node a's stale socket leaves after b restored the session: b's state stays.
+        for value in [Some(stored("a")), None] {
+            let release = SessionWrite::Release {
+                value,
+                node: "a".into(),
+            };
+            bus.send_session_write(session.clone(), release, ttl)
+                .await
+                .expect("release");
+            assert_eq!(get().await.as_deref(), Some("b"));
+        }
+        // The holder itself leaving on purpose removes it.
+        let release = SessionWrite::Release {
+            value: None,
+            node: "b".into(),
+        };
+        bus.send_session_write(session.clone(), release, ttl)
+            .await
+            .expect("release");
+        assert_eq!(get().await, None);
+        let _: () = bus.publisher.del(&key).await.expect("cleanup");
     }
 }

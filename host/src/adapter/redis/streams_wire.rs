@@ -4,9 +4,9 @@
 //! An entry has the fields `uid`, `nsp`, `type` (the cluster message code, as a decimal string) and
 //! `data`: JSON, or base64 of msgpack when binary travels. Entries without `nsp` are skipped by every
 //! reader (ioplex writes one to give an empty stream its first id). A session is stored under
-//! `<prefix><pid>` as base64 of msgpack `{sid, pid, rooms, data}`; ioplex adds `nsp` and `from` (the
-//! stream id when the socket connected, so a client that never received a packet recovers too),
-//! which Node's adapter ignores.
+//! `<prefix><pid>` as base64 of msgpack `{sid, pid, rooms, data}`; ioplex adds `nsp`, `from` (the
+//! stream id when the socket connected, so a client that never received a packet recovers too) and
+//! `node` (the adapter holding the socket), which Node's adapter ignores.
 
 use std::fmt;
 
@@ -151,6 +151,8 @@ pub struct StoredSession {
     pub nsp: Option<String>,
     /// The stream id when the socket first connected (ioplex's sessions only).
     pub from: Option<StreamId>,
+    /// The adapter that holds the socket now (ioplex's sessions only).
+    pub node: Option<String>,
 }
 
 impl StoredSession {
@@ -175,6 +177,9 @@ impl StoredSession {
         }
         if let Some(from) = self.from {
             map.insert("from".into(), Value::String(from.to_string()));
+        }
+        if let Some(node) = &self.node {
+            map.insert("node".into(), Value::String(node.clone()));
         }
         let mp = msgpack::from_json(&Value::Object(map), &[]);
         BASE64.encode(msgpack::encode(&mp))
@@ -204,6 +209,7 @@ impl StoredSession {
             },
             nsp: str_of("nsp").map(str::to_owned),
             from: str_of("from").and_then(StreamId::parse),
+            node: str_of("node").map(str::to_owned),
         })
     }
 }
@@ -303,6 +309,7 @@ mod tests {
             },
             nsp: Some("/".into()),
             from: StreamId::parse("5-1"),
+            node: Some("0123456789abcdef".into()),
         };
         assert_eq!(
             StoredSession::decode(&stored.encode()).expect("decode"),
