@@ -250,3 +250,51 @@ describe("recovery window and Redis cost", () => {
     }
   });
 });
+
+describe("a deploy: a node drained under load hands its clients over", () => {
+  afterEach(closeAll);
+
+  test("SIGTERM spreads the reconnects, every client recovers on the other node, and no broadcast is lost or doubled", async () => {
+    const redis = await startRedis();
+    const a = await startServer({ args: ["--shutdown-grace", "2000"], env: { REDIS_URL: redis.url, REDIS_ADAPTER: "streams" } });
+    const b = await streamsNode(redis);
+    const proxy = await startProxy(a.port);
+    try {
+      // More than the drain closes at once (100): they are closed in batches over half the grace.
+      const receivers = [];
+      for (let i = 0; i < 120; i++) receivers.push(await recovering(proxy.url));
+      await Promise.all(receivers.map((r) => ack(r, "join", "deploy")));
+      const sender = await connected(b.url);
+      await ack(sender, "join", "deploy");
+      const got = receivers.map((r) => collect(r, "tick"));
+      const reconnectedAt = receivers.map((r) => once(r, "connect", 10000).then(() => Date.now()));
+      const exited = new Promise((resolve) => a.child.once("exit", resolve));
+      const total = 150;
+      let sent = 0;
+      const publishing = (async () => {
+        for (; sent < total; sent++) {
+          await publishAll(sender, "deploy", "tick", [sent]);
+          await sleep(10);
+        }
+      })();
+      await until(() => sent >= 30);
+      proxy.pointAt(b.port);
+      const drainStarted = Date.now();
+      a.child.kill("SIGTERM");
+      await publishing;
+      const back = await Promise.all(reconnectedAt);
+      assert.equal(await exited, 0, "the drained node exits cleanly");
+      assert.ok(receivers.every((r) => r.recovered), `recovered: ${receivers.filter((r) => r.recovered).length} of ${receivers.length}`);
+      const spread = Math.max(...back) - Math.min(...back);
+      assert.ok(spread >= 300, `reconnects spread over ${spread} ms (from ${Math.min(...back) - drainStarted} ms after SIGTERM)`);
+      await until(() => got.every((g) => g.length >= total), 10000);
+      await sleep(300);
+      const expected = Array.from({ length: total }, (_, i) => i);
+      for (const g of got) assert.deepEqual(g.map((m) => m.text), expected);
+    } finally {
+      await proxy.close();
+      await Promise.allSettled([a.stop(), b.stop()]);
+      await redis.stop();
+    }
+  });
+});

@@ -39,8 +39,10 @@ export async function startProxy(targetPort) {
       }
     },
     async close() {
+      // Stop accepting first: clients that reconnect must not keep the server open.
+      const closed = new Promise((resolve) => server.close(resolve));
       this.cutAll();
-      await new Promise((resolve) => server.close(resolve));
+      await closed;
     },
   };
 }
