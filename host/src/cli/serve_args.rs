@@ -66,11 +66,11 @@ pub struct ServeArgs {
     pub max_dynamic_namespaces: usize,
     /// Connection state recovery: how long (ms) a socket whose connection dropped can come back with
     /// its id, rooms and data and get what it missed (Node's `maxDisconnectionDuration`); 0 turns it
-    /// off. Default: 120000 with `REDIS_ADAPTER=streams` (across the fleet), off otherwise. Without
-    /// Redis it is kept in memory; the classic and sharded adapters keep no log. With it on, every
-    /// event carries its offset as a last argument.
-    #[arg(long, env = "RECOVERY_WINDOW_MS")]
-    pub recovery_window_ms: Option<u64>,
+    /// off. Kept in memory on a node without Redis, in Redis with `REDIS_ADAPTER=streams` (across the
+    /// fleet); the classic and sharded adapters keep no log. With it on, every logged event carries its
+    /// offset as a last argument.
+    #[arg(long, env = "RECOVERY_WINDOW_MS", default_value_t = 120_000)]
+    pub recovery_window_ms: u64,
     /// Broadcasts kept for recovery on one node (all namespaces of a tenant together).
     #[arg(long, env = "IOPLEX_RECOVERY_MAX_PACKETS", default_value_t = 10_000)]
     pub recovery_max_packets: usize,
@@ -232,11 +232,8 @@ impl ServeArgs {
         config.max_message_bytes = self.redis_max_message_bytes.max(1024);
         config.share_credentials = self.fleet_share_credentials;
         config.adapter = self.redis_adapter;
-        config.recovery_window = match self.recovery_window_ms {
-            Some(0) => None,
-            Some(ms) => Some(Duration::from_millis(ms)),
-            None => config.recovery_window,
-        };
+        config.recovery_window =
+            (self.recovery_window_ms > 0).then(|| Duration::from_millis(self.recovery_window_ms));
         Some(config)
     }
 
@@ -260,12 +257,10 @@ impl ServeArgs {
         SocketIoConfig {
             connect_timeout: Duration::from_millis(self.connect_timeout),
             max_dynamic_namespaces: self.max_dynamic_namespaces,
-            recovery: self.recovery_window_ms.filter(|ms| *ms > 0).map(|ms| {
-                ioplex::socketio::RecoveryConfig {
-                    window: Duration::from_millis(ms),
-                    max_packets: self.recovery_max_packets.max(1),
-                    ..ioplex::socketio::RecoveryConfig::default()
-                }
+            recovery: (self.recovery_window_ms > 0).then(|| ioplex::socketio::RecoveryConfig {
+                window: Duration::from_millis(self.recovery_window_ms),
+                max_packets: self.recovery_max_packets.max(1),
+                ..ioplex::socketio::RecoveryConfig::default()
             }),
             ..SocketIoConfig::default()
         }

@@ -12,9 +12,10 @@ pub struct SocketIoConfig {
     /// Most namespaces clients may create on demand (with dynamic namespaces). Each costs a room index and,
     /// in a fleet, a Redis pattern subscription, so client-chosen names must not grow them without bound.
     pub max_dynamic_namespaces: usize,
-    /// Connection state recovery; off (`None`) by default, as in Node, because every logged event
-    /// then carries its offset as a last argument, which the stock client hands to the handler.
-    /// It runs only where the adapter is single-node (a fleet needs a log every node shares).
+    /// Connection state recovery in this node's memory; off (`None`) in the library, as in Node,
+    /// because every logged event then carries its offset as a last argument, which the stock
+    /// client hands to the handler (the `ioplex` binary turns it on). It runs only where the adapter
+    /// is single-node; in a fleet the adapter keeps the log ([`crate::adapter::SessionStore`]).
     pub recovery: Option<super::RecoveryConfig>,
 }
 

@@ -86,8 +86,8 @@ pub struct TenantConfig {
     /// Which Node adapter the tenant's fleet speaks on its Redis: `classic` or `streams`
     /// (default: the gateway's `REDIS_ADAPTER`).
     pub redis_adapter: Option<String>,
-    /// Connection state recovery's window in ms with the streams adapter; 0 turns it off (default:
-    /// the gateway's `RECOVERY_WINDOW_MS`).
+    /// Connection state recovery's window in ms (in memory without Redis, in Redis with the streams
+    /// adapter); 0 turns it off (default: the gateway's `RECOVERY_WINDOW_MS`).
     pub recovery_window_ms: Option<u64>,
     /// Seed nodes of the tenant's own Redis Cluster (`host:port,…`), for the sharded adapter; not
     /// with `redis-url`.

@@ -380,7 +380,15 @@ impl Tenants {
             });
         }
 
-        let mut builder = SocketIo::builder().config(d.socketio.clone());
+        let mut socketio = d.socketio.clone();
+        if let Some(ms) = tc.recovery_window_ms {
+            let base = socketio.recovery.clone().unwrap_or_default();
+            socketio.recovery = (ms > 0).then(|| crate::socketio::RecoveryConfig {
+                window: Duration::from_millis(ms),
+                ..base
+            });
+        }
+        let mut builder = SocketIo::builder().config(socketio);
         let redis = match (&tc.redis_url, &d.redis) {
             (Some(url), Some(base)) => Some(RedisConfig {
                 url: url.clone(),

@@ -1439,7 +1439,11 @@ mod tests {
         config.key = key.clone();
         config.session_prefix = format!("{key}:session:");
         let bus = StreamsBus::start(config).await.expect("bus");
-        assert!(bus.is_connected(), "the test Redis at {} answers", redis_url());
+        assert!(
+            bus.is_connected(),
+            "the test Redis at {} answers",
+            redis_url()
+        );
         let session = bus.session_key("p");
         let get = || async {
             let value: Option<String> = bus.publisher.get(&session).await.expect("get");
