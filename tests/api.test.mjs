@@ -5,7 +5,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { startServer } from "./lib/server.mjs";
-import { arrives, closeAll, connected, once } from "./lib/client.mjs";
+import { arrives, closeAll, connected, once, received } from "./lib/client.mjs";
 import { pluginPath } from "./lib/plugins.mjs";
 
 const CONFIG = `
@@ -65,7 +65,7 @@ describe("HTTP API", () => {
   test("emit to rooms, with except, and to one socket; other tenants' rooms untouched", async () => {
     const [a, b] = [await member("acme", "lobby"), await member("acme", "lobby", "muted")];
     const other = await member("globex", "lobby");
-    const toA = once(a, "news");
+    const toA = received(a, "news");
     const toB = arrives(b, "news", 400);
     const toOther = arrives(other, "news", 400);
     assert.deepEqual(await api("POST", "acme", "emit", { body: { rooms: ["lobby"], except: ["muted"], event: "news", args: [{ x: 1 }, "two"] } }), {
@@ -75,7 +75,7 @@ describe("HTTP API", () => {
     assert.equal(await toB, false, "except skipped b");
     assert.equal(await toOther, false, "globex's lobby is another room");
 
-    const direct = once(b, "dm");
+    const direct = received(b, "dm");
     const notA = arrives(a, "dm", 400);
     assert.equal((await api("POST", "acme", "emit", { body: { socket: b.id, event: "dm", args: ["hi"] } })).status, 200);
     assert.deepEqual(await direct, ["hi"]);
@@ -103,7 +103,7 @@ describe("HTTP API", () => {
   test("sockets join, leave and are disconnected", async () => {
     const a = await member("acme");
     assert.deepEqual((await api("POST", "acme", "join", { body: { socket: a.id, join: ["vip"] } })).body, { ok: true });
-    const got = once(a, "perk");
+    const got = received(a, "perk");
     await api("POST", "acme", "emit", { body: { rooms: ["vip"], event: "perk" } });
     await got;
     await api("POST", "acme", "leave", { body: { socket: a.id, leave: ["vip"] } });
@@ -121,19 +121,19 @@ describe("HTTP API", () => {
     const put = await api("PUT", "acme", "plugins/redact", { raw: fs.readFileSync(pluginPath("redact")) });
     assert.equal(put.status, 200, JSON.stringify(put.body));
     assert.deepEqual(put.body.hooks, ["transform-event"]);
-    let got = once(b, "message");
+    let got = received(b, "message");
     await a.timeout(2000).emitWithAck("publish", { room: "room", event: "message", args: ["mail jo@x.io"] });
     assert.deepEqual(await got, ["mail [email]"]);
 
     const broken = await api("PUT", "acme", "plugins/redact", { raw: Buffer.from("not wasm") });
     assert.equal(broken.status, 422);
     assert.equal(broken.body.error.code, "plugin_refused");
-    got = once(b, "message");
+    got = received(b, "message");
     await a.timeout(2000).emitWithAck("publish", { room: "room", event: "message", args: ["mail jo@x.io"] });
     assert.deepEqual(await got, ["mail [email]"], "the previous version still serves");
 
     assert.deepEqual((await api("DELETE", "acme", "plugins/redact")).body, { ok: true });
-    got = once(b, "message");
+    got = received(b, "message");
     await a.timeout(2000).emitWithAck("publish", { room: "room", event: "message", args: ["mail jo@x.io"] });
     assert.deepEqual(await got, ["mail jo@x.io"]);
     assert.equal((await api("DELETE", "acme", "plugins/redact")).status, 404);

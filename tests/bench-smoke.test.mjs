@@ -172,6 +172,22 @@ describe("ioplex-bench smoke", () => {
     }
   });
 
+  test("recovery: clients cut at random and a node SIGKILLed; ioplex with recovery loses and doubles nothing", async () => {
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-recovery-bench-"));
+    try {
+      const { stdout } = await script("recovery", ["--clients", "20", "--rate", "20", "--duration", "4", "--drop-every", "2", "--out", out]);
+      for (const setup of ["ioplex-on", "ioplex-off", "node"]) assert.match(stdout, new RegExp(`^${setup} +[\\d.]+ +\\d+ +\\d+`, "m"));
+      const rows = jsonLines(path.join(out, "recovery.jsonl"));
+      assert.deepEqual(rows.map((r) => r.setup), ["ioplex-on", "ioplex-off", "node"]);
+      const on = rows[0];
+      assert.ok(on.published > 40 && on.reconnects > 20, JSON.stringify(on));
+      assert.equal(on.delivered_pct, 100, JSON.stringify(on));
+      assert.equal(on.duplicates, 0, JSON.stringify(on));
+    } finally {
+      fs.rmSync(out, { recursive: true, force: true });
+    }
+  });
+
   test("hostile: tenant b's latency alone and beside tenant a's hostile plugins", async () => {
     const out = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-hostile-"));
     try {

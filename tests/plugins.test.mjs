@@ -4,7 +4,7 @@ import { after, afterEach, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { binaryPath, startServer } from "./lib/server.mjs";
-import { arrives, client, closeAll, connected, once, sleep } from "./lib/client.mjs";
+import { arrives, client, closeAll, connected, once, sleep, received } from "./lib/client.mjs";
 import { pluginPath, pluginsDir, token } from "./lib/plugins.mjs";
 
 const SECRET = "test-secret-do-not-use";
@@ -120,12 +120,12 @@ describe("tenant plugins", () => {
     const guest = await connected(server.url, { auth: { token: token(visitor, SECRET) } });
     for (const s of [agent, guest]) assert.deepEqual(await join(s, "conversation:42"), { ok: true });
 
-    const got = once(guest, "message");
+    const got = received(guest, "message");
     const text = "card 4111 1111 1111 1111, mail me at jo.smith@example.com";
     assert.deepEqual(await publish(agent, { room: "conversation:42", event: "message", args: [{ text, at: 1 }] }), { ok: true });
     assert.deepEqual(await got, [{ text: "card [card], mail me at [email]", at: 1 }]);
 
-    const typing = once(guest, "typing");
+    const typing = received(guest, "typing");
     await publish(agent, { room: "conversation:42", event: "typing", args: ["4111 1111 1111 1111"] });
     assert.deepEqual(await typing, ["4111 1111 1111 1111"], "other events pass untouched");
 
@@ -140,7 +140,7 @@ describe("tenant plugins", () => {
   test("the JavaScript plugin masks words and rejects link spam for its own tenant only", async () => {
     const [a, b] = [await connected(url("js")), await connected(url("js"))];
     for (const s of [a, b]) assert.deepEqual(await join(s, "lobby"), { ok: true });
-    const got = once(b, "message");
+    const got = received(b, "message");
     assert.deepEqual(await publish(a, { room: "lobby", event: "message", args: ["what the heck, 4111 1111 1111 1111"] }), { ok: true });
     assert.deepEqual(await got, ["what the h***, 4111 1111 1111 1111"]);
     assert.deepEqual(await join(a, "darn-fans"), { ok: false, code: "forbidden", message: 'room name "darn-fans" is not allowed' });
@@ -163,7 +163,7 @@ describe("tenant plugins", () => {
     const receivers = [];
     for (let i = 0; i < 3; i++) receivers.push(await connected(url("stamp"), { transports: i ? ["websocket"] : ["polling"] }));
     for (const s of [sender, ...receivers]) assert.deepEqual(await join(s, "news"), { ok: true });
-    const got = receivers.map((r) => once(r, "message"));
+    const got = receivers.map((r) => received(r, "message"));
     const before = Date.now();
     assert.deepEqual(await publish(sender, { room: "news", event: "message", args: [{ text: "hi", sentAt: 1 }, "plain"] }), { ok: true });
     const stamps = [];
@@ -208,7 +208,7 @@ describe("tenant plugins", () => {
       assert.deepEqual(await join(victim, "lobby"), { ok: true });
       assert.deepEqual(await join(victim, "chaos:refuse"), { ok: false, code: "forbidden", message: "refused by chaos v1" });
       // Another tenant is served throughout.
-      const got = once(calmB, "message");
+      const got = received(calmB, "message");
       assert.deepEqual(await publish(calmA, { room: "room", event: "message", args: ["mail a@b.io"] }), { ok: true });
       assert.deepEqual(await got, ["mail [email]"]);
     }
@@ -280,7 +280,7 @@ describe("tenant plugins", () => {
     const deadline = Date.now() + 10000;
     while (!/calm\/redact.*plugin file refused|plugin file refused.*calm\/redact/.test(server.logs.join("")) && Date.now() < deadline) await sleep(50);
     assert.match(server.logs.join(""), /plugin file refused/);
-    const got = once(b, "message");
+    const got = received(b, "message");
     assert.deepEqual(await publish(a, { room: "room", event: "message", args: ["mail a@b.io"] }), { ok: true });
     assert.deepEqual(await got, ["mail [email]"], "the previous version still serves");
     assert.ok(a.connected && b.connected);

@@ -36,7 +36,8 @@ async function until(check, ms = 3000) {
 describe("connection state recovery (in memory)", () => {
   let server;
   before(async () => {
-    server = await startServer({ env: { RECOVERY_WINDOW_MS: "120000" } });
+    // On by default (RECOVERY_WINDOW_MS=120000).
+    server = await startServer();
   });
   after(async () => server?.stop());
   afterEach(closeAll);
@@ -93,7 +94,7 @@ describe("connection state recovery (in memory)", () => {
   });
 });
 
-describe("connection state recovery: limits and the default", () => {
+describe("connection state recovery: the window, and off", () => {
   afterEach(closeAll);
 
   test("past the window the client starts afresh", async () => {
@@ -112,8 +113,8 @@ describe("connection state recovery: limits and the default", () => {
     }
   });
 
-  test("off by default: no pid, no offsets, a fresh socket after a drop", async () => {
-    const server = await startServer();
+  test("RECOVERY_WINDOW_MS=0 turns it off: no pid, no offsets, a fresh socket after a drop", async () => {
+    const server = await startServer({ env: { RECOVERY_WINDOW_MS: "0" } });
     try {
       const a = await recovering(server.url);
       const b = await connected(server.url);

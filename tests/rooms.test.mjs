@@ -2,7 +2,7 @@
 import { after, afterEach, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { startServer } from "./lib/server.mjs";
-import { arrives, closeAll, connected, once } from "./lib/client.mjs";
+import { arrives, closeAll, connected, once, received } from "./lib/client.mjs";
 
 describe("client contract", () => {
   let server;
@@ -19,7 +19,7 @@ describe("client contract", () => {
   test("a room broadcast reaches members, not others, and not the sender", async () => {
     const [a, b] = [await inRoom("company:1"), await inRoom("company:1", { transports: ["polling"] })];
     const outsider = await inRoom("company:2");
-    const toB = once(b, "message");
+    const toB = received(b, "message");
     const toA = arrives(a, "message");
     const toOutsider = arrives(outsider, "message");
     assert.deepEqual(
@@ -36,7 +36,7 @@ describe("client contract", () => {
     const agent = await inRoom("conv:1");
     const visitor = await inRoom("conv:1");
     await visitor.timeout(2000).emitWithAck("join", "visitors");
-    const toAgent = once(agent, "typing");
+    const toAgent = received(agent, "typing");
     const toVisitor = arrives(visitor, "typing");
     await sender.timeout(2000).emitWithAck("publish", { room: "conv:1", event: "typing", except: ["visitors"] });
     assert.deepEqual(await toAgent, []);
@@ -56,14 +56,14 @@ describe("client contract", () => {
     const a = await inRoom("bin", { transports: ["websocket"] });
     const b = await inRoom("bin", { transports: ["polling"] });
     const payload = Buffer.from([0, 1, 2, 253, 254, 255]);
-    const toB = once(b, "file");
+    const toB = received(b, "file");
     await a.timeout(2000).emitWithAck("publish", { room: "bin", event: "file", args: ["name.bin", payload, { nested: payload }] });
     const [name, data, nested] = await toB;
     assert.equal(name, "name.bin");
     assert.ok(Buffer.from(data).equals(payload));
     assert.ok(Buffer.from(nested.nested).equals(payload));
     // And back from polling to websocket.
-    const toA = once(a, "file");
+    const toA = received(a, "file");
     await b.timeout(2000).emitWithAck("publish", { room: "bin", event: "file", args: [payload] });
     assert.ok(Buffer.from((await toA)[0]).equals(payload));
   });

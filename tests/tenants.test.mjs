@@ -8,7 +8,7 @@ import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { binaryPath, startServer } from "./lib/server.mjs";
-import { arrives, client, closeAll, connected, once, sleep } from "./lib/client.mjs";
+import { arrives, client, closeAll, connected, once, sleep, received } from "./lib/client.mjs";
 
 const CONFIG = `
 tenants-dir = "tenants.d"
@@ -79,7 +79,7 @@ describe("tenants from configuration", () => {
     const g = await connected(globexUrl());
     for (const s of [a1, a2]) assert.deepEqual(await s.timeout(2000).emitWithAck("join", "lobby"), { ok: true });
     assert.deepEqual(await g.timeout(2000).emitWithAck("enter", "lobby"), { ok: true });
-    const toA2 = once(a2, "message");
+    const toA2 = received(a2, "message");
     const toG = arrives(g, "message", 400);
     assert.deepEqual(await a1.timeout(2000).emitWithAck("publish", { room: "lobby", event: "message", args: ["hi"] }), { ok: true });
     assert.deepEqual(await toA2, ["hi"]);

@@ -3,7 +3,7 @@ import { after, afterEach, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { Manager } from "socket.io-client";
 import { startServer } from "./lib/server.mjs";
-import { arrives, client, closeAll, connected, once, sleep } from "./lib/client.mjs";
+import { arrives, client, closeAll, connected, once, sleep, received } from "./lib/client.mjs";
 
 describe("transports (embedded default)", () => {
   let server;
@@ -17,7 +17,7 @@ describe("transports (embedded default)", () => {
       assert.equal(s.io.engine.transport.name, transports[0]);
       assert.match(s.id, /^[A-Za-z0-9_-]{20}$/);
       assert.deepEqual(await s.timeout(2000).emitWithAck("join", "r1"), { ok: true });
-      const got = once(s, "hello");
+      const got = received(s, "hello");
       assert.deepEqual(
         await s.timeout(2000).emitWithAck("publish", { room: "r1", event: "hello", args: [1, "two"], self: true }),
         { ok: true },
@@ -32,7 +32,7 @@ describe("transports (embedded default)", () => {
     assert.equal(upgraded[0].name, "websocket");
     assert.equal(s.io.engine.transport.name, "websocket");
     await s.timeout(2000).emitWithAck("join", "after-upgrade");
-    const got = once(s, "ping-me");
+    const got = received(s, "ping-me");
     await s.timeout(2000).emitWithAck("publish", { room: "after-upgrade", event: "ping-me", args: ["x"], self: true });
     assert.deepEqual(await got, ["x"]);
   });
@@ -42,7 +42,7 @@ describe("transports (embedded default)", () => {
     const custom = await connected(`${server.url}/custom`, { auth: { token: "abc" } });
     for (const s of [main, custom]) await s.timeout(2000).emitWithAck("join", "shared");
     const onMain = arrives(main, "news");
-    const onCustom = once(custom, "news");
+    const onCustom = received(custom, "news");
     const sender = await connected(`${server.url}/custom`);
     await sender.timeout(2000).emitWithAck("join", "shared");
     await sender.timeout(2000).emitWithAck("publish", { room: "shared", event: "news", args: ["n"] });

@@ -45,3 +45,16 @@ export function closeAll() {
   for (const s of opened) s.disconnect();
   opened.clear();
 }
+
+/**
+ * The arguments of the next `event` a socket receives, without the offset that connection state
+ * recovery (on by default) appends as the last argument of every logged event.
+ */
+export function received(socket, event, ms = 3000) {
+  return once(socket, event, ms).then((args) => withoutOffset(socket, args));
+}
+
+/** `args` without the recovery offset: with recovery on (the socket has a pid), the last string. */
+export function withoutOffset(socket, args) {
+  return socket._pid && typeof args.at(-1) === "string" ? args.slice(0, -1) : args;
+}

@@ -13,7 +13,6 @@ pub mod shard_subscriptions;
 pub mod sharded;
 pub mod sharded_wire;
 pub mod streams;
-pub mod streams_wire;
 pub mod wire;
 
 use std::sync::{Arc, Weak};

@@ -15,9 +15,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::msgpack;
-use super::sharded_wire::Envelope;
-use super::wire::{self, WireError};
+use crate::adapter::redis::msgpack;
+use crate::adapter::redis::sharded_wire::Envelope;
+use crate::adapter::redis::wire::{self, WireError};
 use crate::adapter::{PersistedSession, Room};
 use crate::sid::Sid;
 
@@ -190,7 +190,7 @@ impl StoredSession {
         let bytes = BASE64
             .decode(text.trim())
             .map_err(|_| WireError::Shape("session is not base64"))?;
-        super::bounds::check_msgpack(&bytes)?;
+        crate::adapter::redis::bounds::check_msgpack(&bytes)?;
         let mut attachments: Vec<Bytes> = Vec::new();
         let value = msgpack::to_json(msgpack::decode(&bytes)?, &mut attachments);
         let str_of = |key: &str| value.get(key).and_then(Value::as_str);
