@@ -230,7 +230,9 @@ describe("recovery window and Redis cost", () => {
         randomizationFactor: 0,
       });
       const pid = c._pid;
-      await until(async () => (await inspect.exists(`sio:session:${pid}`)) === 1);
+      // Written when the socket connected, within a moment.
+      const deadline = Date.now() + 3000;
+      while ((await inspect.exists(`sio:session:${pid}`)) !== 1 && Date.now() < deadline) await sleep(20);
       const ttl = await inspect.pTTL(`sio:session:${pid}`);
       assert.ok(ttl > 0 && ttl <= 400, `session key TTL ${ttl} ms`);
       const id = c.id;
@@ -246,6 +248,57 @@ describe("recovery window and Redis cost", () => {
     } finally {
       await inspect.quit();
       await node.stop();
+      await redis.stop();
+    }
+  });
+});
+
+describe("Redis goes away and comes back empty", () => {
+  afterEach(closeAll);
+
+  test("the nodes read the new stream and write every session again: a node killed afterwards loses no client", async () => {
+    const redis = await startRedis();
+    const [a, b] = [await streamsNode(redis), await streamsNode(redis)];
+    const proxy = await startProxy(a.port);
+    try {
+      const c = await recovering(proxy.url);
+      const sender = await connected(b.url);
+      await ack(c, "join", "restart");
+      await ack(sender, "join", "restart");
+      const got = collect(c, "chat");
+      await redis.stop();
+      await sleep(300);
+      await redis.restart();
+      // Both nodes back on the new Redis (their /readyz says so), delivering across nodes again.
+      for (const node of [a, b]) {
+        const deadline = Date.now() + 10000;
+        while ((await fetch(`${node.url}/readyz`)).status !== 200 && Date.now() < deadline) await sleep(100);
+        assert.equal((await fetch(`${node.url}/readyz`)).status, 200);
+      }
+      let delivered = false;
+      for (let i = 0; i < 50 && !delivered; i++) {
+        await ack(sender, "publish", { room: "restart", event: "chat", args: [`after-restart-${i}`] });
+        await sleep(100);
+        delivered = got.length > 0;
+      }
+      assert.ok(delivered, "cross-node delivery resumed on the new stream");
+      const seen = got.length;
+      // The session of c was lost with Redis' data; node A writes it again when it reconnects.
+      await sleep(500);
+      proxy.pointAt(b.port);
+      const gone = once(c, "disconnect", 5000);
+      const back = once(c, "connect", 8000);
+      a.child.kill("SIGKILL");
+      await gone;
+      await publishAll(sender, "restart", "chat", ["while-away"]);
+      await back;
+      assert.equal(c.recovered, true);
+      await until(() => got.length > seen);
+      await sleep(300);
+      assert.deepEqual(got.slice(seen).map((g) => g.text), ["while-away"]);
+    } finally {
+      await proxy.close();
+      await Promise.allSettled([a.stop(), b.stop()]);
       await redis.stop();
     }
   });

@@ -8,7 +8,7 @@
 // Delivered: messages received by each client / messages acknowledged to the publisher × clients.
 // Replay latency: for a message sent while its client was away, from the client's reconnection attempt
 // to the message's arrival (handshake, restore and replay; the client's own back-off excluded).
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
 import { io } from "socket.io-client";
@@ -187,6 +187,12 @@ async function run(setup) {
     reconnects += state.reconnects;
     recovered += state.recovered;
   }
+  // What Redis holds for it: session keys (one per connected or recently dropped socket) and the stream.
+  const redisCli = (...command) => execFileSync("redis-cli", ["-p", String(redisPort), ...command]).toString().trim();
+  const sessionKeys = redisCli("--scan", "--pattern", "sio:session:*").split("\n").filter(Boolean);
+  const sessionBytes = sessionKeys.slice(0, 50).map((k) => Number(redisCli("MEMORY", "USAGE", k)));
+  const streamEntries = Number(redisCli("XLEN", "socket.io"));
+  const streamBytes = Number(redisCli("MEMORY", "USAGE", "socket.io", "SAMPLES", "0"));
   replay.sort((a, b) => a - b);
   e2e.sort((a, b) => a - b);
   const expected = acked.size * clients;
@@ -204,6 +210,10 @@ async function run(setup) {
     replay_p99_ms: quantile(replay, 0.99),
     e2e_p99_ms: quantile(e2e, 0.99),
     node_crash: crash,
+    session_keys: sessionKeys.length,
+    session_key_bytes: sessionBytes.length ? Math.round(sessionBytes.reduce((a, b) => a + b, 0) / sessionBytes.length) : null,
+    stream_entries: streamEntries,
+    stream_bytes_per_entry: streamEntries ? Math.round(streamBytes / streamEntries) : null,
   };
   publisher.close();
   for (const { socket } of receivers) socket.close();
@@ -222,10 +232,10 @@ for (const setup of setups) {
 }
 const fmt = (v, d = 1) => (v === null ? "-" : typeof v === "number" ? v.toFixed(d) : String(v));
 console.log(`\n${clients} clients, each cut every ~${dropEvery / 1000} s, ${rate} msg/s for ${duration / 1000} s${crash ? ", one of two nodes SIGKILLed halfway" : ""}`);
-console.log("setup        delivered%  lost  dup  reconnects  recovered  replay p50/p99 ms  e2e p99 ms");
+console.log("setup        delivered%  lost  dup  reconnects  recovered  replay p50/p99 ms  e2e p99 ms  session keys, bytes each  stream entries, bytes each");
 for (const r of rows) {
   console.log(
-    `${r.setup.padEnd(12)} ${fmt(r.delivered_pct, 2).padStart(9)} ${String(r.lost).padStart(5)} ${String(r.duplicates).padStart(4)} ${String(r.reconnects).padStart(11)} ${String(r.recovered).padStart(10)}  ${`${fmt(r.replay_p50_ms, 0)}/${fmt(r.replay_p99_ms, 0)}`.padStart(17)} ${fmt(r.e2e_p99_ms, 0).padStart(11)}`,
+    `${r.setup.padEnd(12)} ${fmt(r.delivered_pct, 2).padStart(9)} ${String(r.lost).padStart(5)} ${String(r.duplicates).padStart(4)} ${String(r.reconnects).padStart(11)} ${String(r.recovered).padStart(10)}  ${`${fmt(r.replay_p50_ms, 0)}/${fmt(r.replay_p99_ms, 0)}`.padStart(17)} ${fmt(r.e2e_p99_ms, 0).padStart(11)}  ${`${r.session_keys}, ${r.session_key_bytes ?? "-"}`.padStart(24)}  ${`${r.stream_entries}, ${r.stream_bytes_per_entry ?? "-"}`.padStart(26)}`,
   );
 }
 process.exit(0);

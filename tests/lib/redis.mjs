@@ -41,7 +41,7 @@ export async function startRedis({ deferred = false, tls = null } = {}) {
   };
   if (!deferred) await launch();
   const stop = async () => {
-    if (!child || child.exitCode !== null) return;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
     const exited = new Promise((resolve) => child.once("exit", resolve));
     child.kill("SIGKILL");
     await exited;

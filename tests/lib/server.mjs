@@ -92,7 +92,7 @@ async function startOnce({ name = "ioplex", args = [], env = {}, readyTimeoutMs 
     logs,
     child,
     async stop() {
-      if (child.exitCode !== null) return child.exitCode;
+      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
       const exited = new Promise((resolve) => child.once("exit", (code) => resolve(code)));
       child.kill("SIGTERM");
       const timer = setTimeout(() => child.kill("SIGKILL"), 5000);

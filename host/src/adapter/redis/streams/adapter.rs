@@ -11,9 +11,9 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::bus::{Outgoing, SessionWrite, StreamsBus, once, uid16, unavailable};
+use super::bus::{Outgoing, StreamsBus, once, uid16, unavailable};
 use super::sessions::Tracked;
-use super::wire::{StoredSession, StreamId, entry_fields};
+use super::wire::{StreamId, entry_fields};
 use crate::adapter::local::collect_acks;
 use crate::adapter::redis::PeerPolicy;
 use crate::adapter::redis::messages::{
@@ -22,7 +22,7 @@ use crate::adapter::redis::messages::{
 use crate::adapter::redis::sharded_wire::{Envelope, ShardedMessage};
 use crate::adapter::{
     Adapter, AdapterError, BoxFuture, BroadcastAcks, BroadcastOptions, BroadcastPacket,
-    LocalAdapter, PersistedSession, Room, SessionStore, SocketInfo, SocketTable,
+    LocalAdapter, Room, SessionStore, SocketInfo, SocketTable,
 };
 use crate::codec::{Packet, PacketKind};
 use crate::sid::Sid;
@@ -295,44 +295,6 @@ impl StreamsAdapter {
     pub(super) async fn others(&self) -> Result<usize, AdapterError> {
         Ok(self.bus.server_count(&self.main).await?.saturating_sub(1))
     }
-
-    /// The session value of tracked socket `sid` as it is now.
-    pub(super) fn stored(&self, sid: Sid, tracked: &Tracked) -> String {
-        StoredSession {
-            session: PersistedSession {
-                sid,
-                pid: tracked.pid.clone(),
-                rooms: self.local.socket_rooms(sid),
-                data: tracked.data.clone(),
-            },
-            nsp: Some(self.nsp.clone()),
-            from: Some(tracked.from),
-            node: Some(self.uid.clone()),
-        }
-        .encode()
-    }
-
-    /// Writes again the sessions of tracked sockets among `sids` (their rooms changed).
-    pub(super) fn rooms_changed(&self, sids: impl IntoIterator<Item = Sid>) {
-        let tracked = self.tracked.lock();
-        if tracked.is_empty() {
-            return;
-        }
-        for sid in sids {
-            if let Some(t) = tracked.get(&sid) {
-                self.bus
-                    .write_session(&t.pid, SessionWrite::Set(self.stored(sid, t)));
-            }
-        }
-    }
-
-    pub(super) fn tracked_pids(&self) -> Vec<String> {
-        self.tracked
-            .lock()
-            .values()
-            .map(|t| t.pid.clone())
-            .collect()
-    }
 }
 
 pub(super) struct PendingGuard<'a> {
@@ -382,6 +344,8 @@ impl Adapter for StreamsAdapter {
     fn del_all(&self, sid: Sid) {
         self.local.del_all(sid);
         self.joined_at.lock().remove(&sid);
+        // Left without `untrack` (never on the paths sockets take now): forget it, keep its key.
+        self.tracked.lock().remove(&sid);
     }
 
     fn socket_rooms(&self, sid: Sid) -> Vec<Room> {

@@ -449,6 +449,7 @@ impl StreamsBus {
         let ttl = window.as_millis().max(1) as i64;
         let mut refresh = tokio::time::interval((window / 3).max(Duration::from_millis(100)));
         refresh.tick().await;
+        let mut reconnects = self.publisher.reconnect_rx();
         loop {
             tokio::select! {
                 _ = self.writes_ready.notified() => {
@@ -462,21 +463,35 @@ impl StreamsBus {
                     let sent = futures_util::future::join_all(sends).await.len();
                     self.stats.session_writes.fetch_add(sent as u64, Ordering::Relaxed);
                 }
-                _ = refresh.tick() => {
-                    let keys: Vec<String> = self
-                        .live_adapters()
-                        .iter()
-                        .flat_map(|a| a.tracked_pids())
-                        .map(|pid| self.session_key(&pid))
-                        .collect();
-                    for chunk in keys.chunks(1000) {
-                        let sends = chunk.iter().map(|key| {
-                            self.publisher.pexpire::<(), _>(key.as_str(), ttl, None)
-                        });
-                        futures_util::future::join_all(sends).await;
-                    }
-                }
+                _ = refresh.tick() => self.rewrite_sessions(ttl).await,
+                // A Redis that restarted empty has lost every session: write them again at once.
+                Ok(_) = reconnects.recv() => self.rewrite_sessions(ttl).await,
             }
+        }
+    }
+
+    /// Writes every live session again with a fresh expiry: it stays while its socket is connected,
+    /// and comes back after Redis lost it.
+    async fn rewrite_sessions(&self, ttl: i64) {
+        let sessions: Vec<(String, String)> = self
+            .live_adapters()
+            .iter()
+            .flat_map(|a| a.tracked_sessions())
+            .collect();
+        for chunk in sessions.chunks(1000) {
+            let sends = chunk.iter().map(|(pid, value)| {
+                self.publisher.set::<(), _, _>(
+                    self.session_key(pid),
+                    value.as_str(),
+                    Some(Expiration::PX(ttl)),
+                    None,
+                    false,
+                )
+            });
+            let sent = futures_util::future::join_all(sends).await.len();
+            self.stats
+                .session_writes
+                .fetch_add(sent as u64, Ordering::Relaxed);
         }
     }
 

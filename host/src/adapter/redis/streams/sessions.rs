@@ -13,7 +13,8 @@ use super::wire::{RawEntry, StoredSession, StreamId, addressed_to};
 use crate::adapter::redis::messages::Request;
 use crate::adapter::redis::sharded_wire::{Envelope, ShardedMessage};
 use crate::adapter::{
-    AdapterError, AttachRestored, BoxFuture, BroadcastPacket, PersistedSession, Room, SessionStore,
+    Adapter, AdapterError, AttachRestored, BoxFuture, BroadcastPacket, PersistedSession, Room,
+    SessionStore,
 };
 use crate::codec::EncodedPacket;
 use crate::sid::Sid;
@@ -34,6 +35,45 @@ pub(super) struct Tracked {
 }
 
 impl StreamsAdapter {
+    /// The session value of tracked socket `sid` as it is now.
+    pub(super) fn stored(&self, sid: Sid, tracked: &Tracked) -> String {
+        StoredSession {
+            session: PersistedSession {
+                sid,
+                pid: tracked.pid.clone(),
+                rooms: self.local.socket_rooms(sid),
+                data: tracked.data.clone(),
+            },
+            nsp: Some(self.nsp.clone()),
+            from: Some(tracked.from),
+            node: Some(self.uid.clone()),
+        }
+        .encode()
+    }
+
+    /// Writes again the sessions of tracked sockets among `sids` (their rooms changed).
+    pub(super) fn rooms_changed(&self, sids: impl IntoIterator<Item = Sid>) {
+        let tracked = self.tracked.lock();
+        if tracked.is_empty() {
+            return;
+        }
+        for sid in sids {
+            if let Some(t) = tracked.get(&sid) {
+                self.bus
+                    .write_session(&t.pid, SessionWrite::Set(self.stored(sid, t)));
+            }
+        }
+    }
+
+    /// Every tracked session as it is now: `(pid, value)`.
+    pub(super) fn tracked_sessions(&self) -> Vec<(String, String)> {
+        self.tracked
+            .lock()
+            .iter()
+            .map(|(sid, t)| (t.pid.clone(), self.stored(*sid, t)))
+            .collect()
+    }
+
     /// The packets a restored session missed among `entries`, each with its offset: broadcasts of
     /// this namespace to its rooms, volatile ones left out.
     pub(super) fn missed(
