@@ -236,6 +236,7 @@ impl Client {
                 let rooms: Vec<Room> = saved.rooms.into_iter().filter(|r| *r != own).collect();
                 client.io.attach(&ns, Arc::clone(&socket), &rooms);
                 client.sockets.lock().push(Arc::clone(&socket));
+                send_connect_reply(&session, &ns, &socket);
                 for packet in &missed {
                     session.send_all(packet.frames(), false);
                 }
@@ -258,7 +259,7 @@ impl Client {
                             CloseReason::TransportClose,
                         ));
                     } else {
-                        client.connected(&session, &ns, &socket);
+                        run_connect_handler(&ns, &socket);
                     }
                 }
                 None if !session.is_closed() => {
@@ -273,7 +274,7 @@ impl Client {
     /// Connection state recovery: a CONNECT whose `auth` names a saved session (`pid`, and the
     /// `offset` of the last packet the client got) brings the socket back with its id, rooms and
     /// data, skipping the connect authorizers as Node does (the pid is the session's secret), and
-    /// sends what it missed before the CONNECT reply. `false` when there is nothing to recover.
+    /// sends what it missed right after the CONNECT reply. `false` when there is nothing to recover.
     fn recover(
         &self,
         session: &Arc<Session>,
@@ -310,33 +311,45 @@ impl Client {
         // packets that follow it neither overlap nor leave a gap.
         self.io.attach(ns, Arc::clone(&socket), &saved.rooms);
         self.sockets.lock().push(Arc::clone(&socket));
+        send_connect_reply(session, ns, &socket);
         for packet in &missed {
             session.send_all(packet.frames(), false);
         }
         drop(log);
         tracing::debug!(socket = %socket.id(), replayed = missed.len(), "socket recovered");
-        self.connected(session, ns, &socket);
+        run_connect_handler(ns, &socket);
         true
     }
 
     /// Sends the CONNECT reply (`sid`, and `pid` with recovery on) and runs the connect handler.
     fn connected(&self, session: &Arc<Session>, ns: &Arc<Namespace>, socket: &Arc<Socket>) {
-        let mut reply = Map::new();
-        reply.insert("sid".into(), Value::String(socket.id().to_string()));
-        if let Some(pid) = socket.pid() {
-            reply.insert("pid".into(), Value::String(pid.to_owned()));
-        }
-        let reply = Packet {
-            kind: PacketKind::Connect,
-            nsp: ns.name().to_owned(),
-            id: None,
-            data: Some(Value::Object(reply)),
-            attachments: Vec::new(),
-        };
-        session.send_all(encode(&reply).separated().frames(), false);
-        if let Some(on_connect) = ns.handlers().connect.clone() {
-            on_connect(socket);
-        }
+        send_connect_reply(session, ns, socket);
+        run_connect_handler(ns, socket);
+    }
+}
+
+/// The CONNECT reply: `sid`, and `pid` with recovery on. A restored socket gets it before its
+/// replay, so that the client handles each replayed packet (and moves its offset past it) as it
+/// arrives: packets it buffered before a CONNECT that never came would be replayed twice.
+fn send_connect_reply(session: &Arc<Session>, ns: &Arc<Namespace>, socket: &Arc<Socket>) {
+    let mut reply = Map::new();
+    reply.insert("sid".into(), Value::String(socket.id().to_string()));
+    if let Some(pid) = socket.pid() {
+        reply.insert("pid".into(), Value::String(pid.to_owned()));
+    }
+    let reply = Packet {
+        kind: PacketKind::Connect,
+        nsp: ns.name().to_owned(),
+        id: None,
+        data: Some(Value::Object(reply)),
+        attachments: Vec::new(),
+    };
+    session.send_all(encode(&reply).separated().frames(), false);
+}
+
+fn run_connect_handler(ns: &Arc<Namespace>, socket: &Arc<Socket>) {
+    if let Some(on_connect) = ns.handlers().connect.clone() {
+        on_connect(socket);
     }
 }
 

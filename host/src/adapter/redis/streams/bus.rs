@@ -510,15 +510,19 @@ impl StreamsBus {
         Ok(parse_entries(value))
     }
 
-    /// Whether entry `id` is still in the stream.
-    pub(super) async fn holds(&self, id: StreamId) -> Result<bool, AdapterError> {
+    /// Entries from `from` on (itself included), at most `count`.
+    pub(super) async fn entries_from(
+        &self,
+        from: StreamId,
+        count: u64,
+    ) -> Result<Vec<(StreamId, RawEntry)>, AdapterError> {
         let value: fred::types::Value = self
             .publisher
             .with_options(&once())
-            .xrange(self.stream(), id.to_string(), id.to_string(), Some(1))
+            .xrange(self.stream(), from.to_string(), "+", Some(count))
             .await
             .map_err(unavailable)?;
-        Ok(!parse_entries(value).is_empty())
+        Ok(parse_entries(value))
     }
 }
 

@@ -26,6 +26,20 @@ const MAX_REPLAY_BYTES: usize = 32 << 20;
 /// Entries per XRANGE while a restore catches up.
 const RESTORE_PAGE: u64 = 1000;
 
+/// Reads the first page of a restore, fetched from `start` inclusive: `None` when `start` itself
+/// is no longer in the stream, else the entries after it and whether the page was short.
+fn split_first_page(
+    mut page: Vec<(StreamId, RawEntry)>,
+    start: StreamId,
+) -> (Option<Vec<(StreamId, RawEntry)>>, bool) {
+    if page.first().is_none_or(|(id, _)| *id != start) {
+        return (None, true);
+    }
+    page.remove(0);
+    let short = (page.len() as u64) < RESTORE_PAGE;
+    (Some(page), short)
+}
+
 /// A local socket whose session this node keeps.
 pub(super) struct Tracked {
     pub(super) pid: String,
@@ -185,13 +199,23 @@ impl StreamsAdapter {
             None => None,
         };
         let key = self.bus.session_key(pid);
-        let raw: Option<String> = self
-            .bus
-            .publisher
-            .with_options(&once())
-            .getdel(&key)
-            .await
-            .map_err(unavailable)?;
+        let take_session = async {
+            self.bus
+                .publisher
+                .with_options(&once())
+                .getdel::<Option<String>, _>(&key)
+                .await
+                .map_err(unavailable)
+        };
+        // With the client's offset known, the session and the stream from that offset at once.
+        let (raw, mut first_page) = match start {
+            Some(start) => {
+                let (raw, page) =
+                    tokio::join!(take_session, self.bus.entries_from(start, RESTORE_PAGE + 1));
+                (raw?, Some(page?))
+            }
+            None => (take_session.await?, None),
+        };
         let Some(stored) = raw.and_then(|raw| StoredSession::decode(&raw).ok()) else {
             return Ok(false);
         };
@@ -202,16 +226,27 @@ impl StreamsAdapter {
         let Some(start) = start.or(stored.from) else {
             return Ok(false);
         };
-        if !self.bus.holds(start).await? {
-            return Ok(false);
-        }
         let rooms = stored.session.rooms.clone();
         let mut missed = Vec::new();
         let mut covered = start;
         let (mut fetched, mut held) = (0usize, 0usize);
         loop {
-            let page = self.bus.entries_after(covered, RESTORE_PAGE).await?;
-            let short = (page.len() as u64) < RESTORE_PAGE;
+            let (page, short) = match first_page.take() {
+                None if covered == start => {
+                    let page = self.bus.entries_from(start, RESTORE_PAGE + 1).await?;
+                    split_first_page(page, start)
+                }
+                None => {
+                    let page = self.bus.entries_after(covered, RESTORE_PAGE).await?;
+                    let short = (page.len() as u64) < RESTORE_PAGE;
+                    (Some(page), short)
+                }
+                Some(page) => split_first_page(page, start),
+            };
+            // The offset's own entry must still be in the stream: otherwise some after it may be gone.
+            let Some(page) = page else {
+                return Ok(false);
+            };
             fetched += page.len();
             let bytes: usize = page.iter().map(|(_, e)| e.len()).sum();
             if bytes > MAX_REPLAY_BYTES.saturating_sub(held) {
