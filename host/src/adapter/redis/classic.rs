@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use super::PeerPolicy;
 use super::bus::RedisBus;
 use super::messages::{
-    Request, RequestMessage, Response, ResponseMessage, Target, await_responses,
-    await_server_side_acks, strip_credentials,
+    Request, RequestMessage, Response, ResponseMessage, Target, await_broadcast_acks,
+    await_responses, await_server_side_acks, strip_credentials,
 };
 use super::wire::{self, Channels};
 use crate::adapter::local::collect_acks;
@@ -516,7 +516,7 @@ impl Adapter for RedisAdapter {
             if opts.local || !self.bus.is_connected() {
                 return self.local.broadcast_with_ack(&packet, &opts, timeout).await;
             }
-            let (local_tx, mut local_rx) = mpsc::unbounded_channel();
+            let (local_tx, local_rx) = mpsc::unbounded_channel();
             let (request_id, mut rx, _guard) = self.open_request();
             let request = Request::Broadcast {
                 packet: packet.packet().clone(),
@@ -539,33 +539,7 @@ impl Adapter for RedisAdapter {
                 .numsub(&self.channels.request)
                 .await?
                 .saturating_sub(1);
-            let deadline = tokio::time::Instant::now() + timeout;
-            let mut acks = BroadcastAcks::default();
-            let (mut counts, mut expected) = (0usize, local_count);
-            let mut local_open = true;
-            while counts < servers || acks.responses.len() < expected {
-                tokio::select! {
-                    local = local_rx.recv(), if local_open => match local {
-                        Some(payload) => acks.responses.push(payload),
-                        None => local_open = false,
-                    },
-                    remote = rx.recv() => match remote {
-                        Some(Response::BroadcastClientCount(count)) => {
-                            counts += 1;
-                            expected += count;
-                        }
-                        Some(Response::BroadcastAck(payload)) => acks.responses.push(payload),
-                        Some(_) => {}
-                        None => break,
-                    },
-                    _ = tokio::time::sleep_until(deadline) => {
-                        acks.timed_out = true;
-                        break;
-                    }
-                }
-            }
-            acks.expected = expected;
-            Ok(acks)
+            Ok(await_broadcast_acks(local_rx, local_count, &mut rx, servers, timeout).await)
         })
     }
 

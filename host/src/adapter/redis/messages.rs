@@ -12,7 +12,7 @@ use super::wire::{
     self, RequestType, WireError, broadcast_opts_json, opts_json, packet_json, parse_opts,
     parse_packet, parse_rooms, request_rooms,
 };
-use crate::adapter::{AdapterError, BroadcastOptions, Room, SocketInfo};
+use crate::adapter::{AdapterError, BroadcastAcks, BroadcastOptions, Room, SocketInfo};
 use crate::codec::{Packet, Payload};
 use crate::sid::Sid;
 
@@ -383,6 +383,44 @@ pub async fn await_server_side_acks(
     })
     .await?;
     Ok(answers)
+}
+
+/// The acks of a broadcast with acks across the fleet: this node's clients' (`local`, of which
+/// `local_count` were asked) and the other `servers` nodes' (each first says how many of its clients
+/// were asked, then relays their acks), until every counted client answered or `timeout` passed.
+pub async fn await_broadcast_acks(
+    mut local: tokio::sync::mpsc::UnboundedReceiver<Payload>,
+    local_count: usize,
+    remote: &mut tokio::sync::mpsc::UnboundedReceiver<Response>,
+    servers: usize,
+    timeout: std::time::Duration,
+) -> BroadcastAcks {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut acks = BroadcastAcks::default();
+    let (mut counts, mut expected, mut local_open) = (0usize, local_count, true);
+    while counts < servers || acks.responses.len() < expected {
+        tokio::select! {
+            ack = local.recv(), if local_open => match ack {
+                Some(payload) => acks.responses.push(payload),
+                None => local_open = false,
+            },
+            response = remote.recv() => match response {
+                Some(Response::BroadcastClientCount(count)) => {
+                    counts += 1;
+                    expected += count;
+                }
+                Some(Response::BroadcastAck(payload)) => acks.responses.push(payload),
+                Some(_) => {}
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                acks.timed_out = true;
+                break;
+            }
+        }
+    }
+    acks.expected = expected;
+    acks
 }
 
 /// A socket as `fetchSockets` responses describe it (Node's `RemoteSocket` fields).

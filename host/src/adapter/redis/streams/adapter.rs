@@ -17,7 +17,8 @@ use super::wire::{StreamId, entry_fields};
 use crate::adapter::local::collect_acks;
 use crate::adapter::redis::PeerPolicy;
 use crate::adapter::redis::messages::{
-    Request, Response, Target, await_responses, await_server_side_acks, strip_credentials,
+    Request, Response, Target, await_broadcast_acks, await_responses, await_server_side_acks,
+    strip_credentials,
 };
 use crate::adapter::redis::sharded_wire::{Envelope, ShardedMessage};
 use crate::adapter::{
@@ -466,7 +467,7 @@ impl Adapter for StreamsAdapter {
             if opts.local || !self.bus.is_connected() {
                 return self.local.broadcast_with_ack(&packet, &opts, timeout).await;
             }
-            let (local_tx, mut local_rx) = mpsc::unbounded_channel();
+            let (local_tx, local_rx) = mpsc::unbounded_channel();
             let (id, mut rx, _guard) = self.open_request();
             self.publish_now(ShardedMessage::Request {
                 request_id: Some(id),
@@ -482,26 +483,7 @@ impl Adapter for StreamsAdapter {
                 .local_broadcast_with_ack(&packet, &opts, timeout, &local_tx);
             drop(local_tx);
             let servers = self.others().await?;
-            let deadline = tokio::time::Instant::now() + timeout;
-            let mut acks = BroadcastAcks::default();
-            let (mut counts, mut expected, mut local_open) = (0usize, local_count, true);
-            while counts < servers || acks.responses.len() < expected {
-                tokio::select! {
-                    local = local_rx.recv(), if local_open => match local {
-                        Some(payload) => acks.responses.push(payload),
-                        None => local_open = false,
-                    },
-                    remote = rx.recv() => match remote {
-                        Some(Response::BroadcastClientCount(count)) => { counts += 1; expected += count; }
-                        Some(Response::BroadcastAck(payload)) => acks.responses.push(payload),
-                        Some(_) => {}
-                        None => break,
-                    },
-                    _ = tokio::time::sleep_until(deadline) => { acks.timed_out = true; break; }
-                }
-            }
-            acks.expected = expected;
-            Ok(acks)
+            Ok(await_broadcast_acks(local_rx, local_count, &mut rx, servers, timeout).await)
         })
     }
 
