@@ -87,6 +87,10 @@ pub struct ServeArgs {
     /// across the fleet).
     #[arg(long, env = "REDIS_ADAPTER", default_value = "classic")]
     pub redis_adapter: ioplex::adapter::redis::RedisAdapterKind,
+    /// Entries the streams adapter's Redis stream keeps, roughly (Node's `maxLen`); entries older
+    /// than the recovery window go too. A client away longer than the stream reaches back starts afresh.
+    #[arg(long, env = "IOPLEX_REDIS_STREAM_MAX_LEN", default_value_t = 10_000)]
+    pub redis_stream_max_len: u64,
     /// Redis Cluster seed nodes (`host:port,host:port`; the first may be `rediss://user:password@host:port`):
     /// the sharded adapter (Node's `createShardedAdapter`, SPUBLISH / SSUBSCRIBE) instead of the classic one.
     #[arg(long, env = "REDIS_CLUSTER_NODES", conflicts_with = "redis_url")]
@@ -232,6 +236,7 @@ impl ServeArgs {
         config.max_message_bytes = self.redis_max_message_bytes.max(1024);
         config.share_credentials = self.fleet_share_credentials;
         config.adapter = self.redis_adapter;
+        config.stream_max_len = self.redis_stream_max_len;
         config.recovery_window =
             (self.recovery_window_ms > 0).then(|| Duration::from_millis(self.recovery_window_ms));
         Some(config)

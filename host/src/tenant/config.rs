@@ -14,6 +14,8 @@
 //! # instead of redis-url: the tenant's Redis Cluster (sharded adapter, Node's createShardedAdapter)
 //! # redis-cluster-nodes = "10.0.0.7:7000,10.0.0.8:7000"
 //! # redis-subscription-mode = "dynamic"  # static | dynamic | dynamic-private; default: the gateway's
+//! # redis-adapter = "streams"          # classic | streams; default: the gateway's REDIS_ADAPTER
+//! # recovery-window-ms = 120000        # connection state recovery; 0 = off
 //! api-keys = ["k_live_..."]
 //! share-credentials = false          # fetchSockets replies carry cookie/authorization/auth
 //!
@@ -538,6 +540,30 @@ mod tests {
             "socket.io",
             "its own cluster: Node's channels"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_redis_adapter_is_checked_and_streams_keep_sessions_per_prefix() {
+        let dir = temp_dir("streams");
+        let parse = |text: &str| TenantsConfig::load(&write(&dir, "s.toml", text));
+        let unknown = parse("[tenants.a]\nredis-adapter = \"kafka\"\n");
+        assert!(
+            unknown
+                .unwrap_err()
+                .to_string()
+                .contains("unknown Redis adapter \"kafka\"")
+        );
+        let ok = parse("[tenants.a]\nredis-adapter = \"streams\"\nrecovery-window-ms = 0\n")
+            .expect("streams");
+        let a = &ok.tenants["a"];
+        assert_eq!(a.redis_adapter.as_deref(), Some("streams"));
+        assert_eq!(a.recovery_window_ms, Some(0));
+        // Node's default prefix keeps Node's session keys; any other prefix its own.
+        let mut redis = crate::adapter::redis::RedisConfig::new("redis://r:6379");
+        assert_eq!(redis.streams().session_prefix, "sio:session:");
+        redis.key = a.redis_key("a", "socket.io");
+        assert_eq!(redis.streams().session_prefix, "socket.io/a:session:");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -77,6 +77,8 @@ pub struct RedisConfig {
     /// Connection state recovery's window with the streams adapter (`maxDisconnectionDuration`);
     /// `None` turns it off.
     pub recovery_window: Option<Duration>,
+    /// Entries the streams adapter's stream keeps, roughly (`maxLen`).
+    pub stream_max_len: u64,
     /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS.
     pub url: String,
     /// Channel prefix (`key`), `socket.io` by default so Node servers with default options share the channels.
@@ -114,6 +116,7 @@ impl RedisConfig {
         RedisConfig {
             adapter: RedisAdapterKind::Classic,
             recovery_window: Some(Duration::from_millis(120_000)),
+            stream_max_len: 10_000,
             url: url.into(),
             key: "socket.io".into(),
             requests_timeout: Duration::from_millis(5000),
@@ -141,6 +144,7 @@ impl RedisConfig {
         }
         config.requests_timeout = self.requests_timeout;
         config.recovery_window = self.recovery_window;
+        config.max_len = self.stream_max_len.max(1);
         config.policy = PeerPolicy::of(self);
         config.max_message_bytes = self.max_message_bytes;
         config

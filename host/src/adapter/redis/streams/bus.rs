@@ -463,10 +463,30 @@ impl StreamsBus {
                     let sent = futures_util::future::join_all(sends).await.len();
                     self.stats.session_writes.fetch_add(sent as u64, Ordering::Relaxed);
                 }
-                _ = refresh.tick() => self.rewrite_sessions(ttl).await,
+                _ = refresh.tick() => {
+                    self.rewrite_sessions(ttl).await;
+                    self.trim_by_age(window).await;
+                }
                 // A Redis that restarted empty has lost every session: write them again at once.
                 Ok(_) = reconnects.recv() => self.rewrite_sessions(ttl).await,
             }
+        }
+    }
+
+    /// Drops the stream's entries older than the recovery window: no session can need them any
+    /// more (its key has expired), and length alone would keep them where traffic is light.
+    async fn trim_by_age(&self, window: Duration) {
+        let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) else {
+            return;
+        };
+        let oldest = now.saturating_sub(window).as_millis() as u64;
+        let trimmed: Result<(), _> = self
+            .publisher
+            .with_options(&once())
+            .xtrim(self.stream(), ("MINID", "=", format!("{oldest}-0")))
+            .await;
+        if let Err(err) = trimmed {
+            tracing::debug!(%err, "trimming the stream by age failed");
         }
     }
 

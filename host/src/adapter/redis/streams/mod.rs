@@ -39,7 +39,8 @@ pub struct StreamsConfig {
     pub key: String,
     /// Prefix of session keys (`sessionKeyPrefix`), `sio:session:` by default.
     pub session_prefix: String,
-    /// Entries the stream keeps, roughly (`maxLen`, trimmed with `~`).
+    /// Entries the stream keeps, roughly (`maxLen`, trimmed with `~`); entries older than the
+    /// recovery window are trimmed too.
     pub max_len: u64,
     /// Entries read per XREAD (`readCount`).
     pub read_count: u64,
