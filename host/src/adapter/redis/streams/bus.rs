@@ -654,4 +654,72 @@ mod tests {
         assert_eq!(get().await, None);
         let _: () = bus.publisher.del(&key).await.expect("cleanup");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peers_junk_and_oversized_entries_are_refused_and_the_stream_goes_on() {
+        use crate::adapter::test_support::Recorder;
+        use crate::adapter::{AdapterFactory, BroadcastOptions, Room, SocketTable};
+        use crate::codec::{Packet, PacketKind};
+
+        let key = format!("ioplex-test-{}", Sid::random());
+        let mut config = StreamsConfig::new(redis_url());
+        config.key = key.clone();
+        config.session_prefix = format!("{key}:session:");
+        config.max_message_bytes = 4096;
+        let factory = super::super::StreamsAdapterFactory::start(config)
+            .await
+            .expect("bus");
+        let bus = Arc::clone(factory.bus());
+        let table = Arc::new(Recorder::default());
+        let adapter = factory.create("/", Arc::downgrade(&table) as Weak<dyn SocketTable>);
+        let member = Sid::random();
+        adapter.add_all(member, &[Room::of_socket(member), "room".into()]);
+        // A peer on the stream writes junk, an oversized entry and an entry of no known type.
+        for fields in [
+            vec![
+                ("uid", "peer".to_owned()),
+                ("nsp", "/".into()),
+                ("type", "3".into()),
+                ("data", "%%%".into()),
+            ],
+            vec![
+                ("uid", "peer".to_owned()),
+                ("nsp", "/".into()),
+                ("type", "3".into()),
+                ("data", "x".repeat(8192)),
+            ],
+            vec![
+                ("uid", "peer".to_owned()),
+                ("nsp", "/".into()),
+                ("type", "many".into()),
+            ],
+        ] {
+            let _: String = bus
+                .publisher
+                .xadd(&key, false, None, "*", fields)
+                .await
+                .expect("xadd");
+        }
+        let packet = BroadcastPacket::new(Packet {
+            kind: PacketKind::Event,
+            nsp: "/".into(),
+            id: None,
+            data: Some(serde_json::json!(["still"])),
+            attachments: Vec::new(),
+        });
+        let opts = BroadcastOptions {
+            rooms: vec!["room".into()],
+            ..Default::default()
+        };
+        adapter.broadcast(&packet, &opts);
+        for _ in 0..100 {
+            if !table.delivered.lock().expect("lock").is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(*table.delivered.lock().expect("lock"), vec![member]);
+        assert_eq!(bus.stats.refused.load(Ordering::Relaxed), 3);
+        let _: () = bus.publisher.del(&key).await.expect("cleanup");
+    }
 }
