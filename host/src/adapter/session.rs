@@ -22,6 +22,8 @@ pub struct PersistedSession {
     pub rooms: Vec<Room>,
     /// Its application data.
     pub data: Value,
+    /// The user its connect authorizer named (ioplex's sessions only; plugins see it).
+    pub user_id: Option<String>,
 }
 
 /// Called once, under the adapter's delivery order, with the restored session and the packets the
@@ -33,7 +35,7 @@ pub type AttachRestored<'a> = Box<dyn FnOnce(PersistedSession, Vec<EncodedPacket
 pub trait SessionStore: Send + Sync {
     /// Starts keeping the state of local socket `sid` under `pid`: from now on until it leaves, its
     /// rooms and data are where another node can restore them, so a crash of this node loses none.
-    fn track(&self, sid: Sid, pid: &str, data: Value);
+    fn track(&self, sid: Sid, pid: &str, data: Value, user_id: Option<&str>);
     /// The socket's application data changed.
     fn update_data(&self, sid: Sid, data: Value);
     /// The socket is leaving: keep its state for the recovery window (`keep`), or forget it (it

@@ -174,7 +174,7 @@ impl Client {
         self.io.attach(ns, Arc::clone(&socket), &rooms);
         self.sockets.lock().push(Arc::clone(&socket));
         if let (Some(store), Some(pid)) = (fleet, socket.pid()) {
-            store.track(socket.id(), pid, socket.data());
+            store.track(socket.id(), pid, socket.data(), socket.user_id());
         }
         self.connected(session, ns, &socket);
     }
@@ -229,7 +229,7 @@ impl Client {
                     client.me.clone(),
                     auth.clone(),
                     saved.data,
-                    None,
+                    saved.user_id.map(Arc::from),
                     identity,
                 );
                 let own = Room::of_socket(saved.sid);
@@ -251,7 +251,7 @@ impl Client {
             let socket = slot.lock().take();
             match socket {
                 Some(socket) => {
-                    store.track(socket.id(), &pid, socket.data());
+                    store.track(socket.id(), &pid, socket.data(), socket.user_id());
                     if session.is_closed() {
                         // Gone while it was restored: keep it for the next attempt.
                         client.forget(ns.name());

@@ -603,6 +603,7 @@ mod tests {
                 pid: "p".into(),
                 rooms: Vec::new(),
                 data: Value::Null,
+                user_id: None,
             },
             nsp: Some("/".into()),
             from: None,

@@ -44,6 +44,7 @@ fn split_first_page(
 pub(super) struct Tracked {
     pub(super) pid: String,
     pub(super) data: Value,
+    pub(super) user_id: Option<String>,
     /// The stream position when it connected (or was restored).
     pub(super) from: StreamId,
 }
@@ -57,6 +58,7 @@ impl StreamsAdapter {
                 pid: tracked.pid.clone(),
                 rooms: self.local.socket_rooms(sid),
                 data: tracked.data.clone(),
+                user_id: tracked.user_id.clone(),
             },
             nsp: Some(self.nsp.clone()),
             from: Some(tracked.from),
@@ -130,7 +132,7 @@ impl StreamsAdapter {
 }
 
 impl SessionStore for StreamsAdapter {
-    fn track(&self, sid: Sid, pid: &str, data: Value) {
+    fn track(&self, sid: Sid, pid: &str, data: Value, user_id: Option<&str>) {
         let from = self
             .joined_at
             .lock()
@@ -140,6 +142,7 @@ impl SessionStore for StreamsAdapter {
         let tracked = Tracked {
             pid: pid.to_owned(),
             data,
+            user_id: user_id.map(str::to_owned),
             from,
         };
         self.bus

@@ -5,8 +5,9 @@
 //! `data`: JSON, or base64 of msgpack when binary travels. Entries without `nsp` are skipped by every
 //! reader (ioplex writes one to give an empty stream its first id). A session is stored under
 //! `<prefix><pid>` as base64 of msgpack `{sid, pid, rooms, data}`; ioplex adds `nsp`, `from` (the
-//! stream id when the socket connected, so a client that never received a packet recovers too) and
-//! `node` (the adapter holding the socket), which Node's adapter ignores.
+//! stream id when the socket connected, so a client that never received a packet recovers too),
+//! `node` (the adapter holding the socket) and `user` (the user its connect authorizer named), which
+//! Node's adapter ignores.
 
 use std::fmt;
 
@@ -172,6 +173,9 @@ impl StoredSession {
             ),
         );
         map.insert("data".into(), s.data.clone());
+        if let Some(user) = &s.user_id {
+            map.insert("user".into(), Value::String(user.clone()));
+        }
         if let Some(nsp) = &self.nsp {
             map.insert("nsp".into(), Value::String(nsp.clone()));
         }
@@ -206,6 +210,7 @@ impl StoredSession {
                 pid,
                 rooms: wire::parse_rooms(value.get("rooms")),
                 data: value.get("data").cloned().unwrap_or(Value::Null),
+                user_id: str_of("user").map(str::to_owned),
             },
             nsp: str_of("nsp").map(str::to_owned),
             from: str_of("from").and_then(StreamId::parse),
@@ -306,6 +311,7 @@ mod tests {
                 pid: "p".into(),
                 rooms: vec!["a".into()],
                 data: json!({"user": 1}),
+                user_id: Some("agent-1".into()),
             },
             nsp: Some("/".into()),
             from: StreamId::parse("5-1"),
