@@ -209,6 +209,7 @@ impl Client {
         tokio::spawn(async move {
             let adapter = Arc::clone(ns.adapter());
             let Some(store) = adapter.sessions() else {
+                client.restoring.lock().retain(|n| n != ns.name());
                 return;
             };
             let slot: Mutex<Option<Arc<Socket>>> = Mutex::new(None);
