@@ -29,6 +29,26 @@ async function until(check, ms = 5000) {
   while (!check() && Date.now() < deadline) await sleep(20);
 }
 
+/**
+ * Waits until the session Redis holds for `socket` names `room`: a join reaches Redis a moment after
+ * its ack (a node killed inside that moment restores the socket without the room).
+ */
+async function sessionHolds(redisUrl, socket, room, ms = 5000) {
+  const inspect = createClient({ url: redisUrl });
+  await inspect.connect();
+  try {
+    const deadline = Date.now() + ms;
+    while (Date.now() < deadline) {
+      const value = await inspect.get(`sio:session:${socket._pid}`);
+      if (value && Buffer.from(value, "base64").includes(room)) return;
+      await sleep(20);
+    }
+    throw new Error(`the session of ${socket.id} never named ${room}`);
+  } finally {
+    await inspect.quit();
+  }
+}
+
 const streamsNode = (redis, env = {}) =>
   startServer({ env: { REDIS_URL: redis.url, REDIS_ADAPTER: "streams", ...env } });
 
@@ -82,6 +102,7 @@ describe("connection state recovery across the fleet (streams adapter)", () => {
     const sender = await connected(b.url);
     await ack(c, "join", "crash");
     await ack(sender, "join", "crash");
+    await sessionHolds(redis.url, c, "crash");
     const got = collect(c, "chat");
     await publishAll(sender, "crash", "chat", ["before"]);
     await until(() => got.length === 1);
@@ -91,19 +112,22 @@ describe("connection state recovery across the fleet (streams adapter)", () => {
     const gone = once(c, "disconnect", 5000);
     const back = once(c, "connect", 8000);
     a.child.kill("SIGKILL");
-    await gone;
-    await publishAll(sender, "crash", "chat", ["while-away-1", "while-away-2"]);
-    await back;
-    assert.equal(c.recovered, true, "restored on node B");
-    assert.equal(c.id, id);
-    await publishAll(sender, "crash", "chat", ["after"]);
-    await until(() => got.length >= 4);
-    await sleep(300);
-    assert.deepEqual(got.map((g) => g.text), ["before", "while-away-1", "while-away-2", "after"]);
-    // Still in its room on B: a fetch from B's side sees it there.
-    assert.deepEqual(await ack(sender, "members", "crash").then((r) => r.members.map((m) => m.id).sort()), [c.id, sender.id].sort());
-    a = await streamsNode(redis);
-    proxy.pointAt(a.port);
+    try {
+      await gone;
+      await publishAll(sender, "crash", "chat", ["while-away-1", "while-away-2"]);
+      await back;
+      assert.equal(c.recovered, true, "restored on node B");
+      assert.equal(c.id, id);
+      await publishAll(sender, "crash", "chat", ["after"]);
+      await until(() => got.length >= 4);
+      await sleep(300);
+      assert.deepEqual(got.map((g) => g.text), ["before", "while-away-1", "while-away-2", "after"]);
+      // Still in its room on B: a fetch from B's side sees it there.
+      assert.deepEqual(await ack(sender, "members", "crash").then((r) => r.members.map((m) => m.id).sort()), [c.id, sender.id].sort());
+    } finally {
+      a = await streamsNode(redis);
+      proxy.pointAt(a.port);
+    }
   });
 
   test("a client that never received a packet recovers after its node crashed (Node's adapter cannot)", async () => {
@@ -111,21 +135,25 @@ describe("connection state recovery across the fleet (streams adapter)", () => {
     const sender = await connected(b.url);
     await ack(c, "join", "silent");
     await ack(sender, "join", "silent");
+    await sessionHolds(redis.url, c, "silent");
     const got = collect(c, "note");
     assert.equal(c._lastOffset, undefined);
     proxy.pointAt(b.port);
     const gone = once(c, "disconnect", 5000);
     const back = once(c, "connect", 8000);
     a.child.kill("SIGKILL");
-    await gone;
-    await publishAll(sender, "silent", "note", ["n1", "n2"]);
-    await back;
-    assert.equal(c.recovered, true);
-    await until(() => got.length >= 2);
-    await sleep(300);
-    assert.deepEqual(got.map((g) => g.text), ["n1", "n2"]);
-    a = await streamsNode(redis);
-    proxy.pointAt(a.port);
+    try {
+      await gone;
+      await publishAll(sender, "silent", "note", ["n1", "n2"]);
+      await back;
+      assert.equal(c.recovered, true);
+      await until(() => got.length >= 2);
+      await sleep(300);
+      assert.deepEqual(got.map((g) => g.text), ["n1", "n2"]);
+    } finally {
+      a = await streamsNode(redis);
+      proxy.pointAt(a.port);
+    }
   });
 
   test("leaving on purpose ends the session; an unknown pid gets a fresh socket", async () => {
@@ -286,7 +314,7 @@ describe("Redis goes away and comes back empty", () => {
       assert.ok(delivered, "cross-node delivery resumed on the new stream");
       const seen = got.length;
       // The session of c was lost with Redis' data; node A writes it again when it reconnects.
-      await sleep(500);
+      await sessionHolds(redis.url, c, "restart");
       proxy.pointAt(b.port);
       const gone = once(c, "disconnect", 5000);
       const back = once(c, "connect", 8000);
@@ -301,6 +329,46 @@ describe("Redis goes away and comes back empty", () => {
     } finally {
       await proxy.close();
       await Promise.allSettled([a.stop(), b.stop()]);
+      await redis.stop();
+    }
+  });
+});
+
+describe("a node that starts while Redis is away", () => {
+  afterEach(closeAll);
+
+  test("joins the stream at its end once Redis answers: what the fleet said before is not replayed to its sockets", async () => {
+    const redis = await startRedis();
+    const raw = createClient({ url: redis.url });
+    await raw.connect();
+    // A peer's broadcast to everyone, already in the stream.
+    const data = JSON.stringify({ packet: { type: 2, data: ["stale"], nsp: "/" }, opts: { rooms: [], except: [], flags: {} } });
+    await raw.xAdd("socket.io", "*", { uid: "peer", nsp: "/", type: "3", data });
+    // The node reaches Redis through a proxy that points nowhere (port 1 refuses) until the test says.
+    const toRedis = await startProxy(1);
+    const node = await streamsNode({ url: `redis://127.0.0.1:${toRedis.port}` });
+    try {
+      const c = await connected(node.url, { transports: ["websocket"] });
+      const stale = [];
+      c.on("stale", () => stale.push(1));
+      toRedis.pointAt(redis.port);
+      const deadline = Date.now() + 10000;
+      while ((await fetch(`${node.url}/readyz`)).status !== 200 && Date.now() < deadline) await sleep(100);
+      assert.equal((await fetch(`${node.url}/readyz`)).status, 200);
+      await ack(c, "join", "fresh");
+      const got = collect(c, "fresh-news");
+      let delivered = false;
+      for (let i = 0; i < 50 && !delivered; i++) {
+        await ack(c, "publish", { room: "fresh", event: "fresh-news", args: [i], self: true });
+        await sleep(100);
+        delivered = got.length > 0;
+      }
+      assert.ok(delivered, "the stream delivers once Redis answers");
+      assert.equal(stale.length, 0, "the entry written before the node joined is not delivered");
+    } finally {
+      await raw.quit();
+      await toRedis.close();
+      await node.stop();
       await redis.stop();
     }
   });

@@ -91,7 +91,9 @@ impl StreamsBus {
     /// Connects (retrying in the background while Redis is unreachable) and starts reading the
     /// stream from its current end.
     pub async fn start(config: StreamsConfig) -> Result<Arc<Self>, BusError> {
-        let fred_config = Config::from_url(&config.url)?;
+        let mut fred_config = Config::from_url(&config.url)?;
+        // Keep retrying an unreachable Redis at start-up too, instead of failing.
+        fred_config.fail_fast = false;
         let mut builder = Builder::from_config(fred_config);
         builder
             .set_policy(ReconnectPolicy::new_linear(0, 500, 50))
@@ -122,9 +124,10 @@ impl StreamsBus {
             let _ = bus.subscriber.wait_for_connect().await;
         })
         .await;
-        let start = bus.stream_end().await;
-        *bus.position.lock() = start;
-        tokio::spawn(Arc::clone(&bus).read_loop(start));
+        if let Ok(start) = bus.stream_end().await {
+            *bus.position.lock() = start;
+        }
+        tokio::spawn(Arc::clone(&bus).read_loop());
         tokio::spawn(Arc::clone(&bus).receive_loop());
         tokio::spawn(Arc::clone(&bus).resubscribe_loop());
         tokio::spawn(Arc::clone(&bus).publish_loop(queue));
@@ -151,16 +154,17 @@ impl StreamsBus {
 
     /// The id of the stream's last entry; an empty stream gets a marker entry (no `nsp`, which
     /// every reader skips) so that a socket connecting now has a position that stays in the log.
-    pub(super) async fn stream_end(&self) -> StreamId {
-        let last: Result<fred::types::Value, _> = self
+    /// Fails while Redis does not answer.
+    pub(super) async fn stream_end(&self) -> Result<StreamId, fred::error::Error> {
+        let last: fred::types::Value = self
             .publisher
             .with_options(&once())
             .xrevrange(self.stream(), "+", "-", Some(1))
-            .await;
-        if let Some((id, _)) = last.ok().and_then(|l| parse_entries(l).into_iter().next()) {
-            return id;
+            .await?;
+        if let Some((id, _)) = parse_entries(last).into_iter().next() {
+            return Ok(id);
         }
-        let marker: Result<String, _> = self
+        let marker: String = self
             .publisher
             .with_options(&once())
             .xadd(
@@ -170,11 +174,8 @@ impl StreamsBus {
                 "*",
                 vec![("uid", "ioplex")],
             )
-            .await;
-        marker
-            .ok()
-            .and_then(|id| StreamId::parse(&id))
-            .unwrap_or_default()
+            .await?;
+        Ok(StreamId::parse(&marker).unwrap_or_default())
     }
 
     pub(super) fn register(&self, adapter: &Arc<StreamsAdapter>) {
@@ -272,9 +273,19 @@ impl StreamsBus {
         }
     }
 
-    /// Reads the stream forever from `from`, delivering each entry in order.
-    pub(super) async fn read_loop(self: Arc<Self>, from: StreamId) {
-        let mut last = from;
+    /// Reads the stream forever from where this node joined it: its end when Redis first answers
+    /// (never from the start: what the fleet said before this node was here is not for its sockets).
+    pub(super) async fn read_loop(self: Arc<Self>) {
+        let mut last = self.position();
+        while last == StreamId::default() {
+            match self.stream_end().await {
+                Ok(end) => {
+                    *self.position.lock() = end;
+                    last = end;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
         let block_ms = self.config.block.as_millis() as u64;
         let options = Options {
             timeout: Some(self.config.block + Duration::from_secs(3)),
