@@ -156,6 +156,7 @@ async function run(setup) {
   const started = Date.now();
   const cutInterval = dropEvery / clients;
   let crashed = !crash;
+  let crashSeq = null;
   const cutter = setInterval(() => proxy.cutOne(), Math.max(1, cutInterval));
   const publishing = [];
   while (Date.now() - started < duration) {
@@ -165,6 +166,7 @@ async function run(setup) {
     );
     if (!crashed && Date.now() - started > duration / 2) {
       crashed = true;
+      crashSeq = seq;
       proxy.remove(nodes[1].port);
       nodes[1].child.kill("SIGKILL");
     }
@@ -179,7 +181,12 @@ async function run(setup) {
   }
   let received = 0, duplicates = 0, reconnects = 0, recovered = 0;
   const replay = [], e2e = [];
-  for (const { state } of receivers) {
+  const lossDetail = [];
+  for (const [i, { state }] of receivers.entries()) {
+    const missing = [...acked].filter((s) => !state.got.has(s)).sort((a, b) => a - b);
+    if (missing.length && lossDetail.length < 5) {
+      lossDetail.push({ client: i, missing: missing.length, first: missing[0], last: missing.at(-1), reconnects: state.reconnects, recovered: state.recovered });
+    }
     for (const s of acked) if (state.got.has(s)) received++;
     for (const count of state.got.values()) duplicates += count - 1;
     replay.push(...state.replay);
@@ -210,6 +217,8 @@ async function run(setup) {
     replay_p99_ms: quantile(replay, 0.99),
     e2e_p99_ms: quantile(e2e, 0.99),
     node_crash: crash,
+    crash_at_seq: crashSeq,
+    loss_detail: lossDetail,
     session_keys: sessionKeys.length,
     session_key_bytes: sessionBytes.length ? Math.round(sessionBytes.reduce((a, b) => a + b, 0) / sessionBytes.length) : null,
     stream_entries: streamEntries,

@@ -230,6 +230,7 @@ impl StreamsAdapter {
             return Ok(false);
         };
         let rooms = stored.session.rooms.clone();
+        let reader_deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
         let mut missed = Vec::new();
         let mut covered = start;
         let (mut fetched, mut held) = (0usize, 0usize);
@@ -266,18 +267,29 @@ impl StreamsAdapter {
             if !short {
                 continue;
             }
-            match self.commit(covered, &mut missed, &stored.session, attach) {
+            match self.commit(start, covered, &mut missed, &stored.session, attach) {
                 None => return Ok(true),
                 Some(back) => attach = back,
+            }
+            // This node's reader has not reached the client's offset yet (another node delivered
+            // it first): wait for it, or entries the client has would reach it again live.
+            if self.bus.position() < start {
+                if tokio::time::Instant::now() >= reader_deadline {
+                    return Err(AdapterError::Unavailable(
+                        "this node's stream reader is behind the client's offset".into(),
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
         }
     }
 
-    /// Puts the socket back if every entry up to the reader's position is in `missed`, replaying
-    /// those and leaving later ones to be delivered live; otherwise hands `attach` back to fetch
-    /// more first.
+    /// Puts the socket back if the reader's position lies between the client's offset `start` and
+    /// what `missed` covers, replaying the entries up to it and leaving later ones to be delivered
+    /// live; otherwise hands `attach` back (to fetch more, or to wait for the reader).
     pub(super) fn commit<'a>(
         &self,
+        start: StreamId,
         covered: StreamId,
         missed: &mut Vec<(StreamId, EncodedPacket)>,
         session: &PersistedSession,
@@ -285,7 +297,7 @@ impl StreamsAdapter {
     ) -> Option<AttachRestored<'a>> {
         let _order = self.bus.delivery.lock();
         let position = self.bus.position();
-        if position > covered {
+        if position > covered || position < start {
             return Some(attach);
         }
         let packets = std::mem::take(missed)
