@@ -194,6 +194,13 @@ async function run(setup) {
     reconnects += state.reconnects;
     recovered += state.recovered;
   }
+  // Appends the publisher's node could not make (delivered there only, so lost to the others).
+  let appendsDropped = null;
+  if (setup !== "node") {
+    const metrics = await fetch(`http://127.0.0.1:${nodes[0].port}/metrics`).then((r) => r.text(), () => "");
+    const line = metrics.split("\n").find((l) => l.startsWith("ioplex_redis_streams_dropped_total"));
+    appendsDropped = line ? Number(line.split(" ").at(-1)) : null;
+  }
   // What Redis holds for it: session keys (one per connected or recently dropped socket) and the stream.
   const redisCli = (...command) => execFileSync("redis-cli", ["-p", String(redisPort), ...command]).toString().trim();
   const sessionKeys = redisCli("--scan", "--pattern", "sio:session:*").split("\n").filter(Boolean);
@@ -219,6 +226,7 @@ async function run(setup) {
     node_crash: crash,
     crash_at_seq: crashSeq,
     loss_detail: lossDetail,
+    appends_dropped: appendsDropped,
     session_keys: sessionKeys.length,
     session_key_bytes: sessionBytes.length ? Math.round(sessionBytes.reduce((a, b) => a + b, 0) / sessionBytes.length) : null,
     stream_entries: streamEntries,
