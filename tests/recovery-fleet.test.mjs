@@ -49,6 +49,13 @@ async function sessionHolds(redisUrl, socket, room, ms = 5000) {
   }
 }
 
+/** Waits until `node`'s /readyz answers 200 (its Redis connections are up). */
+async function ready(node, ms = 10000) {
+  const deadline = Date.now() + ms;
+  while ((await fetch(`${node.url}/readyz`)).status !== 200 && Date.now() < deadline) await sleep(100);
+  assert.equal((await fetch(`${node.url}/readyz`)).status, 200);
+}
+
 const streamsNode = (redis, env = {}) =>
   startServer({ env: { REDIS_URL: redis.url, REDIS_ADAPTER: "streams", ...env } });
 
@@ -300,11 +307,7 @@ describe("Redis goes away and comes back empty", () => {
       await sleep(300);
       await redis.restart();
       // Both nodes back on the new Redis (their /readyz says so), delivering across nodes again.
-      for (const node of [a, b]) {
-        const deadline = Date.now() + 10000;
-        while ((await fetch(`${node.url}/readyz`)).status !== 200 && Date.now() < deadline) await sleep(100);
-        assert.equal((await fetch(`${node.url}/readyz`)).status, 200);
-      }
+      for (const node of [a, b]) await ready(node);
       let delivered = false;
       for (let i = 0; i < 50 && !delivered; i++) {
         await ack(sender, "publish", { room: "restart", event: "chat", args: [`after-restart-${i}`] });
@@ -352,9 +355,7 @@ describe("a node that starts while Redis is away", () => {
       const stale = [];
       c.on("stale", () => stale.push(1));
       toRedis.pointAt(redis.port);
-      const deadline = Date.now() + 10000;
-      while ((await fetch(`${node.url}/readyz`)).status !== 200 && Date.now() < deadline) await sleep(100);
-      assert.equal((await fetch(`${node.url}/readyz`)).status, 200);
+      await ready(node);
       await ack(c, "join", "fresh");
       const got = collect(c, "fresh-news");
       let delivered = false;

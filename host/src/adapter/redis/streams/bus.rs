@@ -526,21 +526,6 @@ impl StreamsBus {
         }
     }
 
-    /// Entries after `after`, at most `count`.
-    pub(super) async fn entries_after(
-        &self,
-        after: StreamId,
-        count: u64,
-    ) -> Result<Vec<(StreamId, RawEntry)>, AdapterError> {
-        let value: fred::types::Value = self
-            .publisher
-            .with_options(&once())
-            .xrange(self.stream(), after.next().to_string(), "+", Some(count))
-            .await
-            .map_err(unavailable)?;
-        Ok(parse_entries(value))
-    }
-
     /// Entries from `from` on (itself included), at most `count`.
     pub(super) async fn entries_from(
         &self,

@@ -241,7 +241,7 @@ impl StreamsAdapter {
                     split_first_page(page, start)
                 }
                 None => {
-                    let page = self.bus.entries_after(covered, RESTORE_PAGE).await?;
+                    let page = self.bus.entries_from(covered.next(), RESTORE_PAGE).await?;
                     let short = (page.len() as u64) < RESTORE_PAGE;
                     (Some(page), short)
                 }
