@@ -244,6 +244,15 @@ describe("hostile Redis peers", () => {
     }
     // A broadcast to an ordinary namespace arrives once.
     const listener = await connected(`${node.url}/chat`);
+    // The node subscribes to a namespace's channel when the namespace is made, a moment after the
+    // CONNECT: wait until a warm-up broadcast gets through before counting.
+    let warm = false;
+    listener.on("warm-up", () => (warm = true));
+    for (let i = 0; !warm && i < 50; i++) {
+      peer.io.of("/chat").emit("warm-up");
+      await sleep(100);
+    }
+    assert.ok(warm, "the namespace's channel is subscribed");
     let count = 0;
     listener.on("ping-once", () => count++);
     peer.io.of("/chat").emit("ping-once");
