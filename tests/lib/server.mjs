@@ -59,7 +59,8 @@ export async function waitForPort(port, child, logs, timeoutMs = 15000) {
 }
 
 /**
- * Starts `name` (default the ioplex binary) with extra CLI args and env; returns { url, port, stop, logs }.
+ * Starts `name` (default the ioplex binary) with extra CLI args and env, on a free port or `port`;
+ * returns { url, port, stop, logs, child }.
  */
 export async function startServer(options = {}) {
   // Another process may take the port between probing and binding: try a few.
@@ -72,8 +73,9 @@ export async function startServer(options = {}) {
   }
 }
 
-async function startOnce({ name = "ioplex", args = [], env = {}, readyTimeoutMs = 15000, fileLimit = null }) {
-  const port = await freePort();
+async function startOnce({ name = "ioplex", args = [], env = {}, readyTimeoutMs = 15000, fileLimit = null, port: fixedPort = null }) {
+  // A fixed `port` lets a node restart where a load balancer's configuration expects it.
+  const port = fixedPort ?? (await freePort());
   const logs = [];
   // With `fileLimit`, the server runs under `ulimit -n` (soft and hard) of that many descriptors.
   const [command, argv] = fileLimit
