@@ -156,6 +156,30 @@ describe("ioplex-bench smoke", () => {
     }
   });
 
+  test("fleet: 3 nodes, 3,000 clients, company and conversation rooms, ioplex and Node side by side", async () => {
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-fleet-bench-"));
+    try {
+      const { stdout } = await script("fleet", ["--nodes", "3", "--clients", "3000", "--burst-rates", "333", "--chat-rates", "100:1", "--chat-seconds", "2", "--out", out], 240000);
+      assert.match(stdout, /^\| clients connected \| 3000 \/ 3000 on 3 nodes \| 3000 \/ 3000 on 3 nodes \|$/m);
+      const rows = jsonLines(path.join(out, "fleet.jsonl"));
+      for (const label of ["ioplex", "node"]) {
+        const [connect, burst, chat] = rows.filter((r) => r.label === label);
+        assert.equal(connect.connected, 3000, label);
+        assert.equal(connect.rss_per_connection_kib.length, 3);
+        assert.ok(connect.rss_per_connection_kib.every((k) => k > 0), JSON.stringify(connect));
+        // The seed's 1000 messages to 100 rooms (three company rooms here), each to 999 members.
+        assert.equal(burst.phase, "burst 333/s");
+        assert.equal(burst.expected_deliveries, 999000);
+        assert.equal(burst.delivered, burst.expected_deliveries, `${label}: every burst delivery arrived`);
+        assert.ok(burst.company_cross_node_p99_ms > 0 && burst.company_same_node_p99_ms > 0);
+        assert.equal(chat.delivered, chat.expected_deliveries, `${label}: every chat delivery arrived`);
+        assert.ok(chat.conversation_p99_ms > 0, JSON.stringify(chat));
+      }
+    } finally {
+      fs.rmSync(out, { recursive: true, force: true });
+    }
+  });
+
   test("cluster: cross-node broadcasts through one Redis, a 1-master and a 3-master cluster", async () => {
     const out = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-cluster-bench-"));
     try {

@@ -7,6 +7,7 @@
 //!   fixed total rate; reports deliveries per second and delivery latency p50/p99/max, and the server's CPU
 //!   time per delivery (`--server-pid`).
 //!
+//! - `fleet`: N nodes under the seed's load shape from several generator processes (`bench/fleet`).
 //! - `plugins`: the cost of tenant plugin hooks (warm, in-process) and of reloading a plugin.
 //! - `chart`: draws a fan-out sweep's JSON lines as an SVG chart.
 //!
@@ -30,6 +31,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod chart;
+mod fleet;
 mod plugin_hooks;
 
 #[derive(Parser)]
@@ -120,6 +122,12 @@ enum Scenario {
     },
     /// Broadcast fan-out through rooms.
     Fanout(FanoutArgs),
+    /// A fleet of nodes under the seed's shape: company and conversation rooms, a burst of messages
+    /// to company rooms, then steady chat at rising rates; same-node and cross-node latency.
+    Fleet(fleet::FleetArgs),
+    /// One process of `fleet` (started by it).
+    #[command(hide = true)]
+    FleetWorker(fleet::WorkerArgs),
     /// Draws the fan-out results of a `--json` file (p99 against deliveries/s, one line per --label)
     /// as an SVG chart.
     Chart {
@@ -721,6 +729,8 @@ async fn main() -> anyhow::Result<()> {
             first,
         } => connect_worker(&cli, clients, concurrency, first).await,
         Scenario::Fanout(ref args) => fanout_scenario(&cli, args).await,
+        Scenario::Fleet(ref args) => fleet::run(&cli, args).await,
+        Scenario::FleetWorker(ref args) => fleet::worker(&cli, args).await,
         Scenario::Chart {
             ref input,
             ref output,
