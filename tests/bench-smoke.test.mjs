@@ -174,6 +174,7 @@ describe("ioplex-bench smoke", () => {
         assert.ok(burst.company_cross_node_p99_ms > 0 && burst.company_same_node_p99_ms > 0);
         assert.equal(chat.delivered, chat.expected_deliveries, `${label}: every chat delivery arrived`);
         assert.ok(chat.conversation_p99_ms > 0, JSON.stringify(chat));
+        assert.equal(chat.connections_closed_so_far, 0, `${label}: no client was disconnected`);
       }
     } finally {
       fs.rmSync(out, { recursive: true, force: true });

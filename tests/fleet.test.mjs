@@ -346,6 +346,39 @@ describe("Redis going away and coming back", () => {
   });
 });
 
+describe("Redis slow to answer a publish", () => {
+  const fleet = twoNodesOnRedis();
+
+  test("a publish Redis does not answer in time is delivered once, and the node keeps publishing", async () => {
+    const a = await connected(fleet.a.url);
+    const b = await connected(fleet.b.url);
+    await ack(a, "join", "slow");
+    await ack(b, "join", "slow");
+    let slow = 0;
+    const after = [];
+    b.on("slow", () => slow++);
+    b.on("after", (n) => after.push(n));
+    const admin = createClient({ url: fleet.redis.url });
+    await admin.connect();
+    try {
+      // Redis holds every client's write commands, PUBLISH included, for 3 s: node A's publish times
+      // out on a connection that stays up, and Redis runs it when the pause ends.
+      await admin.sendCommand(["CLIENT", "PAUSE", "3000", "WRITE"]);
+      assert.deepEqual(await ack(a, "publish", { room: "slow", event: "slow" }), { ok: true });
+      await sleep(3500);
+      assert.equal(slow, 1, "delivered once, when Redis ran it");
+      // A node that held its publishes after such a timeout would be silent to the fleet from then on.
+      for (let i = 0; i < 5; i++) await ack(a, "publish", { room: "slow", event: "after", args: [i] });
+      const deadline = Date.now() + 2000;
+      while (after.length < 5 && Date.now() < deadline) await sleep(20);
+      assert.deepEqual(after, [0, 1, 2, 3, 4]);
+      assert.equal(slow, 1);
+    } finally {
+      await admin.quit();
+    }
+  });
+});
+
 describe("Redis unreachable at start-up", () => {
   const fleet = twoNodesOnRedis({ deferred: true });
 

@@ -186,6 +186,8 @@ struct Run {
 #[derive(Serialize, Deserialize, Default)]
 struct Report {
     received: u64,
+    /// Connections that ended (closed by the server, or failed) since the worker started.
+    closed: u64,
     /// `[latency µs, count]` pairs of each latency histogram, in the order of [`Latency`].
     latency: Vec<Vec<(u64, u64)>>,
     last_us: u64,
@@ -202,6 +204,7 @@ enum Latency {
 
 struct Stats {
     received: u64,
+    closed: u64,
     latency: [Histogram<u64>; 3],
     last_us: u64,
 }
@@ -211,6 +214,7 @@ impl Stats {
         let h = || Histogram::new_with_bounds(1, 600_000_000, 3);
         Ok(Self {
             received: 0,
+            closed: 0,
             latency: [h()?, h()?, h()?],
             last_us: 0,
         })
@@ -218,6 +222,7 @@ impl Stats {
     fn take(&mut self) -> Report {
         let report = Report {
             received: self.received,
+            closed: self.closed,
             latency: self
                 .latency
                 .iter()
@@ -290,13 +295,20 @@ pub async fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
     };
     let hs = Arc::new(cli.handshake());
     let ports = Arc::new(args.ports.clone());
+    let stats = Arc::new(std::sync::Mutex::new(Stats::new()?));
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(args.first as u64));
     let end = args.first + args.count;
     let failed = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency.max(1) {
-        let (next, hs, ports, failed) = (next.clone(), hs.clone(), ports.clone(), failed.clone());
+        let (next, hs, ports, failed, stats) = (
+            next.clone(),
+            hs.clone(),
+            ports.clone(),
+            failed.clone(),
+            stats.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut opened = Vec::new();
             loop {
@@ -311,7 +323,9 @@ pub async fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
                     result = join_client(layout, &ports, i, &hs).await;
                 }
                 match result {
-                    Ok(ws) => opened.push((i, ws)),
+                    // Read (and answer pings) from now on: connecting 20,000 clients takes longer
+                    // than the server waits for a pong.
+                    Ok(ws) => opened.push((i, receive(ws, stats.clone(), layout.node_of(i)))),
                     Err(err) => {
                         if failed.fetch_add(1, Ordering::Relaxed) < 3 {
                             eprintln!("client {i}: {err:#}");
@@ -321,46 +335,13 @@ pub async fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
             }
         }));
     }
-    let mut clients = Vec::with_capacity(args.count);
+    let mut sinks: Vec<Option<Sink>> = (0..args.count).map(|_| None).collect();
     for task in tasks {
-        clients.extend(task.await?);
+        for (i, sink) in task.await? {
+            sinks[i - args.first] = Some(sink);
+        }
     }
     let connect_s = started.elapsed().as_secs_f64();
-
-    let stats = Arc::new(std::sync::Mutex::new(Stats::new()?));
-    let mut sinks: Vec<Option<Sink>> = (0..args.count).map(|_| None).collect();
-    for (i, ws) in clients {
-        let (sink, mut stream) = ws.split();
-        let sink: Sink = Arc::new(tokio::sync::Mutex::new(sink));
-        sinks[i - args.first] = Some(sink.clone());
-        let (stats, node) = (stats.clone(), layout.node_of(i));
-        tokio::spawn(async move {
-            while let Some(Ok(msg)) = stream.next().await {
-                let Message::Text(text) = msg else { continue };
-                if text.as_str() == "2" {
-                    if sink.lock().await.send(Message::text("3")).await.is_err() {
-                        break;
-                    }
-                    continue;
-                }
-                let Some((kind, sent, from)) = stamp(text.as_str()) else {
-                    continue;
-                };
-                let now = now_us();
-                let which = match kind {
-                    StreamKind::Conversation => Latency::Conversation,
-                    StreamKind::Company if from == node => Latency::CompanySameNode,
-                    StreamKind::Company => Latency::CompanyCrossNode,
-                };
-                if let Ok(mut s) = stats.lock() {
-                    let latency = now.saturating_sub(sent).max(1);
-                    let _ = s.latency[which as usize].record(latency);
-                    s.received += 1;
-                    s.last_us = s.last_us.max(now);
-                }
-            }
-        });
-    }
     let mut out = std::io::stdout();
     writeln!(
         out,
@@ -394,6 +375,42 @@ pub async fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     Ok(())
+}
+
+/// Starts reading a client's deliveries into `stats` (answering pings on the way); returns its sink.
+fn receive(ws: Ws, stats: Arc<std::sync::Mutex<Stats>>, node: usize) -> Sink {
+    let (sink, mut stream) = ws.split();
+    let sink: Sink = Arc::new(tokio::sync::Mutex::new(sink));
+    let pong = sink.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            let Message::Text(text) = msg else { continue };
+            if text.as_str() == "2" {
+                if pong.lock().await.send(Message::text("3")).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            let Some((kind, sent, from)) = stamp(text.as_str()) else {
+                continue;
+            };
+            let now = now_us();
+            let which = match kind {
+                StreamKind::Conversation => Latency::Conversation,
+                StreamKind::Company if from == node => Latency::CompanySameNode,
+                StreamKind::Company => Latency::CompanyCrossNode,
+            };
+            if let Ok(mut s) = stats.lock() {
+                let _ = s.latency[which as usize].record(now.saturating_sub(sent).max(1));
+                s.received += 1;
+                s.last_us = s.last_us.max(now);
+            }
+        }
+        if let Ok(mut s) = stats.lock() {
+            s.closed += 1;
+        }
+    });
+    sink
 }
 
 /// Sends this worker's share of a phase's messages, each at its time; returns how many it sent.
@@ -584,6 +601,7 @@ async fn phase(
         .map(serde_json::from_value)
         .collect::<Result<_, _>>()?;
     let delivered: u64 = reports.iter().map(|r| r.received).sum();
+    let closed: u64 = reports.iter().map(|r| r.closed).sum();
     let last_us = reports.iter().map(|r| r.last_us).max().unwrap_or(start_us);
     let completion = last_us.saturating_sub(start_us) as f64 / 1e6;
     let latency = |which: Latency, q: f64| {
@@ -604,6 +622,7 @@ async fn phase(
         "sent": sent,
         "expected_deliveries": expected,
         "delivered": delivered,
+        "connections_closed_so_far": closed,
         "seconds_to_last_delivery": completion,
         "deliveries_per_s": delivered as f64 / busy,
         "company_same_node_p50_ms": latency(Latency::CompanySameNode, 0.5),

@@ -29,6 +29,10 @@ use crate::adapter::AdapterError;
 /// How much longer than the reconnect backoff cap publishing waits after a reconnect.
 const RESUBSCRIBE_MARGIN: Duration = Duration::from_millis(250);
 
+/// When a publish fails on a connection that is still up (a timeout under load), how long the held
+/// messages wait before they are tried again. No reconnect will come to flush them.
+const RETRY_WHILE_CONNECTED: Duration = Duration::from_millis(100);
+
 /// Counters of the bus, for logs and metrics.
 #[derive(Debug, Default)]
 pub struct BusStats {
@@ -256,19 +260,29 @@ impl RedisBus {
                         || !self.outage.lock().messages.is_empty()
                     {
                         self.hold(message);
-                        continue;
-                    }
-                    if let Err(message) = self.send(message).await {
+                    } else if let Err(message) = self.send(message).await {
                         self.hold(message);
                     }
+                    holding_until = holding_until.or_else(|| self.retry_at());
                 }
                 _ = self.reconnected.notified() => holding_until = Some(Instant::now() + grace),
                 _ = tokio::time::sleep_until(holding_until.unwrap_or_else(Instant::now)), if holding_until.is_some() => {
-                    holding_until = None;
-                    self.flush_outage().await;
+                    if self.is_connected() {
+                        self.flush_outage().await;
+                    }
+                    holding_until = self.retry_at();
                 }
             }
         }
+    }
+
+    /// When held messages should be tried again without waiting for a reconnect: they are held
+    /// while the connection is up, so a publish failed on it (timed out) and no reconnect will
+    /// flush them. Without this, one slow publish would hold every later one until the bounds
+    /// dropped them, and the node would fall silent to the fleet.
+    fn retry_at(&self) -> Option<Instant> {
+        (self.is_connected() && !self.outage.lock().messages.is_empty())
+            .then(|| Instant::now() + RETRY_WHILE_CONNECTED)
     }
 
     async fn send(&self, message: Outgoing) -> Result<(), Outgoing> {
@@ -288,6 +302,17 @@ impl RedisBus {
             .await
         {
             Ok(_) => {
+                self.stats.published.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            // Written to a connection that is still up but not answered in time (Redis or this
+            // node overloaded): Redis has the command and will run it, so sending it again would
+            // deliver it twice. Counted as published.
+            Err(err)
+                if *err.kind() == fred::error::ErrorKind::Timeout
+                    && self.publisher.is_connected() =>
+            {
+                tracing::debug!(%err, "publish not confirmed in time; not sent again");
                 self.stats.published.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
