@@ -23,6 +23,9 @@ describe("drain on SIGTERM", () => {
     const ready = await fetch(`${server.url}/readyz`);
     assert.equal(ready.status, 503);
     assert.equal(await ready.text(), "draining: shutting down");
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    assert.match(metrics, /^ioplex_draining 1$/m);
+    assert.match(metrics, /^ioplex_ready 0$/m, "/metrics says what /readyz says");
     const handshake = await fetch(`${server.url}/socket.io/?EIO=4&transport=polling`);
     assert.equal(handshake.status, 503);
     assert.deepEqual(await handshake.json(), { code: 4, message: "Server shutting down" });

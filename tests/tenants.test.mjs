@@ -124,6 +124,9 @@ describe("tenants from configuration", () => {
     const refused = await fetch(`${globexUrl()}/socket.io/?EIO=4&transport=polling`);
     assert.equal(refused.status, 503);
     assert.deepEqual(await refused.json(), { code: 4, message: "Connection limit reached" });
+    const counted = await (await fetch(`${acmeUrl()}/metrics`)).text();
+    assert.match(counted, /^ioplex_handshakes_refused_total\{tenant="globex"\} [1-9]/m);
+    assert.match(counted, /^ioplex_handshakes_refused_total\{tenant="acme"\} 0$/m);
     const acme = await connected(acmeUrl());
     assert.ok(acme.connected, "acme still accepts");
     held[0].disconnect();
@@ -147,6 +150,8 @@ describe("tenants from configuration", () => {
     assert.match(limited[0].message, /more than 5 events per second/);
     await sleep(450);
     assert.deepEqual(await g.timeout(2000).emitWithAck("enter", "room-0"), { ok: true }, "the bucket refills");
+    const counted = await (await fetch(`${acmeUrl()}/metrics`)).text();
+    assert.match(counted, /^ioplex_events_rate_limited_total\{tenant="globex",namespace="\/"\} ([5-9]|\d\d+)$/m);
 
     const h = await connected(`http://[::1]:${server.port}?tenant=hooli`);
     const gone = once(h, "disconnect");

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Uri};
@@ -126,4 +126,54 @@ mod tests {
         let resp = text(StatusCode::NOT_FOUND, "not found");
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     }
+}
+
+/// Tells `/readyz` whether the node can take traffic; `Err` carries the reason shown with the 503.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Whether the node takes traffic: what `/readyz` answers and what `/metrics` shows, one state for
+/// both. The listener starts the drain; clones share it.
+#[derive(Clone, Default)]
+pub struct Health {
+    draining: Arc<AtomicBool>,
+    readiness: Option<Readiness>,
+}
+
+impl Health {
+    /// Ready unless draining or `readiness` says otherwise.
+    pub fn new(readiness: Option<Readiness>) -> Self {
+        Health {
+            draining: Arc::default(),
+            readiness,
+        }
+    }
+
+    /// Whether a shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks the node as draining, for every clone.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// `Ok` when `/readyz` answers 200; else the reason it gives with the 503.
+    pub fn check(&self) -> Result<(), String> {
+        if self.is_draining() {
+            return Err("draining: shutting down".to_owned());
+        }
+        self.readiness.as_ref().map_or(Ok(()), |check| check())
+    }
+}
+
+/// The process's soft limit on open files, `None` when unlimited or unknown.
+pub fn open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
 }

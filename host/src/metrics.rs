@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, header};
 
 use crate::engineio::Body;
-use crate::http_util::{Handler, ListenerStats, bearer_matches};
+use crate::http_util::{Handler, Health, ListenerStats, bearer_matches};
 use crate::plugin::{LATENCY_BUCKETS, PluginRuntime};
 use crate::tenant::Tenants;
 
@@ -22,14 +22,16 @@ pub fn handler(
     tenants: Arc<Tenants>,
     plugins: Option<Arc<PluginRuntime>>,
     listeners: Arc<ListenerStats>,
+    health: Health,
     token: Option<String>,
 ) -> Handler {
     let expected = token.map(|t| format!("Bearer {t}"));
     Arc::new(move |req| {
-        let (tenants, plugins, listeners) = (
+        let (tenants, plugins, listeners, health) = (
             Arc::clone(&tenants),
             plugins.clone(),
             Arc::clone(&listeners),
+            health.clone(),
         );
         let authorized = bearer_matches(req.headers(), expected.as_deref());
         Box::pin(async move {
@@ -42,6 +44,7 @@ pub fn handler(
             }
             let mut text = render(&tenants, plugins.as_deref()).await;
             render_listeners(&mut text, &listeners);
+            render_health(&mut text, &health);
             render_process(&mut text);
             let mut resp = Response::new(Body::new(Bytes::from(text)));
             resp.headers_mut().insert(
@@ -63,6 +66,7 @@ struct NamespaceRow {
     sockets: u64,
     rooms: u64,
     events: u64,
+    rate_limited: u64,
 }
 
 /// Escapes a label value.
@@ -119,7 +123,7 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
         );
     }
 
-    let counters: [FamilyOf<crate::engineio::EngineStats>; 7] = [
+    let counters: [FamilyOf<crate::engineio::EngineStats>; 8] = [
         (
             "ioplex_handshakes_total",
             "counter",
@@ -162,6 +166,12 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
             "Sessions closed because their outgoing queue overflowed.",
             |s| s.slow_client_closes.load(Ordering::Relaxed),
         ),
+        (
+            "ioplex_handshakes_refused_total",
+            "counter",
+            "Handshakes refused with 503 because the tenant held its max-connections on this node.",
+            |s| s.refused_at_limit.load(Ordering::Relaxed),
+        ),
     ];
     for (name, kind, help, read) in counters {
         let mut f = Family::new(&mut out, name, kind, help);
@@ -186,10 +196,11 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
                 sockets: ns.socket_count() as u64,
                 rooms: rooms as u64,
                 events: ns.events_received(),
+                rate_limited: ns.events_rate_limited(),
             });
         }
     }
-    let per_namespace: [FamilyOf<NamespaceRow>; 3] = [
+    let per_namespace: [FamilyOf<NamespaceRow>; 4] = [
         (
             "ioplex_sockets",
             "gauge",
@@ -207,6 +218,12 @@ pub async fn render(tenants: &Tenants, plugins: Option<&PluginRuntime>) -> Strin
             "counter",
             "Socket.IO events received from clients.",
             |n| n.events,
+        ),
+        (
+            "ioplex_events_rate_limited_total",
+            "counter",
+            "Socket.IO events over the namespace's rate limit (refused, or their socket disconnected).",
+            |n| n.rate_limited,
         ),
     ];
     for (name, kind, help, read) in per_namespace {
@@ -586,9 +603,30 @@ pub fn render_listeners(out: &mut String, stats: &ListenerStats) {
     }
 }
 
+/// What `/readyz` says, as gauges: alerts and dashboards see a node that is up but not taking
+/// traffic (Redis lost, draining) without probing it.
+pub fn render_health(out: &mut String, health: &Health) {
+    let _ = writeln!(
+        out,
+        "# HELP ioplex_ready Whether /readyz answers 200 (1) or 503 (0).\n# TYPE ioplex_ready gauge\nioplex_ready {}",
+        u8::from(health.check().is_ok())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ioplex_draining Whether the node is draining after SIGTERM.\n# TYPE ioplex_draining gauge\nioplex_draining {}",
+        u8::from(health.is_draining())
+    );
+}
+
 /// The process: Tokio tasks alive, open file descriptors and resident memory (Linux `/proc`), the
 /// figures a leak shows in first.
 pub fn render_process(out: &mut String) {
+    if let Some(max) = crate::http_util::open_file_limit() {
+        let _ = writeln!(
+            out,
+            "# HELP process_max_fds Open file descriptor limit (soft).\n# TYPE process_max_fds gauge\nprocess_max_fds {max}"
+        );
+    }
     let tasks = tokio::runtime::Handle::try_current()
         .map(|h| h.metrics().num_alive_tasks())
         .unwrap_or(0);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ioplex::plugin::{FleetKey, PluginDir, PluginFleet, PluginRuntime};
-use ioplex::serve::{Admission, Readiness, Router, bind, serve};
+use ioplex::serve::{Admission, Health, Readiness, Router, bind, serve};
 use ioplex::tenant::{ConfigWatch, GatewayDefaults, Tenants, TenantsConfig};
 
 use super::ServeArgs;
@@ -58,6 +58,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, %path, mode, tenants = ?ids, "ioplex listening");
     }
     let admission = Admission::new(args.listener_limits());
+    let health = Health::new(Some(readiness(&tenants)));
     let mut router =
         Router::with_endpoints(Arc::clone(&tenants) as Arc<dyn ioplex::engineio::Endpoints>)
             .with_admission(Arc::clone(&admission))
@@ -67,6 +68,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                     Arc::clone(&tenants),
                     plugins.clone(),
                     Arc::clone(admission.stats()),
+                    health.clone(),
                     args.metrics_token.clone(),
                 ),
             )
@@ -74,7 +76,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 ioplex::status::PATH,
                 ioplex::status::handler(Arc::clone(&tenants), args.metrics_token.clone()),
             )
-            .with_readiness(readiness(&tenants))
+            .with_health(health)
             .with_handler(
                 ioplex::api::PREFIX,
                 ioplex::api::handler(tenants, plugins, plugin_fleet),

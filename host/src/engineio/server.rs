@@ -265,6 +265,7 @@ impl Engine {
             if let Some(max) = self.shared.config.max_sessions
                 && self.shared.open.load(std::sync::atomic::Ordering::Acquire) >= max
             {
+                super::EngineStats::add(&self.shared.stats.refused_at_limit, 1);
                 return Err(RequestError::ConnectionLimit);
             }
             super::EngineStats::add(&self.shared.stats.handshakes, 1);

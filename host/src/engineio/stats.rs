@@ -20,6 +20,8 @@ pub struct EngineStats {
     pub slow_client_closes: AtomicU64,
     /// Sessions opened.
     pub handshakes: AtomicU64,
+    /// Handshakes refused because the endpoint held its `max-connections`.
+    pub refused_at_limit: AtomicU64,
 }
 
 impl EngineStats {

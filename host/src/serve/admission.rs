@@ -50,16 +50,10 @@ impl Default for ListenerLimits {
 /// File descriptors left for HTTP connections: the soft `RLIMIT_NOFILE` minus a reserve for Redis,
 /// plugin files, the compile cache and websockets being handed over.
 pub fn fd_budget() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    if rc != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+    let Some(soft) = crate::http_util::open_file_limit() else {
         return 65_536;
-    }
-    let soft = limit.rlim_cur as usize;
+    };
+    let soft = soft as usize;
     soft.saturating_sub((soft / 8).max(64)).max(16)
 }
 

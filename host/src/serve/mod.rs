@@ -9,7 +9,7 @@ pub mod admission;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,8 +24,7 @@ pub use crate::http_util::query_param;
 use crate::http_util::{Handler, text};
 pub use admission::{Admission, ListenerLimits, ListenerStats};
 
-/// Tells `/readyz` whether the node can take traffic; `Err` carries the reason shown with the 503.
-pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub use crate::http_util::{Health, Readiness};
 
 /// How long a shutdown may take by default: sessions are closed over the first half, and the process
 /// waits for them (and their close frames) at most this long.
@@ -41,8 +40,7 @@ pub struct Router {
     endpoints: Arc<dyn Endpoints>,
     handlers: Vec<(String, Handler)>,
     fallback: Option<Handler>,
-    readiness: Option<Readiness>,
-    draining: Arc<AtomicBool>,
+    health: Health,
     grace: Duration,
     admission: Arc<Admission>,
 }
@@ -65,8 +63,7 @@ impl Router {
             endpoints,
             handlers: Vec::new(),
             fallback: None,
-            readiness: None,
-            draining: Arc::new(AtomicBool::new(false)),
+            health: Health::default(),
             grace: DEFAULT_SHUTDOWN_GRACE,
             admission: Admission::new(ListenerLimits::default()),
         }
@@ -84,8 +81,14 @@ impl Router {
     }
 
     /// Answers `/readyz` with `check` (without it, `/readyz` is always ready).
-    pub fn with_readiness(mut self, check: Readiness) -> Self {
-        self.readiness = Some(check);
+    pub fn with_readiness(self, check: Readiness) -> Self {
+        self.with_health(Health::new(Some(check)))
+    }
+
+    /// Answers `/readyz` from `health`, and marks it draining at shutdown: give a clone to whatever
+    /// else reports readiness (`/metrics`).
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
         self
     }
 
@@ -109,7 +112,7 @@ impl Router {
 
     /// Whether a shutdown has begun.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.health.is_draining()
     }
 
     /// Every endpoint.
@@ -124,10 +127,7 @@ impl Router {
             return text(StatusCode::OK, "ok");
         }
         if path == "/readyz" {
-            if self.is_draining() {
-                return text(StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down");
-            }
-            return match self.readiness.as_ref().map_or(Ok(()), |check| check()) {
+            return match self.health.check() {
                 Ok(()) => text(StatusCode::OK, "ready"),
                 Err(reason) => {
                     let mut resp = Response::new(Body::new(Bytes::from(reason)));
@@ -176,7 +176,7 @@ pub async fn serve(
 async fn drain(router: &Router) {
     let started = tokio::time::Instant::now();
     let deadline = started + router.grace;
-    router.draining.store(true, Ordering::Release);
+    router.health.start_draining();
     let engines = router.engines();
     for engine in &engines {
         engine.begin_drain();

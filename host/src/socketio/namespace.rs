@@ -28,6 +28,8 @@ pub struct Namespace {
     pub(crate) dynamic: bool,
     /// Events received from clients (for `/metrics`).
     pub(crate) events_in: std::sync::atomic::AtomicU64,
+    /// Events refused by the namespace's rate limit.
+    pub(crate) rate_limited: std::sync::atomic::AtomicU64,
     /// The server's recovery log, when connection state recovery is on here.
     recovery: Option<Arc<Recovery>>,
 }
@@ -49,6 +51,7 @@ impl Namespace {
                 adapter: factory.create(name, table),
                 dynamic,
                 events_in: std::sync::atomic::AtomicU64::new(0),
+                rate_limited: std::sync::atomic::AtomicU64::new(0),
                 recovery,
             }
         })
@@ -57,6 +60,12 @@ impl Namespace {
     /// Events received from clients since the namespace was created.
     pub fn events_received(&self) -> u64 {
         self.events_in.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Events refused (or whose socket was disconnected) by the rate limit since the namespace was
+    /// created.
+    pub fn events_rate_limited(&self) -> u64 {
+        self.rate_limited.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The name, e.g. `/` or `/chat`.

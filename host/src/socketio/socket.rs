@@ -481,6 +481,9 @@ impl Socket {
 
     /// An event past the namespace's rate limit: refused through its ack, or the socket disconnected.
     fn over_rate(self: &Arc<Self>, limit: &super::rate::RateLimit, ack_id: Option<u64>) {
+        self.ns
+            .rate_limited
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match limit.action {
             super::rate::RateAction::Disconnect => {
                 tracing::debug!(socket = %self.id, "event rate exceeded: disconnecting");
