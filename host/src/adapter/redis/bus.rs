@@ -26,6 +26,9 @@ use super::RedisConfig;
 use super::classic::RedisAdapter;
 use crate::adapter::AdapterError;
 
+/// Messages the subscriber's event channel holds before a slow receive loop starts losing them.
+const SUBSCRIBER_CHANNEL_CAPACITY: usize = 16 * 1024;
+
 /// How much longer than the reconnect backoff cap publishing waits after a reconnect.
 const RESUBSCRIBE_MARGIN: Duration = Duration::from_millis(250);
 
@@ -102,14 +105,20 @@ impl RedisBus {
         builder
             .set_policy(ReconnectPolicy::new_linear(0, cap, step))
             .with_performance_config(|perf| {
-                perf.broadcast_channel_capacity = 16 * 1024;
                 perf.default_command_timeout = Duration::from_secs(5);
             })
             .with_connection_config(|conn| {
                 conn.connection_timeout = Duration::from_secs(2);
                 conn.internal_command_timeout = Duration::from_secs(2);
             });
+        // fred allocates every slot of its nine event channels per client up front. The publisher
+        // receives no messages: fred's default capacity. The subscriber's message channel must hold
+        // a burst while this node is busy (a lagging receiver loses messages), at the cost of
+        // memory held from start-up.
         let publisher = builder.build()?;
+        builder.with_performance_config(|perf| {
+            perf.broadcast_channel_capacity = SUBSCRIBER_CHANNEL_CAPACITY;
+        });
         let subscriber = builder.build_subscriber_client()?;
         let (queue, queue_rx) = mpsc::channel(config.outage.max_messages.max(1));
         let bus = Arc::new(RedisBus {
