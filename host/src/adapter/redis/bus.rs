@@ -22,12 +22,9 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use super::RedisConfig;
 use super::classic::RedisAdapter;
+use super::{RedisConfig, SUBSCRIBER_CHANNEL_CAPACITY};
 use crate::adapter::AdapterError;
-
-/// Messages the subscriber's event channel holds before a slow receive loop starts losing them.
-const SUBSCRIBER_CHANNEL_CAPACITY: usize = 16 * 1024;
 
 /// How much longer than the reconnect backoff cap publishing waits after a reconnect.
 const RESUBSCRIBE_MARGIN: Duration = Duration::from_millis(250);

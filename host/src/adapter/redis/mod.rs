@@ -110,6 +110,11 @@ pub struct RedisConfig {
 /// client message and its envelope.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4_000_000;
 
+/// Messages a subscriber connection's event channel holds before a busy receive loop starts losing
+/// them (fred allocates every slot up front, for each of its event channels: memory held from
+/// start-up). For connections that carry every broadcast.
+pub(crate) const SUBSCRIBER_CHANNEL_CAPACITY: usize = 16 * 1024;
+
 impl RedisConfig {
     /// Node's defaults for a Redis at `url`.
     pub fn new(url: impl Into<String>) -> Self {

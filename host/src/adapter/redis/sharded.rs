@@ -137,7 +137,8 @@ pub struct ClusterStats {
     pub received: AtomicU64,
     /// Messages refused: larger than `max_message_bytes`, over the decoding bounds, or malformed.
     pub refused: AtomicU64,
-    /// Messages not published: the outgoing queue was full, or the shard was unreachable.
+    /// Messages lost: not published (the outgoing queue was full, or the shard was unreachable), or
+    /// received while this node's receive loop had fallen a whole channel behind.
     pub dropped: AtomicU64,
 }
 
@@ -181,8 +182,14 @@ impl ShardedBus {
         // Named connections let the subscription check find this node's own line in CLIENT LIST.
         builder.with_connection_config(|c| c.auto_client_setname = true);
         let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
+        let publisher = builder.build()?;
+        // Every broadcast arrives through the subscriber: fred's default of 32 queued messages would
+        // lose a burst while this node is busy.
+        builder.with_performance_config(|perf| {
+            perf.broadcast_channel_capacity = super::SUBSCRIBER_CHANNEL_CAPACITY;
+        });
         let bus = Arc::new(ShardedBus {
-            publisher: builder.build()?,
+            publisher,
             subscriber: builder.build_subscriber_client()?,
             config,
             adapters: RwLock::new(Vec::new()),
@@ -276,7 +283,11 @@ impl ShardedBus {
         loop {
             let message = match messages.recv().await {
                 Ok(message) => message,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                    tracing::warn!(lost = n, "shard messages lost: this node fell behind Redis");
+                    continue;
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
             self.stats.received.fetch_add(1, Ordering::Relaxed);

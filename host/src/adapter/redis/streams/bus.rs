@@ -26,6 +26,8 @@ use crate::adapter::{Adapter, AdapterError, BroadcastOptions, BroadcastPacket};
 pub(super) const OUTGOING_QUEUE: usize = 10_000;
 /// Appends in flight at once on the publishing connection.
 pub(super) const IN_FLIGHT: usize = 256;
+/// Fleet requests and answers the subscriber holds before a busy receive loop starts losing them.
+const REQUEST_CHANNEL_CAPACITY: usize = 1024;
 
 pub(super) enum Outgoing {
     /// An entry; a broadcast carries what to deliver here if the append fails.
@@ -102,9 +104,15 @@ impl StreamsBus {
                 conn.internal_command_timeout = Duration::from_secs(2);
             });
         let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
+        let (publisher, reader) = (builder.build()?, builder.build()?);
+        // Requests and their answers arrive through the subscriber (broadcasts come from the
+        // stream): more room than fred's default of 32, so a burst of answers is not lost.
+        builder.with_performance_config(|perf| {
+            perf.broadcast_channel_capacity = REQUEST_CHANNEL_CAPACITY;
+        });
         let bus = Arc::new(StreamsBus {
-            publisher: builder.build()?,
-            reader: builder.build()?,
+            publisher,
+            reader,
             subscriber: builder.build_subscriber_client()?,
             config,
             adapters: RwLock::new(HashMap::new()),
@@ -347,7 +355,11 @@ impl StreamsBus {
         loop {
             let message = match messages.recv().await {
                 Ok(message) => message,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                    tracing::warn!(lost = n, "fleet requests lost: this node fell behind Redis");
+                    continue;
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
             self.stats.received.fetch_add(1, Ordering::Relaxed);

@@ -87,7 +87,8 @@ pub struct StreamsStats {
     pub received: AtomicU64,
     /// Entries and messages refused: oversized, over the decoding bounds, or malformed.
     pub refused: AtomicU64,
-    /// Appends that failed (their broadcast was delivered here only, without an offset).
+    /// Appends that failed (their broadcast was delivered here only, without an offset), and fleet
+    /// requests or answers lost because the receive loop fell a whole channel behind.
     pub dropped: AtomicU64,
     /// Session writes (SET and DEL) sent.
     pub session_writes: AtomicU64,
