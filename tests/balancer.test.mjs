@@ -4,7 +4,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { BALANCERS, startBalancer } from "./lib/balancer.mjs";
-import { client, closeAll, once, sleep } from "./lib/client.mjs";
+import { client, closeAll, once, sleep, waitFor } from "./lib/client.mjs";
 import { startRedis } from "./lib/redis.mjs";
 import { startServer } from "./lib/server.mjs";
 
@@ -24,15 +24,6 @@ async function socketsOn(node) {
     .split("\n")
     .filter((l) => l.startsWith("ioplex_sockets{") && l.includes('namespace="/"'))
     .reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(" ") + 1)), 0);
-}
-
-/** Polls `condition` every 50 ms until it holds; fails with `what` after `ms`. */
-async function waitFor(condition, ms, what) {
-  const deadline = Date.now() + ms;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
-    await sleep(50);
-  }
 }
 
 /**

@@ -5,7 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { startBalancer } from "./lib/balancer.mjs";
-import { client, closeAll, sleep } from "./lib/client.mjs";
+import { client, closeAll, sleep, waitFor } from "./lib/client.mjs";
 import { startRedis } from "./lib/redis.mjs";
 import { startServer } from "./lib/server.mjs";
 
@@ -15,14 +15,6 @@ const TRANSPORTS = [["polling"], ["websocket"], ["polling", "websocket"]];
 // Behind a balancer every connection comes from its address; the drain spreads its closes over half
 // of the grace period.
 const NODE_ARGS = ["--max-idle-connections-per-ip", "0", "--shutdown-grace", "4000"];
-
-async function waitFor(condition, ms, what) {
-  const deadline = Date.now() + ms;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
-    await sleep(50);
-  }
-}
 
 const ready = async (node) => (await fetch(`${node.url}/readyz`).catch(() => ({ status: 0 }))).status === 200;
 

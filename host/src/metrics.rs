@@ -618,8 +618,8 @@ pub fn render_health(out: &mut String, health: &Health) {
     );
 }
 
-/// The process: Tokio tasks alive, open file descriptors and resident memory (Linux `/proc`), the
-/// figures a leak shows in first.
+/// The process: its file descriptor limit, Tokio tasks alive, open file descriptors and resident
+/// memory (Linux `/proc`), the figures a leak shows in first.
 pub fn render_process(out: &mut String) {
     if let Some(max) = crate::http_util::open_file_limit() {
         let _ = writeln!(

@@ -41,6 +41,15 @@ export function sleep(ms) {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/** Polls `condition` (sync or async) every 50 ms until it holds; throws naming `what` after `ms`. */
+export async function waitFor(condition, ms, what) {
+  const deadline = Date.now() + ms;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
+    await sleep(50);
+  }
+}
+
 export function closeAll() {
   for (const s of opened) s.disconnect();
   opened.clear();

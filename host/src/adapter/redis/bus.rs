@@ -23,7 +23,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::classic::RedisAdapter;
-use super::{RedisConfig, SUBSCRIBER_CHANNEL_CAPACITY};
+use super::{RedisConfig, SUBSCRIBER_CHANNEL_CAPACITY, build_subscriber};
 use crate::adapter::AdapterError;
 
 /// How much longer than the reconnect backoff cap publishing waits after a reconnect.
@@ -108,15 +108,10 @@ impl RedisBus {
                 conn.connection_timeout = Duration::from_secs(2);
                 conn.internal_command_timeout = Duration::from_secs(2);
             });
-        // fred allocates every slot of its nine event channels per client up front. The publisher
-        // receives no messages: fred's default capacity. The subscriber's message channel must hold
-        // a burst while this node is busy (a lagging receiver loses messages), at the cost of
-        // memory held from start-up.
+        // The publisher receives no messages: fred's default capacity. The subscriber's message
+        // channel must hold a burst while this node is busy (a lagging receiver loses messages).
         let publisher = builder.build()?;
-        builder.with_performance_config(|perf| {
-            perf.broadcast_channel_capacity = SUBSCRIBER_CHANNEL_CAPACITY;
-        });
-        let subscriber = builder.build_subscriber_client()?;
+        let subscriber = build_subscriber(&mut builder, SUBSCRIBER_CHANNEL_CAPACITY)?;
         let (queue, queue_rx) = mpsc::channel(config.outage.max_messages.max(1));
         let bus = Arc::new(RedisBus {
             config,

@@ -115,6 +115,17 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4_000_000;
 /// start-up). For connections that carry every broadcast.
 pub(crate) const SUBSCRIBER_CHANNEL_CAPACITY: usize = 16 * 1024;
 
+/// A subscriber client from `builder` whose event channels hold `capacity` messages. fred gives a
+/// client nine event channels and allocates every slot of each up front, so only subscribers get
+/// more than its default of 32 (build other clients from `builder` first).
+pub(crate) fn build_subscriber(
+    builder: &mut fred::types::Builder,
+    capacity: usize,
+) -> Result<fred::clients::SubscriberClient, fred::error::Error> {
+    builder.with_performance_config(|perf| perf.broadcast_channel_capacity = capacity);
+    builder.build_subscriber_client()
+}
+
 impl RedisConfig {
     /// Node's defaults for a Redis at `url`.
     pub fn new(url: impl Into<String>) -> Self {

@@ -185,12 +185,10 @@ impl ShardedBus {
         let publisher = builder.build()?;
         // Every broadcast arrives through the subscriber: fred's default of 32 queued messages would
         // lose a burst while this node is busy.
-        builder.with_performance_config(|perf| {
-            perf.broadcast_channel_capacity = super::SUBSCRIBER_CHANNEL_CAPACITY;
-        });
+        let subscriber = super::build_subscriber(&mut builder, super::SUBSCRIBER_CHANNEL_CAPACITY)?;
         let bus = Arc::new(ShardedBus {
             publisher,
-            subscriber: builder.build_subscriber_client()?,
+            subscriber,
             config,
             adapters: RwLock::new(Vec::new()),
             outgoing,

@@ -18,8 +18,8 @@ use tokio::sync::{Notify, mpsc};
 
 use super::wire::{RawEntry, StoredSession, StreamId};
 use super::{StreamsAdapter, StreamsConfig, StreamsStats};
-use crate::adapter::redis::BusError;
 use crate::adapter::redis::sharded_wire::Envelope;
+use crate::adapter::redis::{BusError, build_subscriber};
 use crate::adapter::{Adapter, AdapterError, BroadcastOptions, BroadcastPacket};
 
 /// Messages waiting to be appended or published; past it they are dropped (and counted).
@@ -107,13 +107,11 @@ impl StreamsBus {
         let (publisher, reader) = (builder.build()?, builder.build()?);
         // Requests and their answers arrive through the subscriber (broadcasts come from the
         // stream): more room than fred's default of 32, so a burst of answers is not lost.
-        builder.with_performance_config(|perf| {
-            perf.broadcast_channel_capacity = REQUEST_CHANNEL_CAPACITY;
-        });
+        let subscriber = build_subscriber(&mut builder, REQUEST_CHANNEL_CAPACITY)?;
         let bus = Arc::new(StreamsBus {
             publisher,
             reader,
-            subscriber: builder.build_subscriber_client()?,
+            subscriber,
             config,
             adapters: RwLock::new(HashMap::new()),
             outgoing,

@@ -235,17 +235,17 @@ impl StreamsAdapter {
         let mut covered = start;
         let (mut fetched, mut held) = (0usize, 0usize);
         loop {
-            let (page, short) = match first_page.take() {
-                None if covered == start => {
-                    let page = self.bus.entries_from(start, RESTORE_PAGE + 1).await?;
-                    split_first_page(page, start)
-                }
-                None => {
-                    let page = self.bus.entries_from(covered.next(), RESTORE_PAGE).await?;
-                    let short = (page.len() as u64) < RESTORE_PAGE;
-                    (Some(page), short)
-                }
-                Some(page) => split_first_page(page, start),
+            let (page, short) = if covered == start {
+                // Read from the offset itself (fetched with the session when the client sent one).
+                let page = match first_page.take() {
+                    Some(page) => page,
+                    None => self.bus.entries_from(start, RESTORE_PAGE + 1).await?,
+                };
+                split_first_page(page, start)
+            } else {
+                let page = self.bus.entries_from(covered.next(), RESTORE_PAGE).await?;
+                let short = (page.len() as u64) < RESTORE_PAGE;
+                (Some(page), short)
             };
             // The offset's own entry must still be in the stream: otherwise some after it may be gone.
             let Some(page) = page else {
