@@ -12,17 +12,46 @@ use cli::{Cli, Command, LogFormat, PluginCommand};
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let ok = match cli.command {
-        Some(Command::Plugin(PluginCommand::Check { file, manifest })) => {
+        Some(Command::Plugin(command)) => {
             cli::init_tracing(LogFormat::Text);
-            cli::plugin_check::check_plugin(&file, manifest.as_deref())?
+            match command {
+                PluginCommand::Check {
+                    file,
+                    manifest,
+                    trusted_keys,
+                } => cli::plugin_check::check_plugin(
+                    &file,
+                    manifest.as_deref(),
+                    trusted_keys.unwrap_or_default(),
+                )?,
+                PluginCommand::Compile {
+                    file,
+                    manifest,
+                    signing_key,
+                    output,
+                } => cli::plugin_compile::compile(
+                    &file,
+                    manifest.as_deref(),
+                    &signing_key,
+                    output.as_deref(),
+                )?,
+                PluginCommand::Keygen { file } => cli::plugin_compile::keygen(&file)?,
+            }
         }
         Some(Command::Tenants {
+            plugin_trusted_keys,
             config,
             plugins_dir,
             url,
         }) => {
             cli::init_tracing(LogFormat::Text);
-            cli::tenants::run(config.as_deref(), plugins_dir.as_deref(), url.as_deref()).await?
+            cli::tenants::run(
+                config.as_deref(),
+                plugins_dir.as_deref(),
+                url.as_deref(),
+                plugin_trusted_keys.unwrap_or_default(),
+            )
+            .await?
         }
         Some(Command::Serve(args)) => serve(*args).await?,
         None => serve(cli.serve).await?,

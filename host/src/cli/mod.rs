@@ -2,6 +2,7 @@
 //! Each command lives in a module of its own; `main.rs` only parses and dispatches.
 
 pub mod plugin_check;
+pub mod plugin_compile;
 pub mod serve;
 pub mod serve_args;
 pub mod tenants;
@@ -9,6 +10,7 @@ pub mod tenants;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ioplex::plugin::TrustedKeys;
 
 pub use serve_args::ServeArgs;
 
@@ -37,6 +39,9 @@ pub enum Command {
     /// List the tenants a configuration defines: how each is reached, its limits, and whether each of
     /// its plugins would be served; with --url, also the live connections of a running node.
     Tenants {
+        /// Public keys whose signed precompiled plugins (.cwasm) count as servable.
+        #[arg(long, env = "IOPLEX_PLUGIN_TRUSTED_KEYS", value_parser = TrustedKeys::parse)]
+        plugin_trusted_keys: Option<TrustedKeys>,
         /// Tenant configuration (default: the tenants a gateway without one serves).
         #[arg(long, short = 'c', env = "IOPLEX_CONFIG")]
         config: Option<PathBuf>,
@@ -55,11 +60,37 @@ pub enum PluginCommand {
     /// against the ioplex:plugin contract, instantiate, and call each hook once. Prints the contract
     /// version and the hooks it implements; exits 1 if the gateway would refuse it.
     Check {
+        /// The component (.wasm), or a precompiled plugin (.cwasm).
+        file: PathBuf,
+        /// Its manifest (settings and limits); default: FILE with a .toml extension, if present.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Public keys (hex, comma-separated) whose precompiled plugins are accepted.
+        #[arg(long, env = "IOPLEX_PLUGIN_TRUSTED_KEYS", value_parser = TrustedKeys::parse)]
+        trusted_keys: Option<TrustedKeys>,
+    },
+    /// Precompile a component for nodes without a compiler (the edge build): validate it as `check`
+    /// does, then write the native code, signed with the build machine's key, as FILE.cwasm. Nodes load
+    /// it only if started with the key's public half in --plugin-trusted-keys, and only on the same
+    /// ioplex version and CPU family.
+    Compile {
         /// The component (.wasm).
         file: PathBuf,
         /// Its manifest (settings and limits); default: FILE with a .toml extension, if present.
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// The signing key file (`ioplex plugin keygen`).
+        #[arg(long, env = "IOPLEX_PLUGIN_SIGNING_KEY")]
+        signing_key: PathBuf,
+        /// Where to write the precompiled plugin (default: FILE with a .cwasm extension).
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+    /// Create a signing key for precompiled plugins: writes the private key to FILE (mode 0600, keep it
+    /// on the build machine) and prints the public key that nodes trust.
+    Keygen {
+        /// Where to write the private key; an existing file is never overwritten.
+        file: PathBuf,
     },
 }
 

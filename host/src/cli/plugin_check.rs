@@ -5,11 +5,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use ioplex::plugin::{PluginManifest, PluginRuntime, WasmEngineOptions};
+use ioplex::plugin::{
+    PluginManifest, PluginRuntime, TrustedKeys, WasmEngineOptions, is_precompiled,
+};
 
-/// The plugin engine's settings with `--plugin-cache-dir` applied (`none` turns the cache off).
-pub fn plugin_engine_options(cache_dir: Option<&str>) -> WasmEngineOptions {
-    let mut options = WasmEngineOptions::default();
+/// The plugin engine's settings with `--plugin-cache-dir` (`none` turns the cache off) and
+/// `--plugin-trusted-keys` applied.
+pub fn plugin_engine_options(
+    cache_dir: Option<&str>,
+    trusted_keys: TrustedKeys,
+) -> WasmEngineOptions {
+    let mut options = WasmEngineOptions {
+        trusted_keys,
+        ..WasmEngineOptions::default()
+    };
     match cache_dir {
         Some("none") => options.cache_dir = None,
         Some(dir) => options.cache_dir = Some(PathBuf::from(dir)),
@@ -19,8 +28,8 @@ pub fn plugin_engine_options(cache_dir: Option<&str>) -> WasmEngineOptions {
 }
 
 /// A plugin runtime for validating files from the command line: no instance pool, no compile cache.
-pub fn checking_runtime() -> anyhow::Result<Arc<PluginRuntime>> {
-    let mut options = plugin_engine_options(None);
+pub fn checking_runtime(trusted_keys: TrustedKeys) -> anyhow::Result<Arc<PluginRuntime>> {
+    let mut options = plugin_engine_options(None, trusted_keys);
     options.pooling = false;
     options.cache_dir = None;
     Ok(PluginRuntime::new(options)?)
@@ -38,10 +47,14 @@ pub fn read_manifest(wasm: &Path, explicit: Option<&Path>) -> anyhow::Result<Plu
 }
 
 /// `ioplex plugin check`: exit code 0 if the gateway would serve the plugin, 1 if it would refuse it.
-pub fn check_plugin(file: &Path, manifest: Option<&Path>) -> anyhow::Result<bool> {
+pub fn check_plugin(
+    file: &Path,
+    manifest: Option<&Path>,
+    trusted_keys: TrustedKeys,
+) -> anyhow::Result<bool> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let manifest = read_manifest(file, manifest)?;
-    let runtime = checking_runtime()?;
+    let runtime = checking_runtime(trusted_keys)?;
     let name = file
         .file_stem()
         .and_then(|s| s.to_str())
@@ -55,8 +68,13 @@ pub fn check_plugin(file: &Path, manifest: Option<&Path>) -> anyhow::Result<bool
             println!("  hooks:    {}", hooks.join(", "));
             println!("  sha256:   {}", plugin.sha256());
             println!(
-                "  size:     {} bytes, compiled and smoke-tested in {} ms",
+                "  size:     {} bytes, {} and smoke-tested in {} ms",
                 plugin.size(),
+                if is_precompiled(&bytes) {
+                    "signature checked, loaded"
+                } else {
+                    "compiled"
+                },
                 started.elapsed().as_millis()
             );
             Ok(true)

@@ -92,7 +92,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 /// The plugin runtime, with the directory's plugins installed and watched.
 async fn load_plugins(dir: &Path, args: &ServeArgs) -> anyhow::Result<Arc<PluginRuntime>> {
-    let runtime = PluginRuntime::new(plugin_engine_options(args.plugin_cache_dir.as_deref()))?;
+    let runtime = PluginRuntime::new(plugin_engine_options(
+        args.plugin_cache_dir.as_deref(),
+        args.plugin_trusted_keys.clone().unwrap_or_default(),
+    ))?;
     let mut source = PluginDir::new(dir.to_path_buf(), Arc::clone(&runtime));
     let report = source.scan().await;
     tracing::info!(

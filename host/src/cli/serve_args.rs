@@ -126,14 +126,18 @@ pub struct ServeArgs {
     /// shared through Redis; without it uploads serve on the receiving node only. `openssl rand -hex 32`.
     #[arg(long, env = "IOPLEX_FLEET_KEY", hide_env_values = true)]
     pub fleet_key: Option<String>,
-    /// Directory of tenant plugins: `<dir>/<tenant>/<name>.wasm` plus an optional `<name>.toml`
-    /// (settings, limits). Watched: a changed file is validated and swapped in with no restart; a
+    /// Directory of tenant plugins: `<dir>/<tenant>/<name>.wasm` (or a signed, precompiled
+    /// `<name>.cwasm`) plus an optional `<name>.toml` (settings, limits). Watched: a changed file is validated and swapped in with no restart; a
     /// broken one is refused and the previous version keeps serving. Default: ./plugins.d if it exists.
     #[arg(long, env = "IOPLEX_PLUGINS_DIR")]
     pub plugins_dir: Option<PathBuf>,
     /// How often the plugin directory is checked for changes, in ms.
     #[arg(long, env = "IOPLEX_PLUGINS_POLL", default_value_t = 1000)]
     pub plugins_poll: u64,
+    /// Public keys (hex, comma-separated) whose signed precompiled plugins (`.cwasm`, made by
+    /// `ioplex plugin compile`) this node loads. Without one, precompiled plugins are refused.
+    #[arg(long, env = "IOPLEX_PLUGIN_TRUSTED_KEYS", value_parser = ioplex::plugin::TrustedKeys::parse)]
+    pub plugin_trusted_keys: Option<ioplex::plugin::TrustedKeys>,
     /// Where compiled plugins are cached between restarts (default: $XDG_CACHE_HOME/ioplex/plugins or
     /// ~/.cache/ioplex/plugins); `none` turns the cache off.
     #[arg(long, env = "IOPLEX_PLUGIN_CACHE_DIR")]

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use ioplex::plugin::{PRECOMPILED_EXTENSION, TrustedKeys};
 use ioplex::status::NodeStatus;
 use ioplex::tenant::TenantsConfig;
 
@@ -18,6 +19,7 @@ pub async fn run(
     config: Option<&Path>,
     plugins_dir: Option<&Path>,
     url: Option<&str>,
+    trusted_keys: TrustedKeys,
 ) -> anyhow::Result<bool> {
     let tenants = match config {
         Some(file) => match TenantsConfig::load(file) {
@@ -34,7 +36,7 @@ pub async fn run(
         None => None,
     };
     let runtime = match plugins_dir {
-        Some(_) => Some(checking_runtime()?),
+        Some(_) => Some(checking_runtime(trusted_keys)?),
         None => None,
     };
     if let Some(live) = &live {
@@ -92,7 +94,12 @@ pub async fn run(
             let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(id))
                 .map(|entries| entries.flatten().map(|e| e.path()).collect())
                 .unwrap_or_default();
-            files.retain(|p| p.extension().and_then(|e| e.to_str()) == Some("wasm"));
+            files.retain(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("wasm" | PRECOMPILED_EXTENSION)
+                )
+            });
             files.sort();
             for file in files {
                 let name = file

@@ -1,6 +1,7 @@
 //! Turning bytes into a compiled component: format checks, then Cranelift, with an on-disk cache of the
 //! compiled form keyed by content hash and engine compatibility hash.
 
+#[cfg(feature = "compiler")]
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -16,22 +17,28 @@ const MODULE_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
 
 /// Hex SHA-256 of a component's bytes: its identity in caches, logs and the fleet.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    hex(&Sha256::digest(bytes))
 }
 
-/// Checks the bytes are a component we may compile (never precompiled native code from outside).
-pub(crate) fn check_format(bytes: &[u8], max: usize) -> Result<(), PluginError> {
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Refuses a file over the size limit before any work is spent on it.
+pub(crate) fn check_size(bytes: &[u8], max: usize) -> Result<(), PluginError> {
     if bytes.len() > max {
         return Err(PluginError::TooLarge {
             size: bytes.len(),
             limit: max,
         });
     }
+    Ok(())
+}
+
+/// Checks the bytes are a component we may compile (never precompiled native code from outside).
+pub(crate) fn check_format(bytes: &[u8], max: usize) -> Result<(), PluginError> {
+    check_size(bytes, max)?;
     if Engine::detect_precompiled(bytes).is_some() {
         return Err(PluginError::Precompiled);
     }
@@ -46,7 +53,19 @@ pub(crate) fn check_format(bytes: &[u8], max: usize) -> Result<(), PluginError> 
     }
 }
 
+/// What this build cannot do: the edge build carries no compiler.
+#[cfg(not(feature = "compiler"))]
+pub(crate) fn compile(
+    engine: &PluginEngine,
+    bytes: &[u8],
+    _sha: &str,
+) -> Result<Component, PluginError> {
+    check_format(bytes, engine.options.max_component_bytes)?;
+    Err(PluginError::NoCompiler)
+}
+
 /// Compiles `bytes` (blocking: call from `spawn_blocking`), using and filling the cache.
+#[cfg(feature = "compiler")]
 pub(crate) fn compile(
     engine: &PluginEngine,
     bytes: &[u8],
@@ -80,6 +99,7 @@ pub(crate) fn compile(
 }
 
 /// Writes the compiled form next to the others, atomically (temp file + rename). Failure only costs time.
+#[cfg(feature = "compiler")]
 fn store_cached(component: &Component, path: &Path) {
     let result = (|| -> std::io::Result<()> {
         let bytes = component.serialize().map_err(std::io::Error::other)?;

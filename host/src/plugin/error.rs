@@ -5,9 +5,24 @@ use std::time::Duration;
 /// A plugin version that cannot serve. The old version, if any, keeps serving.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    /// Precompiled native code is only loaded from this node's own cache, never from outside.
-    #[error("this is precompiled native code (.cwasm); install the .wasm component instead")]
+    /// Bare native code: only loaded from this node's own cache or inside a signed envelope.
+    #[error(
+        "this is bare precompiled native code; install the .wasm component, or a .cwasm made by `ioplex plugin compile`"
+    )]
     Precompiled,
+    /// A precompiled plugin whose envelope is not signed by a key this node trusts, or was altered.
+    #[error("precompiled plugin refused: {0}")]
+    Untrusted(String),
+    /// A trusted precompiled plugin built for another wasmtime version, engine settings or CPU.
+    #[error(
+        "precompiled plugin does not fit this node (recompile it with this ioplex version): {0}"
+    )]
+    Incompatible(String),
+    /// This build has no compiler (the edge build) and the plugin is not precompiled.
+    #[error(
+        "this ioplex build has no compiler: install the plugin precompiled (`ioplex plugin compile` on a build machine) as <name>.cwasm"
+    )]
+    NoCompiler,
     /// A core module, or not WebAssembly at all.
     #[error("not a WebAssembly component: {0}")]
     NotAComponent(String),

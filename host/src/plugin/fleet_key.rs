@@ -7,6 +7,8 @@
 
 use sha2::{Digest, Sha256};
 
+use super::compile::hex;
+
 /// A shared secret of the fleet's nodes.
 #[derive(Clone)]
 pub struct FleetKey(Vec<u8>);
@@ -68,10 +70,6 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
         .chain_update(inner)
         .finalize()
         .into()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -11,7 +11,11 @@
 //! - Every call runs on a warm instance under a CPU deadline and a memory cap; a trap, timeout or OOM
 //!   drops that instance, fails the request closed, is logged and counted, and repeated failures open
 //!   the plugin's breaker.
-//! - [`PluginDir`]: plugins from `<dir>/<tenant>/<name>.wasm` (+ `<name>.toml`), watched for changes.
+//! - [`PluginDir`]: plugins from `<dir>/<tenant>/<name>.wasm` or `<name>.cwasm` (+ `<name>.toml`),
+//!   watched for changes.
+//! - Precompiled plugins (`.cwasm`, [`PluginRuntime::precompile`]): compiled on a build machine, signed
+//!   with its [`SigningKey`], loaded only by nodes that trust the key ([`TrustedKeys`]). The edge build
+//!   (no `compiler` feature) serves nothing else.
 
 mod bindings;
 mod breaker;
@@ -24,6 +28,7 @@ mod fleet_key;
 mod limits;
 mod loaded;
 mod manifest;
+mod precompiled;
 mod runtime;
 mod state;
 #[cfg(test)]
@@ -42,6 +47,10 @@ pub use loaded::{
     CONTRACT, Hook, LATENCY_BUCKETS, LatencyHistogram, LoadedPlugin, PluginSource, PluginStats,
 };
 pub use manifest::PluginManifest;
+pub use precompiled::{
+    BadKey, EXTENSION as PRECOMPILED_EXTENSION, SigningKey, SigningKeyError, TrustedKey, TrustedKeys,
+    is_precompiled,
+};
 pub use runtime::{DEFAULT_MAX_INSTANCES, DEFAULT_MAX_PLUGINS, PluginRuntime, TenantQuota};
 pub use state::PluginContext;
 pub use wasm_engine::{WasmEngineOptions, default_cache_dir};

@@ -9,10 +9,11 @@ use dashmap::DashMap;
 use wasmtime::component::Component;
 
 use super::chain::{PluginChain, PluginSlot};
-use super::compile::{compile, sha256_hex};
+use super::compile::{check_size, compile, sha256_hex};
 use super::error::PluginError;
 use super::loaded::{LoadedPlugin, PluginSource};
 use super::manifest::PluginManifest;
+use super::precompiled::{self, SigningKey};
 use super::state::PluginContext;
 use super::wasm_engine::{PluginEngine, WasmEngineOptions};
 
@@ -145,8 +146,8 @@ impl PluginRuntime {
         all
     }
 
-    /// Compiles and validates a plugin version without installing it (blocking; seconds for a
-    /// JavaScript component, milliseconds from the compile cache).
+    /// Compiles (or, for a signed `.cwasm`, loads) and validates a plugin version without installing it
+    /// (blocking; seconds for a JavaScript component, milliseconds from the compile cache).
     pub fn prepare(
         &self,
         tenant: &str,
@@ -155,21 +156,50 @@ impl PluginRuntime {
         manifest: PluginManifest,
     ) -> Result<LoadedPlugin, PluginError> {
         let sha = sha256_hex(bytes);
-        let component: Component = compile(&self.engine, bytes, &sha)?;
+        let component = if precompiled::is_precompiled(bytes) {
+            check_size(bytes, self.engine.options.max_component_bytes)?;
+            precompiled::open(&self.engine, bytes, &self.engine.options.trusted_keys)?
+        } else {
+            compile(&self.engine, bytes, &sha)?
+        };
+        self.validate(tenant, name, &component, sha, bytes.len(), manifest)
+    }
+
+    /// Compiles and validates a component as [`PluginRuntime::prepare`] does, then seals its compiled
+    /// form with `key` for nodes that carry no compiler: the bytes of a `.cwasm`.
+    pub fn precompile(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        manifest: PluginManifest,
+        key: &SigningKey,
+    ) -> Result<(Vec<u8>, LoadedPlugin), PluginError> {
+        let sha = sha256_hex(bytes);
+        let component = compile(&self.engine, bytes, &sha)?;
+        let artifact = component
+            .serialize()
+            .map_err(|e| PluginError::Compile(format!("{e:#}")))?;
+        let sealed = precompiled::seal(&artifact, &sha, key);
+        let plugin = self.validate("build", name, &component, sha, bytes.len(), manifest)?;
+        Ok((sealed, plugin))
+    }
+
+    fn validate(
+        &self,
+        tenant: &str,
+        name: &str,
+        component: &Component,
+        sha: String,
+        size: usize,
+        manifest: PluginManifest,
+    ) -> Result<LoadedPlugin, PluginError> {
         let ctx = Arc::new(PluginContext {
             tenant: Arc::from(tenant),
             name: Arc::from(name),
             version: sha[..12].to_owned(),
             settings: manifest.settings,
         });
-        LoadedPlugin::validate(
-            &self.engine,
-            &component,
-            ctx,
-            sha,
-            bytes.len(),
-            manifest.limits,
-        )
+        LoadedPlugin::validate(&self.engine, component, ctx, sha, size, manifest.limits)
     }
 
     /// Validates a new version off the request path and swaps it in. Calls in flight finish on the old
@@ -242,7 +272,7 @@ impl PluginRuntime {
 mod tests {
     use super::*;
     use crate::plugin::Hook;
-    use crate::plugin::test_support::{component, join, runtime};
+    use crate::plugin::test_support::{component, join, runtime, runtime_trusting};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_installed_plugin_serves_its_tenant_only() {
@@ -270,6 +300,53 @@ mod tests {
             !runtime.remove("t", "chaos"),
             "removing twice removes nothing"
         );
+    }
+
+    #[test]
+    fn a_precompiled_plugin_loads_only_intact_and_signed_by_a_trusted_key() {
+        let (key, _) = SigningKey::generate().expect("key");
+        let (other, _) = SigningKey::generate().expect("key");
+        let wasm = component("chaos");
+        let (sealed, built) = runtime()
+            .precompile("chaos", &wasm, PluginManifest::default(), &key)
+            .expect("precompiled");
+        assert_eq!(built.sha256(), sha256_hex(&wasm));
+
+        let trusting = runtime_trusting(vec![other.public_key(), key.public_key()].into());
+        let plugin = trusting
+            .prepare("t", "chaos", &sealed, PluginManifest::default())
+            .expect("a signed artifact loads");
+        assert_eq!(plugin.hooks(), built.hooks());
+        assert_eq!(plugin.sha256(), sha256_hex(&sealed));
+
+        let mut altered = sealed.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        let err = trusting
+            .prepare("t", "chaos", &altered, PluginManifest::default())
+            .expect_err("an altered artifact is refused");
+        assert!(matches!(&err, PluginError::Untrusted(m) if m.contains("not the one that was signed")), "{err}");
+
+        let err = runtime_trusting(vec![other.public_key()].into())
+            .prepare("t", "chaos", &sealed, PluginManifest::default())
+            .expect_err("another key's artifact is refused");
+        assert!(matches!(&err, PluginError::Untrusted(m) if m.contains("does not trust")), "{err}");
+        let err = runtime()
+            .prepare("t", "chaos", &sealed, PluginManifest::default())
+            .expect_err("no trusted key, no precompiled plugin");
+        assert!(matches!(err, PluginError::Untrusted(_)), "{err}");
+
+        let header_end = sealed
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(1)
+            .map(|(i, _)| i + 1)
+            .expect("header");
+        let err = trusting
+            .prepare("t", "chaos", &sealed[header_end..], PluginManifest::default())
+            .expect_err("a bare artifact is refused");
+        assert!(matches!(err, PluginError::Precompiled), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{PluginRuntime, WasmEngineOptions, types};
+use super::{PluginRuntime, TrustedKeys, WasmEngineOptions, types};
 
 /// Where the built example plugins are: `$IOPLEX_PLUGINS_DIST`, else `plugins/dist` of the repository.
 fn dist_dir() -> PathBuf {
@@ -26,9 +26,15 @@ pub(crate) fn component(name: &str) -> Vec<u8> {
 
 /// A runtime for tests: no instance pool, no compile cache.
 pub(crate) fn runtime() -> Arc<PluginRuntime> {
+    runtime_trusting(TrustedKeys::default())
+}
+
+/// A test runtime that loads precompiled plugins signed by `keys`.
+pub(crate) fn runtime_trusting(keys: TrustedKeys) -> Arc<PluginRuntime> {
     let options = WasmEngineOptions {
         pooling: false,
         cache_dir: None,
+        trusted_keys: keys,
         ..WasmEngineOptions::default()
     };
     PluginRuntime::new(options).expect("plugin runtime")

@@ -9,6 +9,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::bindings;
 use super::error::PluginError;
+use super::precompiled::TrustedKeys;
 use super::state::HostState;
 
 /// Settings of the plugin engine, shared by every tenant.
@@ -28,6 +29,8 @@ pub struct WasmEngineOptions {
     pub cache_dir: Option<PathBuf>,
     /// Largest component accepted, in bytes.
     pub max_component_bytes: usize,
+    /// Keys whose signed precompiled plugins (`.cwasm`) this node loads.
+    pub trusted_keys: TrustedKeys,
 }
 
 impl Default for WasmEngineOptions {
@@ -40,6 +43,7 @@ impl Default for WasmEngineOptions {
             max_wasm_stack: 512 << 10,
             cache_dir: default_cache_dir(),
             max_component_bytes: 64 << 20,
+            trusted_keys: TrustedKeys::default(),
         }
     }
 }
@@ -57,6 +61,7 @@ pub(crate) struct PluginEngine {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<HostState>,
     /// Hash of everything a compiled artifact depends on (wasmtime version, settings, CPU features).
+    #[cfg(feature = "compiler")]
     pub(crate) compat: String,
     pub(crate) options: WasmEngineOptions,
 }
@@ -77,6 +82,7 @@ impl PluginEngine {
             .map_err(|e| PluginError::Engine(e.to_string()))?;
         bindings::ioplex::plugin::host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
+        #[cfg(feature = "compiler")]
         let compat = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -87,6 +93,7 @@ impl PluginEngine {
         Ok(PluginEngine {
             engine,
             linker,
+            #[cfg(feature = "compiler")]
             compat,
             options,
         })

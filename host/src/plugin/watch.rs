@@ -1,4 +1,5 @@
-//! Plugins from a directory: `<dir>/<tenant>/<name>.wasm`, with an optional `<name>.toml` manifest
+//! Plugins from a directory: `<dir>/<tenant>/<name>.wasm` (a component) or `<name>.cwasm` (precompiled
+//! and signed, see `precompiled`; it wins when both are present), with an optional `<name>.toml` manifest
 //! beside it, installed at start-up and reinstalled when either file changes.
 //!
 //! Replace a plugin by writing the new file under another name and renaming it over the old one; a
@@ -12,13 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::manifest::PluginManifest;
+use super::precompiled::EXTENSION as PRECOMPILED;
 use super::runtime::PluginRuntime;
 use crate::file_watch::{self, FileStamp, Watched};
 
 /// What identifies one version of a plugin's files without reading them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp {
-    wasm: FileStamp,
+    plugin: FileStamp,
     manifest: Option<FileStamp>,
 }
 
@@ -26,6 +28,7 @@ struct Stamp {
 struct Changed {
     tenant: String,
     name: String,
+    file: String,
     stamp: Stamp,
     bytes: std::io::Result<Vec<u8>>,
     manifest: Option<(PathBuf, std::io::Result<String>)>,
@@ -104,8 +107,10 @@ impl PluginDir {
             };
             for file in files.flatten() {
                 let path = file.path();
-                if path.extension().and_then(|e| e.to_str()) != Some("wasm") {
-                    continue;
+                match path.extension().and_then(|e| e.to_str()) {
+                    Some(PRECOMPILED) => {}
+                    Some("wasm") if !path.with_extension(PRECOMPILED).exists() => {}
+                    _ => continue,
                 }
                 let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned)
                 else {
@@ -114,12 +119,12 @@ impl PluginDir {
                 if !valid_name(&name) {
                     continue;
                 }
-                let Some(wasm) = FileStamp::of(&path) else {
+                let Some(plugin) = FileStamp::of(&path) else {
                     continue;
                 };
                 let manifest_path = path.with_extension("toml");
                 let stamp = Stamp {
-                    wasm,
+                    plugin,
                     manifest: FileStamp::of(&manifest_path),
                 };
                 let key = (tenant.clone(), name.clone());
@@ -136,6 +141,7 @@ impl PluginDir {
                 changed.push(Changed {
                     tenant: key.0,
                     name: key.1,
+                    file: file.file_name().to_string_lossy().into_owned(),
                     stamp,
                     bytes: std::fs::read(&path),
                     manifest,
@@ -171,7 +177,7 @@ impl PluginDir {
             self.seen
                 .insert((c.tenant.clone(), c.name.clone()), c.stamp);
             let result = async {
-                let bytes = c.bytes.map_err(|e| format!("{}.wasm: {e}", c.name))?;
+                let bytes = c.bytes.map_err(|e| format!("{}: {e}", c.file))?;
                 let manifest = match c.manifest {
                     None => PluginManifest::default(),
                     Some((path, text)) => {
