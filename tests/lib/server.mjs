@@ -15,6 +15,14 @@ export function binaryPath(name) {
   return path.join(profileDir, name);
 }
 
+/**
+ * The edge build (`--no-default-features`: no compiler, precompiled plugins only). tests/run builds it
+ * into a target directory of its own, `<target>/edge`, so it does not replace the default binary.
+ */
+export function edgeBinaryPath() {
+  return path.join(targetDir, "edge", process.env.IOPLEX_PROFILE ?? "debug", "ioplex");
+}
+
 const handedOut = new Set();
 
 /** A port nothing listens on now, never the same twice in this process (parallel starts must not collide). */
@@ -59,7 +67,8 @@ export async function waitForPort(port, child, logs, timeoutMs = 15000) {
 }
 
 /**
- * Starts `name` (default the ioplex binary) with extra CLI args and env, on a free port or `port`;
+ * Starts `name` (default the ioplex binary; or the file `binary`) with extra CLI args and env, on a free
+ * port or `port`;
  * returns { url, port, stop, logs, child }.
  */
 export async function startServer(options = {}) {
@@ -73,14 +82,14 @@ export async function startServer(options = {}) {
   }
 }
 
-async function startOnce({ name = "ioplex", args = [], env = {}, readyTimeoutMs = 15000, fileLimit = null, port: fixedPort = null }) {
+async function startOnce({ name = "ioplex", binary = binaryPath(name), args = [], env = {}, readyTimeoutMs = 15000, fileLimit = null, port: fixedPort = null }) {
   // A fixed `port` lets a node restart where a load balancer's configuration expects it.
   const port = fixedPort ?? (await freePort());
   const logs = [];
   // With `fileLimit`, the server runs under `ulimit -n` (soft and hard) of that many descriptors.
   const [command, argv] = fileLimit
-    ? ["bash", ["-c", `ulimit -n ${Number(fileLimit)} && exec "$0" "$@"`, binaryPath(name), ...args]]
-    : [binaryPath(name), args];
+    ? ["bash", ["-c", `ulimit -n ${Number(fileLimit)} && exec "$0" "$@"`, binary, ...args]]
+    : [binary, args];
   const child = spawn(command, argv, {
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn", PORT: String(port), ...env },
     stdio: ["ignore", "pipe", "pipe"],

@@ -25,8 +25,13 @@ pub fn keygen(file: &Path) -> anyhow::Result<bool> {
         .open(file)
         .with_context(|| format!("cannot create {}", file.display()))?;
     writeln!(out, "{text}").with_context(|| format!("cannot write {}", file.display()))?;
-    println!("signing key written to {} (keep it on the build machine)", file.display());
-    println!("public key (give it to nodes as --plugin-trusted-keys / IOPLEX_PLUGIN_TRUSTED_KEYS):");
+    println!(
+        "signing key written to {} (keep it on the build machine)",
+        file.display()
+    );
+    println!(
+        "public key (give it to nodes as --plugin-trusted-keys / IOPLEX_PLUGIN_TRUSTED_KEYS):"
+    );
     println!("{}", key.public_key());
     Ok(true)
 }
@@ -41,11 +46,14 @@ pub fn compile(
 ) -> anyhow::Result<bool> {
     let key_text = std::fs::read_to_string(signing_key)
         .with_context(|| format!("cannot read the signing key {}", signing_key.display()))?;
-    let key = SigningKey::from_text(&key_text)
-        .with_context(|| format!("{}", signing_key.display()))?;
+    let key =
+        SigningKey::from_text(&key_text).with_context(|| format!("{}", signing_key.display()))?;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let manifest = read_manifest(file, manifest)?;
-    let output = output.map_or_else(|| file.with_extension(PRECOMPILED_EXTENSION), Path::to_path_buf);
+    let output = output.map_or_else(
+        || file.with_extension(PRECOMPILED_EXTENSION),
+        Path::to_path_buf,
+    );
     let name = file
         .file_stem()
         .and_then(|s| s.to_str())
@@ -62,7 +70,11 @@ pub fn compile(
     write_atomically(&output, &sealed)?;
     let hooks: Vec<_> = plugin.hooks().iter().map(|h| h.name()).collect();
     println!("{}: ok", output.display());
-    println!("  from:     {} (sha256 {})", file.display(), plugin.sha256());
+    println!(
+        "  from:     {} (sha256 {})",
+        file.display(),
+        plugin.sha256()
+    );
     println!("  hooks:    {}", hooks.join(", "));
     println!("  signed:   {}", key.public_key());
     println!(

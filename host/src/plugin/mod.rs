@@ -48,8 +48,8 @@ pub use loaded::{
 };
 pub use manifest::PluginManifest;
 pub use precompiled::{
-    BadKey, EXTENSION as PRECOMPILED_EXTENSION, SigningKey, SigningKeyError, TrustedKey, TrustedKeys,
-    is_precompiled,
+    BadKey, EXTENSION as PRECOMPILED_EXTENSION, SigningKey, SigningKeyError, TrustedKey,
+    TrustedKeys, is_precompiled,
 };
 pub use runtime::{DEFAULT_MAX_INSTANCES, DEFAULT_MAX_PLUGINS, PluginRuntime, TenantQuota};
 pub use state::PluginContext;

@@ -67,7 +67,9 @@ impl std::fmt::Debug for TrustedKey {
 
 /// A key that is not 64 hex digits.
 #[derive(Debug, thiserror::Error)]
-#[error("a trusted plugin key is 64 hex digits (the public key `ioplex plugin keygen` prints): {0:?}")]
+#[error(
+    "a trusted plugin key is 64 hex digits (the public key `ioplex plugin keygen` prints): {0:?}"
+)]
 pub struct BadKey(String);
 
 impl std::str::FromStr for TrustedKey {
@@ -224,7 +226,8 @@ pub(crate) fn open(
             header.key
         ))
     })?;
-    let signature = unhex(&header.signature).ok_or_else(|| untrusted("the signature is malformed"))?;
+    let signature =
+        unhex(&header.signature).ok_or_else(|| untrusted("the signature is malformed"))?;
     UnparsedPublicKey::new(&ED25519, key.0)
         .verify(
             signed_message(&header.component_sha256, &header.artifact_sha256).as_bytes(),

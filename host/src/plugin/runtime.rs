@@ -325,12 +325,18 @@ mod tests {
         let err = trusting
             .prepare("t", "chaos", &altered, PluginManifest::default())
             .expect_err("an altered artifact is refused");
-        assert!(matches!(&err, PluginError::Untrusted(m) if m.contains("not the one that was signed")), "{err}");
+        assert!(
+            matches!(&err, PluginError::Untrusted(m) if m.contains("not the one that was signed")),
+            "{err}"
+        );
 
         let err = runtime_trusting(vec![other.public_key()].into())
             .prepare("t", "chaos", &sealed, PluginManifest::default())
             .expect_err("another key's artifact is refused");
-        assert!(matches!(&err, PluginError::Untrusted(m) if m.contains("does not trust")), "{err}");
+        assert!(
+            matches!(&err, PluginError::Untrusted(m) if m.contains("does not trust")),
+            "{err}"
+        );
         let err = runtime()
             .prepare("t", "chaos", &sealed, PluginManifest::default())
             .expect_err("no trusted key, no precompiled plugin");
@@ -344,7 +350,12 @@ mod tests {
             .map(|(i, _)| i + 1)
             .expect("header");
         let err = trusting
-            .prepare("t", "chaos", &sealed[header_end..], PluginManifest::default())
+            .prepare(
+                "t",
+                "chaos",
+                &sealed[header_end..],
+                PluginManifest::default(),
+            )
             .expect_err("a bare artifact is refused");
         assert!(matches!(err, PluginError::Precompiled), "{err}");
     }

@@ -23,7 +23,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::classic::RedisAdapter;
-use super::{RedisConfig, SUBSCRIBER_CHANNEL_CAPACITY, build_subscriber};
+use super::inbox::{INBOX_MAX_BYTES, Inbox, SUBSCRIBER_RING};
+use super::{RedisConfig, build_subscriber};
 use crate::adapter::AdapterError;
 
 /// How much longer than the reconnect backoff cap publishing waits after a reconnect.
@@ -111,7 +112,7 @@ impl RedisBus {
         // The publisher receives no messages: fred's default capacity. The subscriber's message
         // channel must hold a burst while this node is busy (a lagging receiver loses messages).
         let publisher = builder.build()?;
-        let subscriber = build_subscriber(&mut builder, SUBSCRIBER_CHANNEL_CAPACITY)?;
+        let subscriber = build_subscriber(&mut builder, SUBSCRIBER_RING)?;
         let (queue, queue_rx) = mpsc::channel(config.outage.max_messages.max(1));
         let bus = Arc::new(RedisBus {
             config,
@@ -439,20 +440,17 @@ impl RedisBus {
 
     /// Hands every received message to the adapter owning its channel.
     async fn receive_loop(self: Arc<Self>) {
-        let mut messages = self.subscriber.message_rx();
+        let mut messages = Inbox::forward(self.subscriber.message_rx(), INBOX_MAX_BYTES);
         loop {
-            let message = match messages.recv().await {
-                Ok(message) => message,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
-                    tracing::warn!(
-                        lost = n,
-                        "Redis messages arrived faster than they were handled; some were lost"
-                    );
-                    continue;
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            };
+            let (message, lost) = messages.recv().await;
+            if lost > 0 {
+                self.stats.dropped.fetch_add(lost, Ordering::Relaxed);
+                tracing::warn!(
+                    lost,
+                    "Redis messages arrived faster than they were handled; some were lost"
+                );
+            }
+            let Some(message) = message else { return };
             self.stats.received.fetch_add(1, Ordering::Relaxed);
             let channel = message.channel;
             // The payload as fred received it, without a copy.

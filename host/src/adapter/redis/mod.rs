@@ -7,6 +7,7 @@
 pub mod bounds;
 pub mod bus;
 pub mod classic;
+mod inbox;
 pub mod messages;
 pub mod msgpack;
 pub mod shard_subscriptions;
@@ -110,14 +111,10 @@ pub struct RedisConfig {
 /// client message and its envelope.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4_000_000;
 
-/// Messages a subscriber connection's event channel holds before a busy receive loop starts losing
-/// them (fred allocates every slot up front, for each of its event channels: memory held from
-/// start-up). For connections that carry every broadcast.
-pub(crate) const SUBSCRIBER_CHANNEL_CAPACITY: usize = 16 * 1024;
-
 /// A subscriber client from `builder` whose event channels hold `capacity` messages. fred gives a
 /// client nine event channels and allocates every slot of each up front, so only subscribers get
-/// more than its default of 32 (build other clients from `builder` first).
+/// more than its default of 32 (build other clients from `builder` first); the ones that carry every
+/// broadcast get [`inbox::SUBSCRIBER_RING`] and an [`inbox::Inbox`] behind it that grows with use.
 pub(crate) fn build_subscriber(
     builder: &mut fred::types::Builder,
     capacity: usize,

@@ -19,6 +19,7 @@ use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::inbox::{INBOX_MAX_BYTES, Inbox, SUBSCRIBER_RING};
 use super::messages::{
     Request, Response, Target, await_broadcast_acks, await_responses, await_server_side_acks,
     strip_credentials,
@@ -185,7 +186,7 @@ impl ShardedBus {
         let publisher = builder.build()?;
         // Every broadcast arrives through the subscriber: fred's default of 32 queued messages would
         // lose a burst while this node is busy.
-        let subscriber = super::build_subscriber(&mut builder, super::SUBSCRIBER_CHANNEL_CAPACITY)?;
+        let subscriber = super::build_subscriber(&mut builder, SUBSCRIBER_RING)?;
         let bus = Arc::new(ShardedBus {
             publisher,
             subscriber,
@@ -277,17 +278,14 @@ impl ShardedBus {
     }
 
     async fn receive_loop(self: Arc<Self>) {
-        let mut messages = self.subscriber.message_rx();
+        let mut messages = Inbox::forward(self.subscriber.message_rx(), INBOX_MAX_BYTES);
         loop {
-            let message = match messages.recv().await {
-                Ok(message) => message,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
-                    tracing::warn!(lost = n, "shard messages lost: this node fell behind Redis");
-                    continue;
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            };
+            let (message, lost) = messages.recv().await;
+            if lost > 0 {
+                self.stats.dropped.fetch_add(lost, Ordering::Relaxed);
+                tracing::warn!(lost, "shard messages lost: this node fell behind Redis");
+            }
+            let Some(message) = message else { return };
             self.stats.received.fetch_add(1, Ordering::Relaxed);
             let Some(payload) = message.value.as_bytes() else {
                 continue;
