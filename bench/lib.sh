@@ -25,15 +25,19 @@ wait_port() {
   return 1
 }
 
-# start_server LABEL PORT [ioplex options...]: ioplex for labels starting with "ioplex", else the Node
-# reference server (bench/node/server.mjs, which reads REDIS_URL and PLUGINS_SECRET from the environment).
+# start_server LABEL PORT [ioplex options...]: ioplex for labels starting with "ioplex", the floor
+# server (`ioplex-bench floor-server`) for labels starting with "floor", else the Node reference server (bench/node/server.mjs, which reads REDIS_URL and PLUGINS_SECRET from the environment).
 # Sets server_pid and returns once the port accepts connections.
 start_server() {
   local label=$1 port=$2
   shift 2
+  # With `server_cpus` set (e.g. 0), the server runs pinned to those CPUs (taskset).
+  local pin=()
+  [ -n "${server_cpus:-}" ] && pin=(taskset -c "$server_cpus")
   case $label in
-    ioplex*) RUST_LOG=warn "$bin/ioplex" --port "$port" --host 127.0.0.1 "$@" >>"$out/servers.log" 2>&1 & ;;
-    *) PORT=$port node bench/node/server.mjs >>"$out/servers.log" 2>&1 & ;;
+    ioplex*) RUST_LOG=warn "${pin[@]}" "$bin/ioplex" --port "$port" --host 127.0.0.1 "$@" >>"$out/servers.log" 2>&1 & ;;
+    floor*) "${pin[@]}" "$bin/ioplex-bench" --port "$port" floor-server >>"$out/servers.log" 2>&1 & ;;
+    *) PORT=$port "${pin[@]}" node bench/node/server.mjs >>"$out/servers.log" 2>&1 & ;;
   esac
   server_pid=$!
   started+=("$server_pid")

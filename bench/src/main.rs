@@ -32,6 +32,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod chart;
 mod fleet;
+mod floor;
 mod plugin_hooks;
 
 #[derive(Parser)]
@@ -122,6 +123,9 @@ enum Scenario {
     },
     /// Broadcast fan-out through rooms.
     Fanout(FanoutArgs),
+    /// The floor to measure fan-out servers against: answers `fanout`'s handshake and joins, and writes
+    /// each publish as one pre-encoded frame per other room member, one `write` each (on --port).
+    FloorServer,
     /// A fleet of nodes under the seed's shape: company and conversation rooms, a burst of messages
     /// to company rooms, then steady chat at rising rates; same-node and cross-node latency.
     Fleet(fleet::FleetArgs),
@@ -216,6 +220,79 @@ async fn connect_client(port: u16, n: usize, handshake: &Handshake) -> anyhow::R
     Ok(ws)
 }
 
+/// A fan-out receiver on the bare socket: reads what the kernel has in 64 KiB gulps and looks at each
+/// websocket frame only for its timestamp, so that the generator costs far less per delivery than the
+/// server under test (a tungstenite stream per client cost ~23 µs of CPU per delivery). Answers pings.
+async fn raw_reader(
+    stream: TcpStream,
+    origin: Instant,
+    histogram: Arc<std::sync::Mutex<Histogram<u64>>>,
+    received: Arc<AtomicU64>,
+    measuring: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = stream;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = match stream.read(&mut buf[filled..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        filled += n;
+        let mut at = 0;
+        let mut pongs = 0;
+        let mut counted = 0;
+        let now = origin.elapsed().as_micros() as u64;
+        let measure = measuring.load(Ordering::Relaxed);
+        if let Ok(mut h) = histogram.lock() {
+            while let Some((payload, used)) = server_frame(&buf[at..filled]) {
+                if payload == b"2" {
+                    pongs += 1;
+                } else if measure
+                    && let Some(sent) = std::str::from_utf8(payload).ok().and_then(sent_micros)
+                {
+                    let _ = h.record(now.saturating_sub(sent).max(1));
+                    counted += 1;
+                }
+                at += used;
+            }
+        }
+        buf.copy_within(at..filled, 0);
+        filled -= at;
+        if counted > 0 {
+            received.fetch_add(counted, Ordering::Relaxed);
+        }
+        for _ in 0..pongs {
+            // A masked text frame "3" (mask of zeros: the payload goes as is).
+            if stream
+                .write_all(&[0x81, 0x81, 0, 0, 0, 0, b'3'])
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// A complete unmasked server frame at the start of `buf`: its payload and its length on the wire.
+fn server_frame(buf: &[u8]) -> Option<(&[u8], usize)> {
+    let b1 = *buf.get(1)?;
+    let (len, at): (usize, usize) = match b1 & 0x7f {
+        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
+        127 => (
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    Some((buf.get(at..at.checked_add(len)?)?, at + len))
+}
+
 /// Reads until a text frame starting with `prefix`, answering pings on the way.
 async fn expect_prefix(ws: &mut Ws, prefix: &str) -> anyhow::Result<String> {
     while let Some(msg) = ws.next().await {
@@ -232,6 +309,19 @@ async fn expect_prefix(ws: &mut Ws, prefix: &str) -> anyhow::Result<String> {
     bail!("connection closed while waiting for {prefix:?}")
 }
 
+/// CPU time of a process in user space and in the kernel, from /proc.
+fn process_times(pid: u32) -> Option<(Duration, Duration)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    // Linux reports CPU time in clock ticks of 1/100 s on every platform we run on.
+    Some((
+        Duration::from_millis(user * 10),
+        Duration::from_millis(system * 10),
+    ))
+}
+
 /// Resident memory and CPU time (user + system) of a process, from /proc.
 fn process_usage(pid: u32) -> Option<(u64, Duration)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -242,11 +332,8 @@ fn process_usage(pid: u32) -> Option<(u64, Duration)> {
         .nth(1)?
         .parse::<u64>()
         .ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // Linux reports CPU time in clock ticks of 1/100 s on every platform we run on.
-    Some((rss_kib * 1024, Duration::from_millis(ticks * 10)))
+    let (user, system) = process_times(pid)?;
+    Some((rss_kib * 1024, user + system))
 }
 
 async fn open_many(
@@ -542,61 +629,27 @@ async fn fanout_scenario(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     }
     let origin = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
-    let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Readers wait for a frame or for this; a timer per reader would wake 10,000 idle tasks ten times a
-    // second and make the generator, not the server, the bottleneck.
-    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut publishers = Vec::new();
+    // Each reader records into a histogram of its own (an uncontended lock), merged at the end.
+    let mut histograms = Vec::new();
     let mut readers = Vec::new();
     for (i, ws) in conns.into_iter().enumerate() {
-        let (mut sink, mut stream) = ws.split();
         if publish_port.is_none() && i % room_size == 0 && i / room_size < rooms {
-            publishers.push((i / room_size, sink));
+            publishers.push((i / room_size, ws.split().0));
             continue;
         }
-        let (received, histogram, measuring, mut stopping) = (
-            Arc::clone(&received),
-            Arc::clone(&histogram),
-            Arc::clone(&measuring),
-            stopping.clone(),
-        );
-        readers.push(tokio::spawn(async move {
-            let mut local =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-            let mut count = 0u64;
-            loop {
-                let msg = tokio::select! {
-                    msg = stream.next() => match msg {
-                        Some(Ok(msg)) => msg,
-                        _ => break,
-                    },
-                    _ = stopping.wait_for(|stop| *stop) => break,
-                };
-                let Message::Text(text) = msg else { continue };
-                if text.as_str() == "2" {
-                    if sink.send(Message::text("3")).await.is_err() {
-                        break;
-                    }
-                    continue;
-                }
-                if let Some(sent) = sent_micros(text.as_str())
-                    && measuring.load(Ordering::Relaxed)
-                {
-                    let now = origin.elapsed().as_micros() as u64;
-                    let _ = local.record(now.saturating_sub(sent).max(1));
-                    received.fetch_add(1, Ordering::Relaxed);
-                    count += 1;
-                }
-            }
-            if count > 0
-                && let Ok(mut h) = histogram.lock()
-            {
-                let _ = h.add(&local);
-            }
-        }));
+        let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+            1, 60_000_000, 3,
+        )?));
+        histograms.push(Arc::clone(&histogram));
+        let MaybeTlsStream::Plain(stream) = ws.into_inner() else {
+            bail!("fanout readers use plain TCP");
+        };
+        let (received, measuring) = (Arc::clone(&received), Arc::clone(&measuring));
+        readers.push(tokio::spawn(raw_reader(
+            stream, origin, histogram, received, measuring,
+        )));
     }
     for (room, ws) in remote_publishers.into_iter().enumerate() {
         let (sink, mut stream) = ws.split();
@@ -616,6 +669,7 @@ async fn fanout_scenario(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     let total = warmup + Duration::from_secs(duration);
     let start = Instant::now();
     let mut cpu_before = None;
+    let mut times_before = None;
     let mut own_before = None;
     let mut sent = 0u64;
     let mut ticker = tokio::time::interval(interval.max(Duration::from_micros(50)));
@@ -627,6 +681,7 @@ async fn fanout_scenario(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
             measuring.store(true, Ordering::Relaxed);
             received.store(0, Ordering::Relaxed);
             cpu_before = cli.server_pid.and_then(process_usage);
+            times_before = cli.server_pid.and_then(process_times);
             own_before = process_usage(std::process::id());
         }
         for _ in 0..per_tick {
@@ -646,6 +701,7 @@ async fn fanout_scenario(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     }
     let measured = start.elapsed() - warmup;
     let cpu_after = cli.server_pid.and_then(process_usage);
+    let times_after = cli.server_pid.and_then(process_times);
     let own_after = process_usage(std::process::id());
     // Deliveries of messages published in the window that arrive shortly after it still count.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -653,14 +709,17 @@ async fn fanout_scenario(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     for (_, mut sink) in publishers {
         let _ = sink.close().await;
     }
-    let _ = stop.send(true);
-    for r in readers {
-        let _ = r.await;
+    for r in &readers {
+        r.abort();
     }
     let deliveries = received.load(Ordering::Relaxed);
-    let h = histogram
-        .lock()
-        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for local in &histograms {
+        let local = local
+            .lock()
+            .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+        h.add(&*local)?;
+    }
     let cpu = match (cpu_before, cpu_after) {
         (Some((_, b)), Some((_, a))) if deliveries > 0 => {
             format!("{:.2} µs", (a - b).as_secs_f64() * 1e6 / deliveries as f64)
@@ -676,6 +735,14 @@ async fn fanout_scenario(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         };
     let server_cores = cores(cpu_before, cpu_after);
     let generator_cores = cores(own_before, own_after);
+    // User-space and kernel CPU per delivery, separately.
+    let (user_us, system_us) = match (times_before, times_after) {
+        (Some((ub, sb)), Some((ua, sa))) if deliveries > 0 => (
+            Some((ua - ub).as_secs_f64() * 1e6 / deliveries as f64),
+            Some((sa - sb).as_secs_f64() * 1e6 / deliveries as f64),
+        ),
+        _ => (None, None),
+    };
     let cpu_us = match (cpu_before, cpu_after) {
         (Some((_, b)), Some((_, a))) if deliveries > 0 => {
             Some((a - b).as_secs_f64() * 1e6 / deliveries as f64)
@@ -694,6 +761,8 @@ async fn fanout_scenario(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
         "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
         "max_ms": h.max() as f64 / 1000.0,
         "server_cpu_us_per_delivery": cpu_us,
+        "server_user_us_per_delivery": user_us,
+        "server_system_us_per_delivery": system_us,
         "server_cores": server_cores.parse::<f64>().ok(),
         "generator_cores": generator_cores.parse::<f64>().ok(),
         "cross_node": publish_port.is_some(),
@@ -713,9 +782,18 @@ async fn fanout_scenario(cli: &Cli, args: &FanoutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Scenario::FloorServer = cli.scenario {
+        return floor::run(cli.port);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.scenario {
         Scenario::Connect {
             clients,
@@ -729,6 +807,7 @@ async fn main() -> anyhow::Result<()> {
             first,
         } => connect_worker(&cli, clients, concurrency, first).await,
         Scenario::Fanout(ref args) => fanout_scenario(&cli, args).await,
+        Scenario::FloorServer => floor::run(cli.port),
         Scenario::Fleet(ref args) => fleet::run(&cli, args).await,
         Scenario::FleetWorker(ref args) => fleet::worker(&cli, args).await,
         Scenario::Chart {
