@@ -121,6 +121,24 @@ describe("ioplex-bench smoke", () => {
     }
   });
 
+  test("floor: the floor server, ioplex and Node under one load, pinned, user and system CPU apart", async () => {
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-floor-"));
+    try {
+      const { stdout } = await script("floor", ["--clients", "400", "--room-size", "40", "--rates", "100", "--duration", "2", "--pin", "--out", out]);
+      const rows = jsonLines(path.join(out, "floor.jsonl"));
+      assert.deepEqual(rows.map((r) => r.label), ["floor", "ioplex", "node"]);
+      for (const r of rows) {
+        // Every other member of each room got every publish in the window (100/s to 39 receivers).
+        assert.ok(Math.abs(r.deliveries_per_s - 100 * 39) / (100 * 39) < 0.1, JSON.stringify(r));
+        assert.ok(r.server_user_us_per_delivery + r.server_system_us_per_delivery > 0, JSON.stringify(r));
+      }
+      assert.match(stdout, /^\| 100 \| floor \| \d+ \| [\d.]+ ms \| [\d.]+ \| [\d.]+ \| [\d.]+ \| 1\.00 \|/m);
+      assert.match(stdout, /^\| 100 \| ioplex user \/ Node user \| \| \| [\d.]+ \|/m);
+    } finally {
+      fs.rmSync(out, { recursive: true, force: true });
+    }
+  });
+
   test("noisy: the quiet tenant alone and beside a 5x neighbour, ioplex and Node", async () => {
     const out = fs.mkdtempSync(path.join(os.tmpdir(), "ioplex-noisy-"));
     try {
