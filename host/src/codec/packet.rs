@@ -6,9 +6,12 @@
 //! Binary values stay where the client put them as `{"_placeholder":true,"num":N}` with the bytes alongside
 //! in [`Payload::attachments`], so relaying a packet never walks its JSON twice.
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::msgpack_parser::{Parser, attachments_of, encode_msgpack_packet};
 use crate::engineio::WirePacket;
 
 /// The seven Socket.IO packet types.
@@ -168,6 +171,12 @@ pub enum DecodeError {
     /// A text packet arrived while a binary packet still waited for attachments.
     #[error("text packet while reconstructing a binary packet")]
     UnexpectedText,
+    /// The client switched between the default and the msgpack parser.
+    #[error("a packet in another parser's form than the connection's first")]
+    ParserChanged,
+    /// The client's parser is not the one its tenant allows.
+    #[error("this parser is not allowed here")]
+    ParserRefused,
 }
 
 /// Decodes the text part of a packet. For binary kinds the returned count says how many binary messages
@@ -279,16 +288,65 @@ pub fn placeholders_valid(value: &Value, count: usize) -> bool {
     }
 }
 
-/// A packet encoded for Engine.IO: the text frame, then one binary frame per attachment.
+/// A packet encoded for Engine.IO: the text frame, then one binary frame per attachment; and, made the
+/// first time a msgpack-parser client needs it, the msgpack parser's one binary frame. Every recipient
+/// of a broadcast shares one `EncodedPacket`, so each parser in use encodes once.
 #[derive(Clone, Debug)]
 pub struct EncodedPacket {
     frames: Vec<WirePacket>,
+    msgpack: OnceLock<Option<WirePacket>>,
+    separated: bool,
 }
 
 impl EncodedPacket {
-    /// The frames, in sending order.
+    fn new(frames: Vec<WirePacket>) -> Self {
+        EncodedPacket {
+            frames,
+            msgpack: OnceLock::new(),
+            separated: false,
+        }
+    }
+
+    /// The frames for the default parser, in sending order.
     pub fn frames(&self) -> &[WirePacket] {
         &self.frames
+    }
+
+    /// The frames for a client speaking `parser`.
+    pub fn frames_for(&self, parser: Parser) -> &[WirePacket] {
+        match parser {
+            Parser::Default => &self.frames,
+            Parser::MsgPack => self
+                .msgpack
+                .get_or_init(|| self.to_msgpack())
+                .as_ref()
+                .map_or(&[], std::slice::from_ref),
+        }
+    }
+
+    /// Re-reads the default form (once per packet, not per recipient) and writes the msgpack form.
+    fn to_msgpack(&self) -> Option<WirePacket> {
+        let head = self.frames.first()?.payload();
+        let text = std::str::from_utf8(head.get(1..)?).ok()?;
+        let decoded = decode_text(text, usize::MAX).map(|(mut packet, _)| {
+            packet.attachments = attachments_of(&self.frames);
+            packet
+        });
+        match decoded {
+            Ok(packet) => {
+                let frame = encode_msgpack_packet(&packet);
+                Some(if self.separated {
+                    frame.separated()
+                } else {
+                    frame
+                })
+            }
+            Err(err) => {
+                // Only our own encoder wrote this text; a failure here is a bug, not a peer's doing.
+                tracing::error!(%err, "cannot re-encode a packet for a msgpack client; not sent");
+                None
+            }
+        }
     }
 
     /// Makes the packet reach the client apart from what follows it (see [`WirePacket::separated`]).
@@ -296,6 +354,8 @@ impl EncodedPacket {
         if let Some(last) = self.frames.pop() {
             self.frames.push(last.separated());
         }
+        self.separated = true;
+        self.msgpack = OnceLock::new();
         self
     }
 }
@@ -328,7 +388,7 @@ pub fn encode_with(
     let mut frames = Vec::with_capacity(1 + attachments.len());
     frames.push(head);
     frames.extend(attachments.iter().map(|a| WirePacket::binary(a)));
-    EncodedPacket { frames }
+    EncodedPacket::new(frames)
 }
 
 /// Encodes a packet.

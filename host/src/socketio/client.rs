@@ -11,7 +11,7 @@ use super::server::Shared;
 use super::socket::{DisconnectReason, Identity, Socket};
 use crate::adapter::{PersistedSession, Room};
 use crate::codec::PacketDecoder;
-use crate::codec::{EncodedPacket, Packet, PacketKind, Payload, encode};
+use crate::codec::{EncodedPacket, Packet, PacketKind, Parser, Payload, encode};
 use crate::engineio::{CloseReason, Message, Session, SessionHandler};
 use crate::sid::Sid;
 
@@ -28,17 +28,22 @@ pub struct Client {
 
 impl Client {
     pub(crate) fn new(io: Arc<Shared>) -> Arc<Self> {
-        let max_attachments = io.config.max_attachments;
+        let (max_attachments, parser) = (io.config.max_attachments, io.config.parser);
         Arc::new_cyclic(|me| Client {
             io,
             me: me.clone(),
-            decoder: Mutex::new(PacketDecoder::new(max_attachments)),
+            decoder: Mutex::new(PacketDecoder::new(max_attachments, parser)),
             sockets: Mutex::new(Vec::new()),
             restoring: Mutex::new(Vec::new()),
         })
     }
 
     /// Whether any namespace was joined (checked by the connect timeout).
+    /// The parser this connection speaks (settled by its first packet).
+    pub(crate) fn parser(&self) -> Parser {
+        self.decoder.lock().parser()
+    }
+
     pub(crate) fn has_sockets(&self) -> bool {
         !self.sockets.lock().is_empty()
     }
@@ -115,7 +120,9 @@ impl Client {
         let auth = packet.data.unwrap_or_else(|| Value::Object(Map::new()));
         let ns = match self.io.namespace_for(&packet.nsp) {
             Ok(ns) => ns,
-            Err(message) => return send_connect_error(session, &packet.nsp, message, None),
+            Err(message) => {
+                return send_connect_error(session, self.parser(), &packet.nsp, message, None);
+            }
         };
         if self.recover(session, &ns, &packet.nsp, &auth)
             || self.recover_from_fleet(session, &ns, &auth)
@@ -148,7 +155,13 @@ impl Client {
                 }
                 Err(refusal) => {
                     self.io.release_if_unused(ns);
-                    return send_connect_error(session, nsp, &refusal.message, refusal.data);
+                    return send_connect_error(
+                        session,
+                        self.parser(),
+                        nsp,
+                        &refusal.message,
+                        refusal.data,
+                    );
                 }
             }
         }
@@ -239,7 +252,7 @@ impl Client {
                 client.sockets.lock().push(Arc::clone(&socket));
                 send_connect_reply(&session, &ns, &socket);
                 for packet in &missed {
-                    session.send_all(packet.frames(), false);
+                    session.send_all(packet.frames_for(socket.parser()), false);
                 }
                 tracing::debug!(socket = %socket.id(), replayed = missed.len(), "socket recovered from the fleet");
                 *slot.lock() = Some(socket);
@@ -314,7 +327,7 @@ impl Client {
         self.sockets.lock().push(Arc::clone(&socket));
         send_connect_reply(session, ns, &socket);
         for packet in &missed {
-            session.send_all(packet.frames(), false);
+            session.send_all(packet.frames_for(socket.parser()), false);
         }
         drop(log);
         tracing::debug!(socket = %socket.id(), replayed = missed.len(), "socket recovered");
@@ -345,7 +358,10 @@ fn send_connect_reply(session: &Arc<Session>, ns: &Arc<Namespace>, socket: &Arc<
         data: Some(Value::Object(reply)),
         attachments: Vec::new(),
     };
-    session.send_all(encode(&reply).separated().frames(), false);
+    session.send_all(
+        encode(&reply).separated().frames_for(socket.parser()),
+        false,
+    );
 }
 
 fn run_connect_handler(ns: &Arc<Namespace>, socket: &Arc<Socket>) {
@@ -354,7 +370,13 @@ fn run_connect_handler(ns: &Arc<Namespace>, socket: &Arc<Socket>) {
     }
 }
 
-fn send_connect_error(session: &Session, nsp: &str, message: &str, data: Option<Value>) {
+fn send_connect_error(
+    session: &Session,
+    parser: Parser,
+    nsp: &str,
+    message: &str,
+    data: Option<Value>,
+) {
     let mut body = Map::new();
     body.insert("message".into(), Value::String(message.to_owned()));
     if let Some(data) = data {
@@ -367,7 +389,7 @@ fn send_connect_error(session: &Session, nsp: &str, message: &str, data: Option<
         data: Some(Value::Object(body)),
         attachments: Vec::new(),
     };
-    session.send_all(encode(&packet).frames(), false);
+    session.send_all(encode(&packet).frames_for(parser), false);
 }
 
 impl SessionHandler for Client {

@@ -17,6 +17,9 @@ pub struct SocketIoConfig {
     /// client hands to the handler (the `ioplex` binary turns it on). It runs only where the adapter
     /// is single-node; in a fleet the adapter keeps the log ([`crate::adapter::SessionStore`]).
     pub recovery: Option<super::RecoveryConfig>,
+    /// Which Socket.IO parsers clients may speak: by default each connection's first packet tells
+    /// (socket.io-parser or socket.io-msgpack-parser), where Node serves one for the whole server.
+    pub parser: crate::codec::ParserChoice,
 }
 
 impl Default for SocketIoConfig {
@@ -26,6 +29,7 @@ impl Default for SocketIoConfig {
             max_attachments: 10,
             max_dynamic_namespaces: 1000,
             recovery: None,
+            parser: crate::codec::ParserChoice::Auto,
         }
     }
 }

@@ -13,7 +13,9 @@ use super::broadcast::BroadcastOperator;
 use super::client::Client;
 use super::namespace::Namespace;
 use crate::adapter::{AckSink, Room};
-use crate::codec::{EncodedPacket, Packet, PacketKind, Payload, encode, encode_ack, encode_event};
+use crate::codec::{
+    EncodedPacket, Packet, PacketKind, Parser, Payload, encode, encode_ack, encode_event,
+};
 use crate::engineio::{CloseReason, Handshake, SendOutcome, Session, TransportKind};
 use crate::sid::Sid;
 
@@ -159,6 +161,8 @@ pub struct Socket {
     recovered: bool,
     pub(crate) ns: Arc<Namespace>,
     session: Arc<Session>,
+    /// The client's parser, settled before any socket exists (by the CONNECT).
+    parser: Parser,
     client: Weak<Client>,
     auth: Value,
     user_id: Option<Arc<str>>,
@@ -184,6 +188,9 @@ impl Socket {
             .rate_limit
             .as_ref()
             .map(|limit| Mutex::new(super::rate::TokenBucket::full(limit)));
+        let parser = client
+            .upgrade()
+            .map_or_else(Parser::default, |c| c.parser());
         Arc::new(Socket {
             id: identity.id,
             pid: identity.pid,
@@ -191,6 +198,7 @@ impl Socket {
             recovered: identity.recovered,
             ns,
             session,
+            parser,
             client,
             auth,
             user_id,
@@ -199,6 +207,11 @@ impl Socket {
             acks: Mutex::new(PendingAcks::default()),
             connected: AtomicBool::new(true),
         })
+    }
+
+    /// The Socket.IO parser its client speaks.
+    pub fn parser(&self) -> Parser {
+        self.parser
     }
 
     /// The socket id (not the Engine.IO session id).
@@ -366,7 +379,8 @@ impl Socket {
     }
 
     pub(crate) fn send_encoded(&self, packet: &EncodedPacket, volatile: bool) -> SendOutcome {
-        self.session.send_all(packet.frames(), volatile)
+        self.session
+            .send_all(packet.frames_for(self.parser), volatile)
     }
 
     /// Joins rooms.

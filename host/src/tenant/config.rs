@@ -16,6 +16,7 @@
 //! # redis-subscription-mode = "dynamic"  # static | dynamic | dynamic-private; default: the gateway's
 //! # redis-adapter = "streams"          # classic | streams; default: the gateway's REDIS_ADAPTER
 //! # recovery-window-ms = 120000        # connection state recovery; 0 = off
+//! # parser = "auto"                    # auto | default | msgpack (socket.io-msgpack-parser)
 //! api-keys = ["k_live_..."]
 //! share-credentials = false          # fetchSockets replies carry cookie/authorization/auth
 //!
@@ -91,6 +92,9 @@ pub struct TenantConfig {
     /// Connection state recovery's window in ms (in memory without Redis, in Redis with the streams
     /// adapter); 0 turns it off (default: the gateway's `RECOVERY_WINDOW_MS`).
     pub recovery_window_ms: Option<u64>,
+    /// Socket.IO parsers its clients may speak: `auto` (each connection's first packet tells),
+    /// `default` (socket.io-parser only) or `msgpack` (socket.io-msgpack-parser only).
+    pub parser: Option<crate::codec::ParserChoice>,
     /// Seed nodes of the tenant's own Redis Cluster (`host:port,…`), for the sharded adapter; not
     /// with `redis-url`.
     pub redis_cluster_nodes: Option<String>,

@@ -381,6 +381,9 @@ impl Tenants {
         }
 
         let mut socketio = d.socketio.clone();
+        if let Some(parser) = tc.parser {
+            socketio.parser = parser;
+        }
         if let Some(ms) = tc.recovery_window_ms {
             let base = socketio.recovery.clone().unwrap_or_default();
             socketio.recovery = (ms > 0).then(|| crate::socketio::RecoveryConfig {

@@ -4,17 +4,18 @@
 //! (two Redis connections per node). ioplex nodes and Node servers on the same Redis and key prefix form
 //! one fleet: same channels, same msgpack and JSON messages, same request types.
 
-pub mod bounds;
 pub mod bus;
 pub mod classic;
 mod inbox;
 pub mod messages;
-pub mod msgpack;
 pub mod shard_subscriptions;
 pub mod sharded;
 pub mod sharded_wire;
 pub mod streams;
 pub mod wire;
+
+/// Decoding bounds and msgpack conversions, shared with the msgpack parser in [`crate::codec`].
+pub use crate::codec::{bounds, msgpack};
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;

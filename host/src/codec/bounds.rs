@@ -1,4 +1,5 @@
-//! Limits on what one Redis message may make a node hold while it is decoded.
+//! Limits on what one message (from a Redis peer, or a msgpack client) may make a node hold while it is
+//! decoded.
 //!
 //! A message's bytes are bounded by its size cap; what decoding makes of them is not: one byte of
 //! msgpack or two of JSON become a 32-byte value, then another as JSON, before any shape check. This

@@ -1,4 +1,5 @@
-//! MessagePack as Node's Redis adapter writes it (notepack.io 3), converted to and from our packet form.
+//! MessagePack as Node's Redis adapter (notepack.io 3) and `socket.io-msgpack-parser` write it, converted
+//! to and from our packet form.
 //!
 //! Our packets keep binary out of the JSON (`{"_placeholder":true,"num":N}` plus attachments); on the Redis
 //! wire binary is inline as msgpack `bin`. Conversions follow notepack: integral numbers as the smallest
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use rmpv::Value as Mp;
 use serde_json::{Map, Number, Value};
 
-use crate::codec::placeholder;
+use super::placeholder;
 
 /// Deepest nesting accepted when decoding, so a hostile message cannot exhaust the stack.
 const MAX_DEPTH: usize = 128;
