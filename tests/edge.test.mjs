@@ -49,14 +49,17 @@ describe("precompiled plugins on the edge build", () => {
     fs.writeFileSync(at("acme", "words.toml"), `[settings]\nwords = ["heck"]\n`);
     // Refused, each with its reason: a plain component, an altered artifact, another key's artifact.
     plugins.install("plain", "redact", "redact");
-    compile("redact", build, at("forged", "redact.cwasm"));
-    const forged = fs.readFileSync(at("forged", "redact.cwasm"));
+    // (A plugin no other tenant loads: a damaged file whose signed header names an artifact the node
+    // already verified and cached would load that artifact, which is what the key signed.)
+    compile("stamp", build, at("forged", "stamp.cwasm"));
+    const forged = fs.readFileSync(at("forged", "stamp.cwasm"));
     forged[forged.length - 100] ^= 0xff;
-    fs.writeFileSync(at("forged", "redact.cwasm"), forged);
+    fs.writeFileSync(at("forged", "stamp.cwasm"), forged);
     compile("redact", foreign, at("foreign", "redact.cwasm"));
     server = await startServer({
       binary: edgeBinaryPath(),
-      args: ["--plugins-dir", plugins.root, "--plugins-poll", "100", "--plugin-trusted-keys", build.publicKey],
+      args: ["--plugins-dir", plugins.root, "--plugins-poll", "100", "--plugin-trusted-keys", build.publicKey,
+        "--plugin-cache-dir", plugins.cache],
       env: { RUST_LOG: "warn,ioplex::plugin=info" },
     });
   });
@@ -86,9 +89,9 @@ describe("precompiled plugins on the edge build", () => {
 
   test("a plain component, an altered artifact and another key's artifact are each refused with the reason", async () => {
     const logs = () => server.logs.join("");
-    await waitFor(() => /foreign\/redact/.test(logs()) && /forged\/redact/.test(logs()) && /plain\/redact/.test(logs()), 10000, "three refusals logged");
+    await waitFor(() => /foreign\/redact/.test(logs()) && /forged\/stamp/.test(logs()) && /plain\/redact/.test(logs()), 10000, "three refusals logged");
     assert.match(logs(), /plugin="?plain\/redact"?.*this ioplex build has no compiler/);
-    assert.match(logs(), /plugin="?forged\/redact"?.*the artifact is not the one that was signed/);
+    assert.match(logs(), /plugin="?forged\/stamp"?.*the artifact is not the one that was signed/);
     assert.match(logs(), new RegExp(`plugin="?foreign/redact"?.*signed by ${foreign.publicKey}, a key this node does not trust`));
     // A tenant whose plugin was refused fails closed: nobody connects to be served untransformed.
     for (const tenant of ["plain", "forged", "foreign"]) {
@@ -117,5 +120,22 @@ describe("precompiled plugins on the edge build", () => {
     out = run(binaryPath("ioplex"), ["plugin", "check", file, "--trusted-keys", build.publicKey]);
     assert.equal(out.status, 0, out.stdout);
     assert.match(out.stdout, /signature checked, loaded and smoke-tested/);
+  });
+
+  test("verified artifacts are kept in the node's cache and a restart serves from it", async () => {
+    const cached = fs.readdirSync(plugins.cache).filter((f) => f.startsWith("precompiled-"));
+    // redact (acme, and foreign's trusted version: the same artifact) and profanity.
+    assert.equal(cached.length, 2, cached.join(", "));
+    await server.stop();
+    server = await startServer({
+      binary: edgeBinaryPath(),
+      args: ["--plugins-dir", plugins.root, "--plugin-trusted-keys", build.publicKey, "--plugin-cache-dir", plugins.cache],
+      env: { RUST_LOG: "warn,ioplex::plugin=info" },
+    });
+    const [a, b] = [await connected(`${server.url}?tenant=acme`), await connected(`${server.url}?tenant=acme`)];
+    for (const s of [a, b]) assert.deepEqual(await join(s, "room"), { ok: true });
+    const got = received(b, "message");
+    assert.deepEqual(await publish(a, { room: "room", event: "message", args: [{ text: "heck 4111 1111 1111 1111" }] }), { ok: true });
+    assert.deepEqual(await got, [{ text: "h*** [card]" }]);
   });
 });

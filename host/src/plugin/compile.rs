@@ -1,10 +1,9 @@
 //! Turning bytes into a compiled component: format checks, then Cranelift, with an on-disk cache of the
-//! compiled form keyed by content hash and engine compatibility hash.
+//! compiled form keyed by content hash and engine compatibility hash (also holding precompiled
+//! artifacts once their signature was checked).
 
-#[cfg(feature = "compiler")]
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -17,7 +16,9 @@ const MODULE_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
 
 /// Hex SHA-256 of a component's bytes: its identity in caches, logs and the fleet.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
+    // ring's SHA-256 is assembly (SHA extensions where the CPU has them): a precompiled JavaScript
+    // plugin is ~40 MB, hashed on every load, and the edge build optimises Rust code for size.
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 /// Lower-case hex of `bytes`.
@@ -77,32 +78,43 @@ pub(crate) fn compile(
         .cache_dir
         .as_ref()
         .map(|dir| dir.join(format!("{sha}-{}.cwasm", engine.compat)));
-    if let Some(path) = &cached
-        && path.exists()
-    {
-        // SAFETY: only this process's own compiler writes the cache directory (see `store_cached`), and the
-        // file name binds the artifact to the component's hash and this engine's compatibility hash.
-        match unsafe { Component::deserialize_file(&engine.engine, path) } {
-            Ok(component) => return Ok(component),
-            Err(err) => {
-                tracing::warn!(path = %path.display(), error = %err, "dropping an unusable compiled plugin");
-                let _ = std::fs::remove_file(path);
-            }
-        }
+    if let Some(component) = cached.as_deref().and_then(|path| load_cached(engine, path)) {
+        return Ok(component);
     }
     let component = Component::new(&engine.engine, bytes)
         .map_err(|e| PluginError::Compile(format!("{e:#}")))?;
     if let Some(path) = &cached {
-        store_cached(&component, path);
+        match component.serialize() {
+            Ok(artifact) => store_cached(path, &artifact),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot serialize a compiled plugin to cache it")
+            }
+        }
     }
     Ok(component)
 }
 
-/// Writes the compiled form next to the others, atomically (temp file + rename). Failure only costs time.
-#[cfg(feature = "compiler")]
-fn store_cached(component: &Component, path: &Path) {
+/// A compiled component from the cache (mapped, not read), if one is there; one that no longer loads is
+/// dropped.
+pub(crate) fn load_cached(engine: &PluginEngine, path: &Path) -> Option<Component> {
+    if !path.exists() {
+        return None;
+    }
+    // SAFETY: only this process writes the cache directory (`store_cached`), with artifacts it compiled
+    // itself or verified against a trusted signature, under names that bind them to their hash.
+    match unsafe { Component::deserialize_file(&engine.engine, path) } {
+        Ok(component) => Some(component),
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "dropping an unusable compiled plugin");
+            let _ = std::fs::remove_file(path);
+            None
+        }
+    }
+}
+
+/// Writes a compiled form next to the others, atomically (temp file + rename). Failure only costs time.
+pub(crate) fn store_cached(path: &Path, artifact: &[u8]) {
     let result = (|| -> std::io::Result<()> {
-        let bytes = component.serialize().map_err(std::io::Error::other)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(
@@ -112,7 +124,7 @@ fn store_cached(component: &Component, path: &Path) {
                 .unwrap_or("plugin"),
             std::process::id()
         ));
-        std::fs::write(&tmp, bytes)?;
+        std::fs::write(&tmp, artifact)?;
         std::fs::rename(&tmp, path)
     })();
     if let Err(err) = result {

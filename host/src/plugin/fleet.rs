@@ -24,10 +24,10 @@ use fred::types::Builder;
 use fred::types::config::{Config, ReconnectPolicy};
 use serde::{Deserialize, Serialize};
 
-use super::compile::sha256_hex;
 use super::fleet_key::FleetKey;
 use super::loaded::PluginSource;
 use super::manifest::PluginManifest;
+use super::precompiled::version_hash;
 use super::runtime::PluginRuntime;
 use super::watch::valid_name;
 
@@ -161,7 +161,7 @@ impl PluginFleet {
         name: &str,
         bytes: &[u8],
     ) -> Result<(), FleetError> {
-        let sha = sha256_hex(bytes);
+        let sha = version_hash(bytes);
         let previous = self.recorded(tenant, name).await;
         self.client
             .set::<(), _, _>(self.blob_key(&sha), bytes.to_vec(), None, None, false)
@@ -398,7 +398,7 @@ impl PluginFleet {
                 return;
             }
         };
-        let Some(bytes) = bytes.filter(|b| sha256_hex(b) == sha) else {
+        let Some(bytes) = bytes.filter(|b| version_hash(b) == sha) else {
             tracing::warn!(
                 tenant,
                 plugin = name,
@@ -489,7 +489,7 @@ mod tests {
             eventually(|| runtime_b.slot("acme").chain().get("chaos").is_none()).await,
             "b removes it"
         );
-        let blob = fleet_a.blob_key(&sha256_hex(&bytes));
+        let blob = fleet_a.blob_key(&version_hash(&bytes));
         let left: i64 = fleet_a.client.exists(&blob).await.expect("exists");
         assert_eq!(left, 0, "an unreferenced blob is deleted");
         let _: Result<(), _> = fleet_a

@@ -15,6 +15,9 @@
 //! <the wasmtime artifact>
 //! ```
 //!
+//! Once verified, the artifact is kept in the node's compile cache under its hash, so a restart maps it
+//! instead of hashing tens of megabytes again.
+//!
 //! The signature covers `ioplex-precompiled-v1\n<component_sha256>\n<artifact_sha256>`, so an artifact
 //! names the component it was compiled from. Like any plugin file, the envelope's own hash is the
 //! plugin's version on the node. wasmtime itself refuses an artifact built by another wasmtime version,
@@ -25,7 +28,7 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 use wasmtime::component::Component;
 
-use super::compile::{hex, sha256_hex};
+use super::compile::{hex, load_cached, sha256_hex, store_cached};
 use super::error::PluginError;
 use super::wasm_engine::PluginEngine;
 
@@ -47,6 +50,19 @@ struct Header {
 /// Whether `bytes` are a precompiled plugin envelope (signed or not).
 pub fn is_precompiled(bytes: &[u8]) -> bool {
     bytes.starts_with(MAGIC)
+}
+
+/// The hash that names a plugin file (its version, in logs, metrics and the fleet's records): of its
+/// bytes, or for an envelope of its magic and header only. The header holds the artifact's hash, which
+/// [`open`] checks against the signature and the bytes, so a 40 MB artifact is hashed once per load.
+pub fn version_hash(bytes: &[u8]) -> String {
+    let header_end = bytes.strip_prefix(MAGIC).and_then(|rest| {
+        rest.iter()
+            .take(MAX_HEADER)
+            .position(|&b| b == b'\n')
+            .map(|end| MAGIC.len() + end + 1)
+    });
+    sha256_hex(&bytes[..header_end.unwrap_or(bytes.len())])
 }
 
 /// An Ed25519 public key a node accepts precompiled plugins from.
@@ -234,6 +250,15 @@ pub(crate) fn open(
             &signature,
         )
         .map_err(|_| untrusted("the signature does not match"))?;
+    // A copy this node verified before loads from its cache without hashing megabytes again.
+    let cached = engine
+        .options
+        .cache_dir
+        .as_ref()
+        .map(|dir| dir.join(format!("precompiled-{}.cwasm", header.artifact_sha256)));
+    if let Some(component) = cached.as_deref().and_then(|path| load_cached(engine, path)) {
+        return Ok(component);
+    }
     if sha256_hex(artifact) != header.artifact_sha256 {
         return Err(untrusted(
             "the artifact is not the one that was signed (altered or truncated)",
@@ -242,8 +267,12 @@ pub(crate) fn open(
     // SAFETY: the artifact is byte for byte what a trusted key signed, i.e. what `ioplex plugin compile`
     // produced on the operator's build machine; wasmtime checks it matches this engine's version,
     // settings and CPU before using it.
-    unsafe { Component::deserialize(&engine.engine, artifact) }
-        .map_err(|e| PluginError::Incompatible(format!("{e:#}")))
+    let component = unsafe { Component::deserialize(&engine.engine, artifact) }
+        .map_err(|e| PluginError::Incompatible(format!("{e:#}")))?;
+    if let Some(path) = &cached {
+        store_cached(path, artifact);
+    }
+    Ok(component)
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {

@@ -188,7 +188,7 @@ impl PluginDir {
                 };
                 let current = self.runtime.slot(&c.tenant).chain();
                 if let Some(p) = current.get(&c.name)
-                    && p.sha256() == super::compile::sha256_hex(&bytes)
+                    && p.sha256() == super::precompiled::version_hash(&bytes)
                     && p.context().settings == manifest.settings
                     && *p.limits() == manifest.limits
                 {
