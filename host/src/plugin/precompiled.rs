@@ -19,9 +19,9 @@
 //! instead of hashing tens of megabytes again.
 //!
 //! The signature covers `ioplex-precompiled-v1\n<component_sha256>\n<artifact_sha256>`, so an artifact
-//! names the component it was compiled from. Like any plugin file, the envelope's own hash is the
-//! plugin's version on the node. wasmtime itself refuses an artifact built by another wasmtime version,
-//! engine settings or CPU.
+//! names the component it was compiled from. The plugin's version on a node is the hash of the
+//! envelope's magic and header ([`version_hash`]). wasmtime itself refuses an artifact built by another
+//! wasmtime version, engine settings or CPU.
 
 use ring::rand::SystemRandom;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};

@@ -38,12 +38,12 @@ impl Client {
         })
     }
 
-    /// Whether any namespace was joined (checked by the connect timeout).
     /// The parser this connection speaks (settled by its first packet).
     pub(crate) fn parser(&self) -> Parser {
         self.decoder.lock().parser()
     }
 
+    /// Whether any namespace was joined (checked by the connect timeout).
     pub(crate) fn has_sockets(&self) -> bool {
         !self.sockets.lock().is_empty()
     }
