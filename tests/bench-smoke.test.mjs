@@ -71,16 +71,17 @@ describe("ioplex-bench smoke", () => {
         ({ stdout } = await run(binaryPath("ioplex-bench"), args, { timeout: 120000 }));
       }
       const rows = stdout.split("\n").filter((l) => l.startsWith("| ") && !l.startsWith("| hook") && !l.startsWith("| reload"));
-      assert.equal(rows.length, 9, stdout); // six hook rows, three reload rows
+      assert.equal(rows.length, 11, stdout); // eight hook rows, three reload rows
       for (const row of rows) {
         const cells = row.split("|").map((c) => c.trim()).filter(Boolean);
         assert.ok(cells.slice(2).every((c) => Number.isFinite(Number(c))), row);
       }
       assert.ok(rows.slice(-3).every((r) => r.endsWith("| 0 |")), "no failed call during reloads");
       const results = jsonLines(jsonFile);
-      assert.deepEqual(results.map((r) => r.scenario), [...Array(6).fill("plugin-hook"), ...Array(3).fill("plugin-reload")]);
-      assert.ok(results.slice(0, 6).every((r) => r.p50_us > 0 && r.p99_us >= r.p50_us), JSON.stringify(results));
-      assert.ok(results.slice(6).every((r) => r.failed_calls === 0 && r.p50_ms > 0), JSON.stringify(results));
+      assert.deepEqual(results.map((r) => r.scenario), [...Array(8).fill("plugin-hook"), ...Array(3).fill("plugin-reload")]);
+      assert.ok(results.slice(0, 8).every((r) => r.p50_us > 0 && r.p99_us >= r.p50_us), JSON.stringify(results));
+      assert.ok(results.slice(8).every((r) => r.failed_calls === 0 && r.p50_ms > 0), JSON.stringify(results));
+      assert.deepEqual(results.slice(6, 8).map((r) => r.plugin), ["Python moderation", "Python moderation"]);
     } finally {
       fs.rmSync(jsonFile, { force: true });
     }

@@ -3,6 +3,7 @@
 import { after, afterEach, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import fs from "node:fs";
 import { binaryPath, startServer } from "./lib/server.mjs";
 import { arrives, client, closeAll, connected, once, sleep, received, waitFor } from "./lib/client.mjs";
 import { pluginPath, pluginsDir, token } from "./lib/plugins.mjs";
@@ -20,6 +21,7 @@ describe("ioplex plugin check", () => {
       stamp: "transform-broadcast",
       chaos: "authorize-join, transform-event",
       profanity: "authorize-join, transform-event",
+      moderation: "authorize-join, transform-event",
     };
     for (const [name, hooks] of Object.entries(expected)) {
       const run = check(pluginPath(name));
@@ -60,6 +62,7 @@ describe("tenant plugins", () => {
     plugins.install("default", "10-auth", "room_auth", `[settings]\nsecret = "${SECRET}"\n`);
     plugins.install("default", "20-redact", "redact", `[settings]\nmax-bytes = 2048\n`);
     plugins.install("js", "filter", "profanity", `[settings]\nwords = ["heck", "darn"]\n`);
+    plugins.install("py", "moderation", "moderation", `[settings]\nblocked = "scam,spam"\n`);
     // 100 ms: room for `oom` to fill its 16 MiB (page faults included) on a loaded CI machine before
     // the deadline, so the cap, not the clock, stops it; `loop` still times out.
     plugins.install("chaos", "chaos", "chaos", `[settings]\nlabel = "v1"\n[limits]\ndeadline-ms = 100\nmemory-mib = 16\n`);
@@ -188,6 +191,39 @@ describe("tenant plugins", () => {
     const r = await refusal(client(url("broken")));
     assert.equal(r.data.code, "plugin_failed");
     assert.match(r.message, /authorization is unavailable \(auth: unavailable\)/);
+  });
+
+  test("the Python plugin (componentize-py) rejects blocked words, calms shouting and refuses rooms", async () => {
+    const [a, b] = [await connected(url("py")), await connected(url("py"))];
+    for (const s of [a, b]) assert.deepEqual(await join(s, "room"), { ok: true });
+    const nothing = arrives(b, "message");
+    assert.deepEqual(await publish(a, { room: "room", event: "message", args: ["a great SCAM offer"] }), {
+      ok: false, code: "rejected", message: 'message blocked: "scam" is not allowed here',
+    });
+    assert.equal(await nothing, false, "a rejected message reaches nobody");
+    let got = received(b, "message");
+    assert.deepEqual(await publish(a, { room: "room", event: "message", args: [{ text: "PLEASE ANSWER ME NOW", at: 1 }] }), { ok: true });
+    assert.deepEqual(await got, [{ text: "please answer me now", at: 1 }]);
+    got = received(b, "message");
+    assert.deepEqual(await publish(a, { room: "room", event: "message", args: ["Hello there"] }), { ok: true });
+    assert.deepEqual(await got, ["Hello there"]);
+    assert.deepEqual(await join(a, "spam-corner"), {
+      ok: false, code: "forbidden", message: 'room name "spam-corner" is not allowed',
+    });
+  });
+
+  test("a plugin cannot open a socket: TCP and UDP are refused by the sandbox, not by the OS", async () => {
+    const s = await connected(url("chaos"));
+    const fds = () => fs.readdirSync(`/proc/${server.child.pid}/fd`).length;
+    const before = fds();
+    for (let i = 0; i < 20; i++) {
+      const answer = await join(s, "chaos:network");
+      assert.equal(answer.ok, false);
+      assert.equal(answer.code, "forbidden");
+      assert.match(answer.message, /^network refused: tcp: .+; udp: .+/);
+    }
+    assert.ok(fds() <= before + 2, `the gateway holds ${fds() - before} more descriptors`);
+    assert.deepEqual(await join(s, "lobby"), { ok: true });
   });
 
   test("a plugin that loops, eats memory or traps is cut off; the socket, the host and other tenants carry on", async () => {

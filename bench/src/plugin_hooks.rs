@@ -126,7 +126,16 @@ fn transform_rows(
             other => bail!("{plugin_label} did not rewrite: {other:?}"),
         },
     )?;
-    let pass = measure(
+    Ok([rewrite, pass_row(plugin_label, plugin, passed, iterations)?])
+}
+
+fn pass_row(
+    plugin_label: &'static str,
+    plugin: &LoadedPlugin,
+    passed: &types::ClientEvent,
+    iterations: usize,
+) -> anyhow::Result<Row> {
+    measure(
         "transform-event, 1 KiB, passed",
         plugin_label,
         iterations,
@@ -134,8 +143,7 @@ fn transform_rows(
             Ok(types::EventAction::Pass) => Ok(()),
             other => bail!("{plugin_label} did not pass: {other:?}"),
         },
-    )?;
-    Ok([rewrite, pass])
+    )
 }
 
 fn us(ns: u64) -> f64 {
@@ -239,10 +247,11 @@ async fn run_inner(
     auth_manifest
         .settings
         .insert("secret".into(), SECRET.into());
-    let (room_auth, redact, profanity) = (
+    let (room_auth, redact, profanity, moderation) = (
         read(dist, "room_auth")?,
         read(dist, "redact")?,
         read(dist, "profanity")?,
+        read(dist, "moderation")?,
     );
     let auth = runtime
         .install(
@@ -271,6 +280,15 @@ async fn run_inner(
             PluginSource::Api,
         )
         .await?;
+    let python = runtime
+        .install(
+            "python",
+            "moderation",
+            moderation,
+            PluginManifest::default(),
+            PluginSource::Api,
+        )
+        .await?;
 
     let claims = r#"{"sub":"agent-1","company":"acme","conversations":["42"],"role":"agent"}"#;
     let join = types::JoinRequest {
@@ -293,6 +311,18 @@ async fn run_inner(
         "JS moderate",
         &js,
         &event,
+        &plain,
+        js_iterations,
+    )?);
+    rows.push(join_row(
+        "Python moderation",
+        &python,
+        &join,
+        js_iterations,
+    )?);
+    rows.push(pass_row(
+        "Python moderation",
+        &python,
         &plain,
         js_iterations,
     )?);

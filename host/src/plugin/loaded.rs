@@ -830,11 +830,11 @@ impl LoadedPlugin {
 /// Refuses imports outside the host interface and the WASI 0.2 interfaces that an empty context serves.
 fn check_imports(engine: &PluginEngine, component: &Component) -> Result<(), PluginError> {
     for (name, _) in component.component_type().imports(&engine.engine) {
+        // WASI sockets link, but the sandbox refuses every socket (`state::sandbox_wasi`).
         let allowed = name.starts_with("ioplex:plugin/host@0.1.")
             || name.starts_with("ioplex:plugin/types@0.1.")
             || (name.starts_with("wasi:")
                 && name.contains("@0.2.")
-                && !name.starts_with("wasi:sockets/")
                 && !name.starts_with("wasi:http/"));
         if !allowed {
             return Err(PluginError::ForbiddenImport(name.to_owned()));

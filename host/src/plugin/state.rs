@@ -44,12 +44,18 @@ pub(crate) struct HostState {
 const MAX_RANDOM_BYTES: u64 = 4096;
 
 /// The WASI context of a plugin: nothing to open, clocks no finer than `host.now-ms` gives (a
-/// millisecond; a finer timer would serve timing side channels), random bytes in small amounts.
+/// millisecond; a finer timer would serve timing side channels), random bytes in small amounts. The
+/// socket interfaces are linked (language runtimes such as componentize-py's import them), but TCP, UDP
+/// and name lookups are refused before the host makes an OS socket, so a plugin can neither reach the
+/// network nor spend the node's file descriptors.
 fn sandbox_wasi() -> WasiCtx {
     WasiCtx::builder()
         .wall_clock(MillisecondWallClock)
         .monotonic_clock(MillisecondMonotonicClock(std::time::Instant::now()))
         .max_random_size(MAX_RANDOM_BYTES)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
         .build()
 }
 

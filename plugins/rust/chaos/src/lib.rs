@@ -1,7 +1,9 @@
 //! A plugin that misbehaves on request, so tests can prove the sandbox holds: joining room `chaos:loop`
 //! spins forever, `chaos:oom` allocates until the memory cap stops it, `chaos:stack` recurses until the
 //! stack cap stops it, `chaos:trap` panics, `chaos:churn` keeps 70 MiB (so the host throws the instance
-//! away after the call), and `chaos:refuse` is an ordinary refusal. Events named `loop`, `oom`, `stack`,
+//! away after the call), `chaos:network` tries to open TCP and UDP sockets and refuses the join with
+//! what the sandbox answered (or allows it, should a socket open), and `chaos:refuse` is an ordinary
+//! refusal. Events named `loop`, `oom`, `stack`,
 //! `trap` and `churn` do the same in `transform_event`; any other room or event passes. The setting
 //! `label` is echoed in refusals, so a test can tell which version answered; the setting `start-spins`
 //! makes every instance spin that many iterations while it starts (a slow start function).
@@ -43,6 +45,14 @@ fn misbehave(what: &str) -> Result<(), String> {
             Ok(())
         }
         "trap" => panic!("chaos plugin asked to trap"),
+        "network" => {
+            let tcp = std::net::TcpStream::connect("127.0.0.1:6379").map(drop);
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").map(drop);
+            match (tcp, udp) {
+                (Err(tcp), Err(udp)) => Err(format!("network refused: tcp: {tcp}; udp: {udp}")),
+                _ => Ok(()),
+            }
+        }
         "refuse" => Err(format!(
             "refused by chaos {}",
             host::setting("label").unwrap_or_default()
