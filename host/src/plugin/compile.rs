@@ -2,7 +2,7 @@
 //! compiled form keyed by content hash and engine compatibility hash (also holding precompiled
 //! artifacts once their signature was checked).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -73,11 +73,7 @@ pub(crate) fn compile(
     sha: &str,
 ) -> Result<Component, PluginError> {
     check_format(bytes, engine.options.max_component_bytes)?;
-    let cached = engine
-        .options
-        .cache_dir
-        .as_ref()
-        .map(|dir| dir.join(format!("{sha}-{}.cwasm", engine.compat)));
+    let cached = cache_path(engine, &format!("{sha}-{}.cwasm", engine.compat));
     if let Some(component) = cached.as_deref().and_then(|path| load_cached(engine, path)) {
         return Ok(component);
     }
@@ -92,6 +88,15 @@ pub(crate) fn compile(
         }
     }
     Ok(component)
+}
+
+/// Where the cache keeps `file_name`, if this node has a cache.
+pub(crate) fn cache_path(engine: &PluginEngine, file_name: &str) -> Option<PathBuf> {
+    engine
+        .options
+        .cache_dir
+        .as_ref()
+        .map(|dir| dir.join(file_name))
 }
 
 /// A compiled component from the cache (mapped, not read), if one is there; one that no longer loads is

@@ -28,7 +28,7 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 use wasmtime::component::Component;
 
-use super::compile::{hex, load_cached, sha256_hex, store_cached};
+use super::compile::{cache_path, hex, load_cached, sha256_hex, store_cached};
 use super::error::PluginError;
 use super::wasm_engine::PluginEngine;
 
@@ -93,16 +93,10 @@ impl std::str::FromStr for TrustedKey {
 
     fn from_str(s: &str) -> Result<Self, BadKey> {
         let s = s.trim();
-        let bad = || BadKey(s.to_owned());
-        if s.len() != 64 {
-            return Err(bad());
-        }
-        let mut key = [0u8; 32];
-        for (i, byte) in key.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
-                .map_err(|_| bad())?;
-        }
-        Ok(TrustedKey(key))
+        unhex(s)
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .map(TrustedKey)
+            .ok_or_else(|| BadKey(s.to_owned()))
     }
 }
 
@@ -251,11 +245,10 @@ pub(crate) fn open(
         )
         .map_err(|_| untrusted("the signature does not match"))?;
     // A copy this node verified before loads from its cache without hashing megabytes again.
-    let cached = engine
-        .options
-        .cache_dir
-        .as_ref()
-        .map(|dir| dir.join(format!("precompiled-{}.cwasm", header.artifact_sha256)));
+    let cached = cache_path(
+        engine,
+        &format!("precompiled-{}.cwasm", header.artifact_sha256),
+    );
     if let Some(component) = cached.as_deref().and_then(|path| load_cached(engine, path)) {
         return Ok(component);
     }
