@@ -49,6 +49,7 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
+pub mod admin_ui;
 pub mod api;
 pub mod codec;
 pub mod contract;

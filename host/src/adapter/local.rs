@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::{
     AckSink, Adapter, AdapterError, BoxFuture, BroadcastAcks, BroadcastOptions, BroadcastPacket,
-    Room, SocketInfo, SocketTable,
+    Room, RoomChange, SocketInfo, SocketTable,
 };
 use crate::codec::Payload;
 use crate::sid::Sid;
@@ -75,20 +75,38 @@ impl Index {
         out
     }
 
-    fn add(&mut self, sid: Sid, room: &Room) {
+    /// Adds a membership; true when it is new.
+    fn add(&mut self, sid: Sid, room: &Room) -> bool {
         self.rooms.entry(room.clone()).or_default().insert(sid);
-        self.sockets.entry(sid).or_default().insert(room.clone());
+        self.sockets.entry(sid).or_default().insert(room.clone())
     }
 
-    fn remove(&mut self, sid: Sid, room: &Room) {
+    /// Removes a membership; true when there was one.
+    fn remove(&mut self, sid: Sid, room: &Room) -> bool {
         if let Some(members) = self.rooms.get_mut(room) {
             members.remove(&sid);
             if members.is_empty() {
                 self.rooms.remove(room);
             }
         }
-        if let Some(rooms) = self.sockets.get_mut(&sid) {
-            rooms.remove(room);
+        self.sockets
+            .get_mut(&sid)
+            .is_some_and(|rooms| rooms.remove(room))
+    }
+}
+
+/// Room changes made under the index lock, reported to the socket table once it is released (only when
+/// the table watches rooms, so an unwatched namespace collects nothing).
+struct Changes(Option<Vec<RoomChange>>);
+
+impl Changes {
+    fn record(&mut self, changed: bool, sid: Sid, room: &Room, joined: bool) {
+        if let (true, Some(list)) = (changed, &mut self.0) {
+            list.push(RoomChange {
+                sid,
+                room: room.clone(),
+                joined,
+            });
         }
     }
 }
@@ -97,6 +115,9 @@ impl Index {
 pub struct LocalAdapter {
     index: RwLock<Index>,
     sockets: Weak<dyn SocketTable>,
+    /// Whether the table watches room changes; asked at the first change, since the table is still
+    /// being built when its adapter is.
+    watched: std::sync::OnceLock<bool>,
 }
 
 impl LocalAdapter {
@@ -105,6 +126,26 @@ impl LocalAdapter {
         LocalAdapter {
             index: RwLock::new(Index::default()),
             sockets,
+            watched: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// An empty change list when the table watches rooms, no list otherwise.
+    fn changes(&self) -> Changes {
+        let watched = *self.watched.get_or_init(|| {
+            self.sockets
+                .upgrade()
+                .is_some_and(|table| table.watches_rooms())
+        });
+        Changes(watched.then(Vec::new))
+    }
+
+    /// Tells the table what changed; call with the index lock released.
+    fn report(&self, changes: Changes) {
+        if let Some(list) = changes.0.filter(|l| !l.is_empty())
+            && let Some(table) = self.sockets.upgrade()
+        {
+            table.rooms_changed(&list);
         }
     }
 
@@ -140,16 +181,20 @@ impl LocalAdapter {
 
     /// Applies a join/leave to the local sockets targeted by `opts`.
     pub fn local_update_rooms(&self, opts: &BroadcastOptions, rooms: &[Room], join: bool) {
+        let mut changes = self.changes();
         let mut index = self.index.write();
         for sid in index.targets(opts) {
             for room in rooms {
-                if join {
-                    index.add(sid, room);
+                let changed = if join {
+                    index.add(sid, room)
                 } else {
-                    index.remove(sid, room);
-                }
+                    index.remove(sid, room)
+                };
+                changes.record(changed, sid, room, join);
             }
         }
+        drop(index);
+        self.report(changes);
     }
 
     /// Joins the local sockets targeted by `opts` to `rooms`, except where a socket would then be in more
@@ -160,6 +205,7 @@ impl LocalAdapter {
         rooms: &[Room],
         max_rooms: usize,
     ) -> usize {
+        let mut changes = self.changes();
         let mut index = self.index.write();
         let mut refused = 0;
         for sid in index.targets(opts) {
@@ -170,9 +216,12 @@ impl LocalAdapter {
                     refused += 1;
                     continue;
                 }
-                index.add(sid, room);
+                let added = index.add(sid, room);
+                changes.record(added, sid, room, true);
             }
         }
+        drop(index);
+        self.report(changes);
         refused
     }
 
@@ -240,17 +289,25 @@ impl LocalAdapter {
 
 impl Adapter for LocalAdapter {
     fn add_all(&self, sid: Sid, rooms: &[Room]) {
+        let mut changes = self.changes();
         let mut index = self.index.write();
         for room in rooms {
-            index.add(sid, room);
+            let added = index.add(sid, room);
+            changes.record(added, sid, room, true);
         }
+        drop(index);
+        self.report(changes);
     }
 
     fn del(&self, sid: Sid, room: &Room) {
-        self.index.write().remove(sid, room);
+        let mut changes = self.changes();
+        let removed = self.index.write().remove(sid, room);
+        changes.record(removed, sid, room, false);
+        self.report(changes);
     }
 
     fn del_all(&self, sid: Sid) {
+        let mut changes = self.changes();
         let mut index = self.index.write();
         let Some(rooms) = index.sockets.remove(&sid) else {
             return;
@@ -262,7 +319,10 @@ impl Adapter for LocalAdapter {
                     index.rooms.remove(&room);
                 }
             }
+            changes.record(true, sid, &room, false);
         }
+        drop(index);
+        self.report(changes);
     }
 
     fn socket_rooms(&self, sid: Sid) -> Vec<Room> {

@@ -193,6 +193,24 @@ pub trait SocketTable: Send + Sync + 'static {
     ) -> usize;
     /// Runs the namespace's server-side event handler for an emit from another server.
     fn server_side_emit(&self, data: Vec<Value>, ack: Option<ServerAck>);
+    /// Whether the table wants [`SocketTable::rooms_changed`]; asked once, at the first room change.
+    fn watches_rooms(&self) -> bool {
+        false
+    }
+    /// Memberships that changed on this node, however they changed (a socket's own join, a fleet
+    /// request, a disconnect). Called with no adapter lock held; must not block.
+    fn rooms_changed(&self, _changes: &[RoomChange]) {}
+}
+
+/// One socket joining or leaving one room on this node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomChange {
+    /// The socket.
+    pub sid: Sid,
+    /// The room.
+    pub room: Room,
+    /// Joined (true) or left.
+    pub joined: bool,
 }
 
 /// Rooms and broadcasts of one namespace. Every method is non-blocking; the fleet-wide ones return futures

@@ -30,7 +30,7 @@ pub use headers::HandshakeHeaders;
 #[cfg(unix)]
 pub use memory_client::{MemoryClient, Received};
 pub use packet::{Message, Utf8Bytes};
-pub use server::{Engine, EngineHandler};
+pub use server::{Engine, EngineHandler, WeakEngine};
 pub use session::{
     CloseReason, Handshake, SendOutcome, Session, SessionHandler, TransportFailure, TransportKind,
 };

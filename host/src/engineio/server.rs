@@ -103,7 +103,27 @@ pub struct Engine {
     shared: Arc<EngineShared>,
 }
 
+/// An [`Engine`] that does not keep the endpoint alive; see [`Engine::downgrade`].
+#[derive(Clone)]
+pub struct WeakEngine {
+    shared: std::sync::Weak<EngineShared>,
+}
+
+impl WeakEngine {
+    /// The endpoint, if it still exists.
+    pub fn upgrade(&self) -> Option<Engine> {
+        self.shared.upgrade().map(|shared| Engine { shared })
+    }
+}
+
 impl Engine {
+    /// A handle for background tasks that must not keep the endpoint alive.
+    pub fn downgrade(&self) -> WeakEngine {
+        WeakEngine {
+            shared: Arc::downgrade(&self.shared),
+        }
+    }
+
     /// An endpoint that hands every session to `handler`.
     pub fn new(config: EngineConfig, handler: Arc<dyn EngineHandler>) -> Self {
         Engine {

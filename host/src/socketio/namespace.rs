@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::broadcast::BroadcastOperator;
 use super::handlers::Handlers;
+use super::monitor::Monitor;
 use super::recovery::Recovery;
 use super::socket::{EmitError, Socket};
 use crate::adapter::{
@@ -32,6 +33,8 @@ pub struct Namespace {
     pub(crate) rate_limited: std::sync::atomic::AtomicU64,
     /// The server's recovery log, when connection state recovery is on here.
     recovery: Option<Arc<Recovery>>,
+    /// The server's observer, if one watches its sockets.
+    monitor: Option<Arc<dyn Monitor>>,
 }
 
 impl Namespace {
@@ -41,6 +44,7 @@ impl Namespace {
         factory: &dyn AdapterFactory,
         dynamic: bool,
         recovery: Option<Arc<Recovery>>,
+        monitor: Option<Arc<dyn Monitor>>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me: &std::sync::Weak<Namespace>| {
             let table: std::sync::Weak<dyn SocketTable> = me.clone();
@@ -53,6 +57,7 @@ impl Namespace {
                 events_in: std::sync::atomic::AtomicU64::new(0),
                 rate_limited: std::sync::atomic::AtomicU64::new(0),
                 recovery,
+                monitor,
             }
         })
     }
@@ -87,6 +92,11 @@ impl Namespace {
         &self.handlers
     }
 
+    /// The server's observer, if any.
+    pub(crate) fn monitor(&self) -> Option<&Arc<dyn Monitor>> {
+        self.monitor.as_ref()
+    }
+
     /// A socket connected to this node.
     pub fn socket(&self, sid: Sid) -> Option<Arc<Socket>> {
         self.sockets.read().get(&sid).cloned()
@@ -99,11 +109,14 @@ impl Namespace {
 
     pub(crate) fn insert_socket(&self, socket: Arc<Socket>, rooms: &[Room]) {
         let sid = socket.id();
-        self.sockets.write().insert(sid, socket);
+        self.sockets.write().insert(sid, Arc::clone(&socket));
         let mut all = Vec::with_capacity(rooms.len() + 1);
         all.push(Room::of_socket(sid));
         all.extend_from_slice(rooms);
         self.adapter.add_all(sid, &all);
+        if let Some(monitor) = &self.monitor {
+            monitor.connected(&socket);
+        }
     }
 
     pub(crate) fn remove_socket(&self, sid: Sid) {
@@ -199,12 +212,26 @@ impl SocketTable for Namespace {
 
     fn socket_info(&self, sid: Sid, rooms: Vec<Room>) -> Option<SocketInfo> {
         let socket = self.sockets.read().get(&sid).cloned()?;
+        let mut data = socket.data();
+        if let Some(monitor) = &self.monitor {
+            monitor.annotate(&socket, &mut data);
+        }
         Some(SocketInfo {
             id: sid,
             rooms,
-            data: socket.data(),
+            data,
             handshake: socket.handshake_json(),
         })
+    }
+
+    fn watches_rooms(&self) -> bool {
+        self.monitor.is_some()
+    }
+
+    fn rooms_changed(&self, changes: &[crate::adapter::RoomChange]) {
+        if let Some(monitor) = &self.monitor {
+            monitor.rooms_changed(&self.name, changes);
+        }
     }
 
     fn disconnect(&self, sid: Sid, close: bool) {

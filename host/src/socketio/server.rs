@@ -10,6 +10,7 @@ use super::client::Client;
 use super::config::SocketIoConfig;
 use super::connect_timeout::ConnectTimeouts;
 use super::handlers::Handlers;
+use super::monitor::Monitor;
 use super::namespace::Namespace;
 use super::recovery::Recovery;
 use super::socket::Socket;
@@ -26,6 +27,8 @@ pub(crate) struct Shared {
     adapter: Arc<dyn AdapterFactory>,
     /// Connection state recovery, when on and the adapter is single-node.
     recovery: Option<Arc<Recovery>>,
+    /// Watches every namespace's sockets (the admin UI feed).
+    monitor: Option<Arc<dyn Monitor>>,
 }
 
 /// What a client hears when its namespace does not exist (Node's exact message).
@@ -59,6 +62,7 @@ impl Shared {
             &*self.adapter,
             true,
             self.recovery.clone(),
+            self.monitor.clone(),
         );
         self.dynamic_count.fetch_add(1, Ordering::AcqRel);
         namespaces.insert(name.to_owned(), Arc::clone(&ns));
@@ -143,6 +147,20 @@ pub struct SocketIoBuilder {
     namespaces: Vec<(String, Handlers)>,
     dynamic: Option<Handlers>,
     adapter: Arc<dyn AdapterFactory>,
+    monitor: Option<Arc<dyn Monitor>>,
+}
+
+/// A [`SocketIo`] that does not keep the server alive; see [`SocketIo::downgrade`].
+#[derive(Clone)]
+pub struct WeakSocketIo {
+    shared: std::sync::Weak<Shared>,
+}
+
+impl WeakSocketIo {
+    /// The server, if it still exists.
+    pub fn upgrade(&self) -> Option<SocketIo> {
+        self.shared.upgrade().map(|shared| SocketIo { shared })
+    }
 }
 
 impl SocketIo {
@@ -153,6 +171,15 @@ impl SocketIo {
             namespaces: Vec::new(),
             dynamic: None,
             adapter: Arc::new(LocalAdapterFactory),
+            monitor: None,
+        }
+    }
+
+    /// A handle for tasks that serve this server but must not keep it alive (a replaced tenant's
+    /// server goes away with its last connection).
+    pub fn downgrade(&self) -> WeakSocketIo {
+        WeakSocketIo {
+            shared: Arc::downgrade(&self.shared),
         }
     }
 
@@ -184,6 +211,7 @@ impl SocketIo {
             &*self.shared.adapter,
             false,
             self.shared.recovery.clone(),
+            self.shared.monitor.clone(),
         );
         self.shared
             .namespaces
@@ -238,6 +266,12 @@ impl SocketIoBuilder {
         self
     }
 
+    /// Lets `monitor` watch every namespace's sockets.
+    pub fn monitor(mut self, monitor: Arc<dyn Monitor>) -> Self {
+        self.monitor = Some(monitor);
+        self
+    }
+
     /// The server.
     pub fn build(self) -> SocketIo {
         let recovery = self
@@ -254,6 +288,7 @@ impl SocketIoBuilder {
             dynamic: self.dynamic.map(Arc::new),
             dynamic_count: AtomicUsize::new(0),
             adapter: self.adapter,
+            monitor: self.monitor,
         });
         {
             let mut namespaces = shared.namespaces.write();
@@ -264,6 +299,7 @@ impl SocketIoBuilder {
                     &*shared.adapter,
                     false,
                     shared.recovery.clone(),
+                    shared.monitor.clone(),
                 );
                 namespaces.insert(name, ns);
             }

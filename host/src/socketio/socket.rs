@@ -476,15 +476,19 @@ impl Socket {
         {
             return self.over_rate(limit, id);
         }
+        let payload = Payload {
+            args: args.collect(),
+            attachments,
+        };
+        if let Some(monitor) = self.ns.monitor() {
+            monitor.event_received(self, &name, &payload);
+        }
         let Some(handler) = handlers.event_handler(&name) else {
             return;
         };
         let event = Event {
             name,
-            payload: Payload {
-                args: args.collect(),
-                attachments,
-            },
+            payload,
             ack: id.map(|id| AckResponder {
                 socket: Arc::clone(self),
                 id,
@@ -529,6 +533,9 @@ impl Socket {
         self.acks.lock().waiting.clear();
         if let Some(handler) = self.ns.handlers().disconnect.clone() {
             handler(self, &reason);
+        }
+        if let Some(monitor) = self.ns.monitor() {
+            monitor.disconnected(self, &reason);
         }
         let keep = match (self.ns.recovery(), &self.pid) {
             (Some(recovery), Some(pid)) if reason.recoverable() => {

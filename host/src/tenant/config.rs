@@ -30,6 +30,14 @@
 //! max-plugins = 16                   # installed at once
 //! max-plugin-instances = 64          # warm and in use, all its plugins together
 //!
+//! [tenants.acme.admin-ui]            # the @socket.io/admin-ui dashboard (absent: none)
+//! username = "admin"
+//! password-hash = "$2b$10$..."       # bcrypt, as Node's instrument({ auth }) takes
+//! namespace = "/admin"
+//! readonly = false
+//! mode = "development"               # or "production": statistics only
+//! max-sockets-listed = 5000
+//!
 //! [tenants.acme.events]              # client contract event names
 //! join = "join"
 //! leave = "leave"
@@ -111,6 +119,8 @@ pub struct TenantConfig {
     pub limits: TenantLimits,
     /// Client contract event names.
     pub events: ContractEvents,
+    /// The `@socket.io/admin-ui` dashboard; absent: no admin namespace.
+    pub admin_ui: Option<crate::admin_ui::AdminUiConfig>,
 }
 
 /// Per-tenant limits; absent means the gateway's default.
@@ -400,6 +410,17 @@ impl TenantsConfig {
                 return Err(ConfigError::Invalid(format!(
                     "tenants {other} and {id} are both marked default"
                 )));
+            }
+            if let Some(admin) = &t.admin_ui {
+                if let Some(problem) = admin.problem() {
+                    return Err(ConfigError::Invalid(format!("tenant {id}: {problem}")));
+                }
+                if t.namespaces.contains(&admin.namespace) {
+                    return Err(ConfigError::Invalid(format!(
+                        "tenant {id}: {} is both a client namespace and the admin-ui namespace",
+                        admin.namespace
+                    )));
+                }
             }
             if t.redis_url.is_some() && t.redis_cluster_nodes.is_some() {
                 return Err(ConfigError::Invalid(format!(

@@ -15,6 +15,7 @@ use crate::adapter::redis::{
     ClusterConfig, PeerPolicy, RedisAdapterFactory, RedisAdapterKind, RedisBus, RedisConfig,
     ShardedAdapterFactory, ShardedBus, StreamsAdapterFactory, StreamsBus, SubscriptionMode,
 };
+use crate::admin_ui::AdminUi;
 use crate::contract::ContractConfig;
 use crate::engineio::Endpoints;
 use crate::engineio::{AllowedOrigins, Engine, EngineConfig, RequestError};
@@ -470,8 +471,15 @@ impl Tenants {
                 .iter()
                 .fold(builder, |b, nsp| b.namespace(nsp, handlers.clone()))
         };
+        let admin = tc.admin_ui.clone().map(AdminUi::new);
+        if let Some(admin) = &admin {
+            builder = admin.install(builder);
+        }
         let io = builder.build();
         let engine = io.engine(engine_config);
+        if let Some(admin) = &admin {
+            admin.start(&io, &engine);
+        }
         Ok(Tenant {
             id: id.to_owned(),
             config: tc.clone(),
