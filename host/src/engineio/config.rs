@@ -69,6 +69,8 @@ pub struct EngineConfig {
     pub volatile_high_water: usize,
     /// Sessions the endpoint may hold; handshakes past it get 503 `Connection limit reached`.
     pub max_sessions: Option<usize>,
+    /// Accept Engine.IO v3 clients (`EIO=3`: socket.io-client 2.x); Node's `allowEIO3`.
+    pub allow_eio3: bool,
 }
 
 impl EngineConfig {
@@ -92,6 +94,7 @@ impl Default for EngineConfig {
             max_buffered_bytes: 8 << 20,
             volatile_high_water: 16,
             max_sessions: None,
+            allow_eio3: true,
         }
     }
 }

@@ -19,6 +19,8 @@ pub(crate) enum Step {
     Ping,
     /// The ping sent earlier must have been answered by now.
     Check,
+    /// v3: the client must have pinged within an interval and a timeout of its last ping.
+    ExpectPing,
 }
 
 struct Due {

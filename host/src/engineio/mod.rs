@@ -18,6 +18,7 @@ mod polling;
 mod server;
 mod session;
 mod stats;
+mod v3;
 mod websocket;
 pub mod wire;
 pub mod ws_codec;
@@ -35,6 +36,7 @@ pub use session::{
     CloseReason, Handshake, SendOutcome, Session, SessionHandler, TransportFailure, TransportKind,
 };
 pub use stats::EngineStats;
+pub use v3::Protocol;
 pub use wire::WirePacket;
 pub use ws_socket::WsSocket;
 

@@ -90,6 +90,9 @@ pub enum PacketError {
     /// A `b` packet's base64 did not decode.
     #[error("binary packet is not valid base64")]
     InvalidBase64,
+    /// A v3 polling body's length prefix is malformed or does not match its packet.
+    #[error("malformed length prefix in a v3 polling body")]
+    BadLength,
 }
 
 /// Decodes one text packet (a websocket text frame, or one record of a polling body).

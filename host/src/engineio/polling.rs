@@ -18,6 +18,7 @@ use super::error::{RequestError, status_response};
 use super::packet::decode_payload;
 use super::server::{EngineShared, set_static};
 use super::session::{CloseReason, ClosedAs, Handshake, Session, TransportFailure, TransportKind};
+use super::v3::{self, Protocol};
 use super::wire::{WirePacket, polling_body};
 
 /// How long a GET that arrives during an upgrade waits for it to finish before answering `6`.
@@ -26,7 +27,16 @@ const UPGRADE_GRACE: Duration = Duration::from_millis(20);
 /// Opens a polling session; the response body is the open packet.
 pub(crate) fn handshake(engine: &Arc<EngineShared>, handshake: Handshake) -> Response<Body> {
     let session = engine.open_session(TransportKind::Polling, handshake);
-    ok_text(engine.open_packet(session.sid(), TransportKind::Polling))
+    let open = engine.open_packet(session.sid(), TransportKind::Polling);
+    match session.protocol() {
+        Protocol::V4 => ok_body(open, "text/plain; charset=UTF-8"),
+        Protocol::V3 => {
+            // `0` then the JSON: the open packet is a packet like the others, length prefix included.
+            let packet = WirePacket::text(open[0], &open[1..]);
+            let (body, kind) = v3::encode_payload(std::slice::from_ref(&packet), true);
+            ok_body(body, kind)
+        }
+    }
 }
 
 /// Resets the in-flight flag of a request even when hyper drops it (client went away).
@@ -112,7 +122,13 @@ pub(crate) async fn poll(session: Arc<Session>) -> Response<Body> {
         // We may have consumed a wake-up meant for the websocket writer: pass it on.
         session.writer.notify_one();
     }
-    ok_text(polling_body(&packets))
+    match session.protocol() {
+        Protocol::V4 => ok_body(polling_body(&packets), "text/plain; charset=UTF-8"),
+        Protocol::V3 => {
+            let (body, kind) = v3::encode_payload(&packets, session.handshake().b64);
+            ok_body(body, kind)
+        }
+    }
 }
 
 /// Reads a POST body (bounded by `maxPayload`) and applies its packets before answering `ok`.
@@ -121,11 +137,12 @@ pub(crate) async fn post(session: Arc<Session>, req: Request<Incoming>) -> Respo
         Ok(guard) => guard,
         Err(err) => return err.response(),
     };
-    if req
+    let binary_body = req
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/octet-stream"))
-    {
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/octet-stream"));
+    let protocol = session.protocol();
+    if binary_body && protocol == Protocol::V4 {
         session.close(CloseReason::ParseError(
             "binary polling bodies are not part of Engine.IO v4".into(),
         ));
@@ -158,7 +175,12 @@ pub(crate) async fn post(session: Arc<Session>, req: Request<Incoming>) -> Respo
             return RequestError::BadRequest.response();
         }
     };
-    match decode_payload(body) {
+    let decoded = match (protocol, binary_body) {
+        (Protocol::V4, _) => decode_payload(body),
+        (Protocol::V3, false) => v3::decode_text_payload(body),
+        (Protocol::V3, true) => v3::decode_binary_payload(body),
+    };
+    match decoded {
         Ok(packets) => {
             for packet in packets {
                 if session.is_closed() {
@@ -178,10 +200,10 @@ pub(crate) async fn post(session: Arc<Session>, req: Request<Incoming>) -> Respo
     }
 }
 
-fn ok_text(body: Vec<u8>) -> Response<Body> {
+fn ok_body(body: Vec<u8>, content_type: &'static str) -> Response<Body> {
     let mut resp = Response::new(Body::new(Bytes::from(body)));
     let headers = resp.headers_mut();
-    set_static(headers, header::CONTENT_TYPE, "text/plain; charset=UTF-8");
+    set_static(headers, header::CONTENT_TYPE, content_type);
     set_static(headers, header::CACHE_CONTROL, "no-store");
     resp
 }
@@ -213,6 +235,38 @@ mod tests {
         assert_eq!(
             request(&mut http, "GET", &uri, "").await,
             (200, "4a\x1e4b".to_owned())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_v3_polling_session_uses_length_prefixes_and_answers_client_pings() {
+        let (engine, _) = echo_engine(EngineConfig::default());
+        let mut http = http_client(&engine).await;
+        let (status, open) = request(
+            &mut http,
+            "GET",
+            "/socket.io/?EIO=3&transport=polling&b64=1",
+            "",
+        )
+        .await;
+        assert_eq!(status, 200);
+        let (len, packet) = open.split_once(':').expect("a length prefix");
+        assert_eq!(len.parse::<usize>().expect("length"), packet.len());
+        let sid = sid_of(packet);
+        let uri = format!("/socket.io/?EIO=3&transport=polling&b64=1&sid={sid}");
+        assert_eq!(
+            request(&mut http, "POST", &uri, "2:4a1:22:4é").await,
+            (200, "ok".to_owned())
+        );
+        assert_eq!(
+            request(&mut http, "GET", &uri, "").await,
+            (200, "2:4a1:32:4é".to_owned()),
+            "echoes in order, the ping answered with a pong"
+        );
+        assert_eq!(
+            request(&mut http, "POST", &uri, "5:4abc").await.0,
+            400,
+            "a length that does not match its packet closes the session"
         );
     }
 

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use super::config::EngineConfig;
 use super::error::RequestError;
 use super::session::{Handshake, Session, SessionHandler, TransportKind};
+use super::v3::Protocol;
 use super::{Body, cors, polling, websocket};
 use crate::sid::Sid;
 
@@ -71,16 +72,22 @@ impl EngineShared {
         self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.sessions.insert(session.sid(), Arc::clone(&session));
         session.set_handler(self.handler.on_open(&session));
-        self.heartbeats.schedule(
-            &session,
-            tokio::time::Instant::now() + self.config.ping_interval,
-            super::heartbeat::Step::Ping,
-        );
+        let (first, step) = match session.protocol() {
+            Protocol::V4 => (self.config.ping_interval, super::heartbeat::Step::Ping),
+            // The client pings; it must be heard from within an interval and a timeout.
+            Protocol::V3 => (
+                self.config.ping_interval + self.config.ping_timeout,
+                super::heartbeat::Step::ExpectPing,
+            ),
+        };
+        self.heartbeats
+            .schedule(&session, tokio::time::Instant::now() + first, step);
         tracing::debug!(sid = %session.sid(), transport = transport.as_str(), "engine.io session opened");
         session
     }
 
-    /// The open packet (`0{...}`) announcing a session to its client.
+    /// The open packet (`0{...}`) announcing a session to its client (the same JSON for v3, whose
+    /// clients ignore `maxPayload`).
     pub(crate) fn open_packet(&self, sid: Sid, transport: TransportKind) -> Vec<u8> {
         let upgrades = if transport == TransportKind::Polling && self.config.transports.websocket {
             r#"["websocket"]"#
@@ -180,12 +187,18 @@ impl Engine {
     #[cfg(unix)]
     pub async fn connect_in_memory(&self, query: &str) -> std::io::Result<tokio::net::UnixStream> {
         let (server, client) = tokio::net::UnixStream::pair()?;
+        let parsed = Query::parse(query);
         let handshake = Handshake {
             path: self.shared.config.path.clone(),
             query: query.to_owned(),
             headers: Default::default(),
             remote_addr: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
             issued: std::time::SystemTime::now(),
+            protocol: match parsed.eio.as_deref() {
+                Some("3") => Protocol::V3,
+                _ => Protocol::V4,
+            },
+            b64: parsed.b64,
         };
         websocket::open_on(
             &self.shared,
@@ -272,8 +285,14 @@ impl Engine {
             if !origin_allowed(&self.shared.config.cors, req.headers()) {
                 return Err(RequestError::Forbidden);
             }
-            if query.eio.as_deref() != Some("4") {
-                return Err(RequestError::UnsupportedProtocolVersion);
+            let protocol = match query.eio.as_deref() {
+                Some("4") => Protocol::V4,
+                Some("3") if self.shared.config.allow_eio3 => Protocol::V3,
+                _ => return Err(RequestError::UnsupportedProtocolVersion),
+            };
+            if query.jsonp {
+                // JSONP polling (`j=`): script tags, v3 only, and no CORS; not served.
+                return Err(RequestError::BadRequest);
             }
             if self
                 .shared
@@ -295,6 +314,8 @@ impl Engine {
                 headers: super::HandshakeHeaders::from(req.headers()),
                 remote_addr,
                 issued: std::time::SystemTime::now(),
+                protocol,
+                b64: query.b64,
             };
             return match transport {
                 TransportKind::Polling => Ok(polling::handshake(&self.shared, handshake)),
@@ -377,6 +398,10 @@ struct Query {
     eio: Option<String>,
     transport: Option<String>,
     sid: Option<String>,
+    /// `b64=1`: a v3 client that cannot read binary polling bodies.
+    b64: bool,
+    /// `j=<n>`: a v3 JSONP poll.
+    jsonp: bool,
 }
 
 impl Query {
@@ -387,6 +412,14 @@ impl Query {
                 "EIO" => &mut q.eio,
                 "transport" => &mut q.transport,
                 "sid" => &mut q.sid,
+                "b64" => {
+                    q.b64 = value == "1" || value == "true";
+                    continue;
+                }
+                "j" => {
+                    q.jsonp = true;
+                    continue;
+                }
                 _ => continue,
             };
             if slot.is_none() {
@@ -509,12 +542,40 @@ mod tests {
     async fn requests_outside_the_protocol_get_nodes_errors() {
         let (engine, _) = echo_engine(EngineConfig::default());
         let mut http = http_client(&engine).await;
+        let unsupported = (
+            400,
+            r#"{"code":5,"message":"Unsupported protocol version"}"#.to_owned(),
+        );
         assert_eq!(
-            request(&mut http, "GET", "/socket.io/?EIO=3&transport=polling", "").await,
-            (
-                400,
-                r#"{"code":5,"message":"Unsupported protocol version"}"#.to_owned()
+            request(&mut http, "GET", "/socket.io/?EIO=2&transport=polling", "").await,
+            unsupported
+        );
+        let (no_v3, _) = echo_engine(EngineConfig {
+            allow_eio3: false,
+            ..EngineConfig::default()
+        });
+        let mut no_v3_http = http_client(&no_v3).await;
+        assert_eq!(
+            request(
+                &mut no_v3_http,
+                "GET",
+                "/socket.io/?EIO=3&transport=polling",
+                ""
             )
+            .await,
+            unsupported
+        );
+        assert_eq!(
+            request(
+                &mut http,
+                "GET",
+                "/socket.io/?EIO=3&transport=polling&j=0",
+                ""
+            )
+            .await
+            .0,
+            400,
+            "JSONP polling is not served"
         );
         assert_eq!(
             request(

@@ -125,6 +125,10 @@ pub struct Handshake {
     pub remote_addr: SocketAddr,
     /// When the session was opened.
     pub issued: std::time::SystemTime,
+    /// The Engine.IO protocol the client speaks (`EIO`).
+    pub protocol: super::Protocol,
+    /// A v3 client that cannot read binary polling bodies (`b64=1`).
+    pub b64: bool,
 }
 
 impl Handshake {
@@ -358,6 +362,11 @@ impl Session {
         self.state.lock().transport
     }
 
+    /// The Engine.IO protocol its client speaks.
+    pub fn protocol(&self) -> super::Protocol {
+        self.handshake.protocol
+    }
+
     /// Whether the session has ended.
     pub fn is_closed(&self) -> bool {
         self.is_closed.load(Ordering::Acquire)
@@ -381,6 +390,26 @@ impl Session {
     /// A volatile group is dropped when the client is behind; any group that would overflow the queue
     /// closes the session as too slow.
     pub fn send_all(self: &Session, packets: &[WirePacket], volatile: bool) -> SendOutcome {
+        if self.handshake.protocol == super::Protocol::V3
+            && packets.iter().any(WirePacket::is_binary)
+        {
+            // v3 clients read a type byte before binary data: these frames are theirs alone.
+            let typed: Vec<WirePacket> = packets
+                .iter()
+                .map(|p| {
+                    if p.is_binary() {
+                        super::v3::typed_binary(p)
+                    } else {
+                        p.clone()
+                    }
+                })
+                .collect();
+            return self.send_typed(&typed, volatile);
+        }
+        self.send_typed(packets, volatile)
+    }
+
+    fn send_typed(self: &Session, packets: &[WirePacket], volatile: bool) -> SendOutcome {
         let size: usize = packets.iter().map(WirePacket::len).sum();
         {
             let mut state = self.state.lock();
@@ -537,6 +566,20 @@ impl Session {
                 state.last_pong = Instant::now();
             }
             Packet::Close => self.close(CloseReason::ClientClose),
+            Packet::Ping(data) if self.handshake.protocol == super::Protocol::V3 => {
+                // v3: the client pings, the server answers with the same data.
+                {
+                    let mut state = self.state.lock();
+                    if state.closed.is_some() {
+                        return;
+                    }
+                    state.last_pong = Instant::now();
+                    let pong = WirePacket::text(b'3', data.as_bytes());
+                    state.queued_bytes += pong.len();
+                    state.queue.push_back(pong);
+                }
+                self.writer.notify_one();
+            }
             Packet::Ping(_) => self.close(CloseReason::ProtocolViolation(
                 "invalid heartbeat direction: clients answer pings, they do not send them",
             )),
@@ -547,9 +590,15 @@ impl Session {
     /// Whether a ping went unanswered for longer than `pingTimeout`, even if the heartbeat task has not run yet.
     pub(crate) fn ping_overdue(&self, now: Instant) -> bool {
         let state = self.state.lock();
-        state
-            .ping_sent
-            .is_some_and(|sent| now >= sent + self.engine.config.ping_timeout)
+        let config = &self.engine.config;
+        match self.handshake.protocol {
+            super::Protocol::V4 => state
+                .ping_sent
+                .is_some_and(|sent| now >= sent + config.ping_timeout),
+            super::Protocol::V3 => {
+                now >= state.last_pong + config.ping_interval + config.ping_timeout
+            }
+        }
     }
 
     /// One step of the heartbeat (run by the endpoint's heartbeat task): send a ping, or check that the
@@ -574,6 +623,21 @@ impl Session {
                 }
                 self.writer.notify_one();
                 Some((now + config.ping_timeout, Step::Check))
+            }
+            Step::ExpectPing => {
+                let heard = {
+                    let state = self.state.lock();
+                    if state.closed.is_some() {
+                        return None;
+                    }
+                    state.last_pong
+                };
+                let due = heard + config.ping_interval + config.ping_timeout;
+                if now >= due {
+                    self.close(CloseReason::PingTimeout);
+                    return None;
+                }
+                Some((due, Step::ExpectPing))
             }
             Step::Check => {
                 let answered = {
@@ -642,6 +706,8 @@ mod tests {
             query: String::new(),
             headers: Default::default(),
             remote_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)),
+            protocol: crate::engineio::Protocol::V4,
+            b64: false,
             issued: std::time::SystemTime::now(),
         };
         (

@@ -367,8 +367,19 @@ impl Connection {
             }
             WsEvent::Binary(data) => match self.mode {
                 Mode::Active => {
-                    self.session
-                        .on_packet(Packet::Message(Message::Binary(data)));
+                    let packet = match self.session.protocol() {
+                        super::Protocol::V4 => Packet::Message(Message::Binary(data)),
+                        super::Protocol::V3 => match super::v3::untyped_binary(data) {
+                            Ok(packet) => packet,
+                            Err(err) => {
+                                return Some(End::Close(
+                                    ws_codec::CLOSE_NORMAL,
+                                    CloseReason::ParseError(err.to_string()),
+                                ));
+                            }
+                        },
+                    };
+                    self.session.on_packet(packet);
                     None
                 }
                 Mode::Probing => Some(End::AbortUpgrade("binary frame during upgrade")),

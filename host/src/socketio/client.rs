@@ -12,7 +12,7 @@ use super::socket::{DisconnectReason, Identity, Socket};
 use crate::adapter::{PersistedSession, Room};
 use crate::codec::PacketDecoder;
 use crate::codec::{EncodedPacket, Packet, PacketKind, Parser, Payload, encode};
-use crate::engineio::{CloseReason, Message, Session, SessionHandler};
+use crate::engineio::{CloseReason, Message, Protocol, Session, SessionHandler};
 use crate::sid::Sid;
 
 /// Socket.IO state of one connection.
@@ -113,7 +113,33 @@ impl Client {
         }
     }
 
-    fn connect(&self, session: &Arc<Session>, packet: Packet) {
+    /// Socket.IO v2 servers connect every Engine.IO v3 client to `/` at once, without a CONNECT from
+    /// it; its clients wait for that `40`.
+    pub(crate) fn connect_legacy_main(&self, session: &Arc<Session>) {
+        self.connect(
+            session,
+            Packet {
+                kind: PacketKind::Connect,
+                nsp: "/".to_owned(),
+                id: None,
+                data: None,
+                attachments: Vec::new(),
+            },
+        );
+    }
+
+    fn connect(&self, session: &Arc<Session>, mut packet: Packet) {
+        if session.protocol() == Protocol::V3
+            && let Some((nsp, query)) = packet.nsp.split_once('?')
+        {
+            // Socket.IO v2 clients put a namespace's query after its name (`40/chat?token=x,`); it
+            // stands in for the `auth` object they cannot send.
+            let auth: Map<String, Value> = crate::http_util::query_pairs(query)
+                .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                .collect();
+            packet.data = Some(Value::Object(auth));
+            packet.nsp = nsp.to_owned();
+        }
         if self.socket_of(&packet.nsp).is_some() || self.restoring.lock().contains(&packet.nsp) {
             return Self::violation(session, "CONNECT for a namespace already joined");
         }
@@ -165,11 +191,16 @@ impl Client {
                 }
             }
         }
-        let fleet = ns.adapter().sessions();
+        // Socket.IO v2 clients cannot recover: no private session id for them.
+        let fleet = ns
+            .adapter()
+            .sessions()
+            .filter(|_| session.protocol() == Protocol::V4);
         let identity = Identity {
             id: Sid::random(),
             pid: ns
                 .recovery()
+                .filter(|_| session.protocol() == Protocol::V4)
                 .map(|r| r.new_pid())
                 .or_else(|| fleet.map(|_| Sid::random().to_string())),
             from: ns.recovery().map_or(0, |r| r.position()),
@@ -355,7 +386,8 @@ fn send_connect_reply(session: &Arc<Session>, ns: &Arc<Namespace>, socket: &Arc<
         kind: PacketKind::Connect,
         nsp: ns.name().to_owned(),
         id: None,
-        data: Some(Value::Object(reply)),
+        // Socket.IO v2 answers a bare `40` (its clients derive the socket id themselves).
+        data: (session.protocol() == Protocol::V4).then_some(Value::Object(reply)),
         attachments: Vec::new(),
     };
     session.send_all(
@@ -382,11 +414,16 @@ fn send_connect_error(
     if let Some(data) = data {
         body.insert("data".into(), data);
     }
+    let body = match session.protocol() {
+        Protocol::V4 => Value::Object(body),
+        // Socket.IO v2's ERROR packet: the message alone, which its clients emit as `error`.
+        Protocol::V3 => Value::String(message.to_owned()),
+    };
     let packet = Packet {
         kind: PacketKind::ConnectError,
         nsp: nsp.to_owned(),
         id: None,
-        data: Some(Value::Object(body)),
+        data: Some(body),
         attachments: Vec::new(),
     };
     session.send_all(encode(&packet).frames_for(parser), false);

@@ -315,6 +315,9 @@ struct SessionBridge {
 impl EngineHandler for SessionBridge {
     fn on_open(&self, session: &Arc<Session>) -> Arc<dyn SessionHandler> {
         let client = Client::new(Arc::clone(&self.shared));
+        if session.protocol() == crate::engineio::Protocol::V3 {
+            client.connect_legacy_main(session);
+        }
         self.shared.connect_timeouts.watch(session, &client);
         client
     }
@@ -386,6 +389,44 @@ mod tests {
                 .await
                 .expect("answer")
                 .starts_with("40{\"sid\":")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_engine_io_v3_client_gets_socket_io_v2_answers() {
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let handlers = Handlers::new().authorize(move |req| {
+            record.lock().push((req.nsp.to_owned(), req.auth.clone()));
+            if req.auth["token"] == "nope" {
+                Err(ConnectRefusal::new("bad token"))
+            } else {
+                Ok(Default::default())
+            }
+        });
+        let io = SocketIo::builder().dynamic_namespaces(handlers).build();
+        let engine = engine(&io);
+        let mut client = crate::engineio::MemoryClient::connect(&engine, "EIO=3")
+            .await
+            .expect("session");
+        // Connected to `/` without asking, with a bare `40` (no sid, no pid).
+        assert_eq!(client.recv_text().await.expect("main"), "40");
+        // A namespace's query stands in for `auth`; the reply carries no payload.
+        client.send("40/chat?token=abc,").await.expect("send");
+        assert_eq!(client.recv_text().await.expect("chat"), "40/chat,");
+        // A refusal is v2's ERROR packet: the message as a JSON string.
+        client.send("40/vip?token=nope,").await.expect("send");
+        assert_eq!(
+            client.recv_text().await.expect("vip"),
+            r#"44/vip,"bad token""#
+        );
+        assert_eq!(
+            *seen.lock(),
+            vec![
+                ("/".to_owned(), serde_json::json!({})),
+                ("/chat".to_owned(), serde_json::json!({"token": "abc"})),
+                ("/vip".to_owned(), serde_json::json!({"token": "nope"})),
+            ]
         );
     }
 

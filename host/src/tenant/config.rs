@@ -17,6 +17,7 @@
 //! # redis-adapter = "streams"          # classic | streams; default: the gateway's REDIS_ADAPTER
 //! # recovery-window-ms = 120000        # connection state recovery; 0 = off
 //! # parser = "auto"                    # auto | default | msgpack (socket.io-msgpack-parser)
+//! # allow-eio3 = true                  # Engine.IO v3 clients (socket.io-client 2.x)
 //! api-keys = ["k_live_..."]
 //! share-credentials = false          # fetchSockets replies carry cookie/authorization/auth
 //!
@@ -103,6 +104,8 @@ pub struct TenantConfig {
     /// Socket.IO parsers its clients may speak: `auto` (each connection's first packet tells),
     /// `default` (socket.io-parser only) or `msgpack` (socket.io-msgpack-parser only).
     pub parser: Option<crate::codec::ParserChoice>,
+    /// Accept Engine.IO v3 clients (socket.io-client 2.x); default true (Node's `allowEIO3`).
+    pub allow_eio3: Option<bool>,
     /// Seed nodes of the tenant's own Redis Cluster (`host:port,…`), for the sharded adapter; not
     /// with `redis-url`.
     pub redis_cluster_nodes: Option<String>,

@@ -344,6 +344,9 @@ impl Tenants {
             engine_config.max_payload = max;
         }
         engine_config.max_sessions = tc.limits.max_connections;
+        if let Some(allow) = tc.allow_eio3 {
+            engine_config.allow_eio3 = allow;
+        }
 
         let mut contract = d.contract.clone();
         contract.join_event = tc.events.join.clone();
