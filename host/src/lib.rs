@@ -55,6 +55,7 @@ pub mod codec;
 pub mod contract;
 pub mod engineio;
 pub mod file_watch;
+pub mod hex;
 pub mod http_util;
 pub mod metrics;
 pub mod plugin;

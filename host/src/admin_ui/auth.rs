@@ -144,7 +144,7 @@ impl Authenticator {
     fn session_token(&self, now: u64) -> String {
         let expiry = now + SESSION_LIFETIME.as_secs();
         let tag = hmac::sign(&self.key, expiry.to_string().as_bytes());
-        format!("{expiry}.{}", hex(tag.as_ref()))
+        format!("{expiry}.{}", crate::hex::encode(tag.as_ref()))
     }
 
     fn session_valid(&self, token: &str, now: u64) -> bool {
@@ -154,7 +154,7 @@ impl Authenticator {
         let Ok(at) = expiry.parse::<u64>() else {
             return false;
         };
-        let Some(tag) = unhex(tag) else {
+        let Some(tag) = crate::hex::decode(tag).filter(|t| t.len() == 32) else {
             return false;
         };
         at > now
@@ -171,20 +171,6 @@ fn now_secs() -> u64 {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || text.len() > 128 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -12,12 +12,18 @@ use crate::socketio::Socket;
 /// Headers a dashboard is not shown: other people's credentials.
 const HIDDEN_HEADERS: [&str; 2] = ["cookie", "authorization"];
 
-/// What `data._admin` holds for `socket`.
+/// What `data._admin` holds for `socket`. Node puts the first 12 characters of the Engine.IO session
+/// id there, where every `fetchSockets` caller (and here, every `members` answer) reads it; whoever
+/// knows a session id can poll that session, so the dashboard gets a digest of it instead: the same for
+/// every socket of one connection, and telling nothing of the id.
 pub fn admin_tag(socket: &Socket) -> Value {
-    let client_id = socket.session_id();
-    let client_id = client_id.as_str();
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("ioplex-admin-client\n{}", socket.session_id().as_str()).as_bytes(),
+    );
+    let client_id = crate::hex::encode(&digest.as_ref()[..6]);
     json!({
-        "clientId": client_id.get(..12).unwrap_or(client_id),
+        "clientId": client_id,
         "transport": socket.transport().as_str(),
     })
 }

@@ -18,12 +18,7 @@ const MODULE_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
 pub fn sha256_hex(bytes: &[u8]) -> String {
     // ring's SHA-256 is assembly (SHA extensions where the CPU has them): a precompiled JavaScript
     // plugin is ~40 MB, hashed on every load, and the edge build optimises Rust code for size.
-    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
-}
-
-/// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 /// Refuses a file over the size limit before any work is spent on it.

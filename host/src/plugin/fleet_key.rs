@@ -7,8 +7,6 @@
 
 use sha2::{Digest, Sha256};
 
-use super::compile::hex;
-
 /// A shared secret of the fleet's nodes.
 #[derive(Clone)]
 pub struct FleetKey(Vec<u8>);
@@ -37,7 +35,7 @@ impl FleetKey {
     /// Hex HMAC-SHA256 of `parts` joined by newlines (parts must not contain newlines themselves to be
     /// unambiguous; tenant ids, plugin names and hashes cannot).
     pub fn sign(&self, parts: &[&str]) -> String {
-        hex(&hmac_sha256(&self.0, parts.join("\n").as_bytes()))
+        crate::hex::encode(&hmac_sha256(&self.0, parts.join("\n").as_bytes()))
     }
 
     /// Whether `signature` is this key's signature of `parts`.
@@ -81,7 +79,7 @@ mod tests {
         // RFC 4231, test case 2.
         let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
         assert_eq!(
-            hex(&mac),
+            crate::hex::encode(&mac),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         // Test case 6: a key longer than the block.
@@ -90,7 +88,7 @@ mod tests {
             b"Test Using Larger Than Block-Size Key - Hash Key First",
         );
         assert_eq!(
-            hex(&mac),
+            crate::hex::encode(&mac),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
         );
     }

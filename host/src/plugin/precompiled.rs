@@ -28,7 +28,7 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 use wasmtime::component::Component;
 
-use super::compile::{cache_path, hex, load_cached, sha256_hex, store_cached};
+use super::compile::{cache_path, load_cached, sha256_hex, store_cached};
 use super::error::PluginError;
 use super::wasm_engine::PluginEngine;
 
@@ -71,7 +71,7 @@ pub struct TrustedKey([u8; 32]);
 
 impl std::fmt::Display for TrustedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&hex(&self.0))
+        f.write_str(&crate::hex::encode(&self.0))
     }
 }
 
@@ -93,7 +93,7 @@ impl std::str::FromStr for TrustedKey {
 
     fn from_str(s: &str) -> Result<Self, BadKey> {
         let s = s.trim();
-        unhex(s)
+        crate::hex::decode(s)
             .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
             .map(TrustedKey)
             .ok_or_else(|| BadKey(s.to_owned()))
@@ -194,7 +194,7 @@ pub(crate) fn seal(artifact: &[u8], component_sha256: &str, key: &SigningKey) ->
         component_sha256: component_sha256.to_owned(),
         artifact_sha256,
         key: key.public_key().to_string(),
-        signature: hex(signature.as_ref()),
+        signature: crate::hex::encode(signature.as_ref()),
     };
     // A struct of four strings always serializes.
     let header = serde_json::to_vec(&header).unwrap_or_default();
@@ -236,8 +236,8 @@ pub(crate) fn open(
             header.key
         ))
     })?;
-    let signature =
-        unhex(&header.signature).ok_or_else(|| untrusted("the signature is malformed"))?;
+    let signature = crate::hex::decode(&header.signature)
+        .ok_or_else(|| untrusted("the signature is malformed"))?;
     UnparsedPublicKey::new(&ED25519, key.0)
         .verify(
             signed_message(&header.component_sha256, &header.artifact_sha256).as_bytes(),
@@ -268,16 +268,6 @@ pub(crate) fn open(
     Ok(component)
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,7 +292,7 @@ mod tests {
         let sealed = seal(b"artifact", "abc", &key);
         assert!(is_precompiled(&sealed));
         assert!(sealed.ends_with(b"\nartifact"));
-        assert_eq!(unhex("00ff10"), Some(vec![0, 255, 16]));
-        assert_eq!(unhex("0"), None);
+        assert_eq!(crate::hex::decode("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(crate::hex::decode("0"), None);
     }
 }
