@@ -390,25 +390,35 @@ impl Session {
     /// A volatile group is dropped when the client is behind; any group that would overflow the queue
     /// closes the session as too slow.
     pub fn send_all(self: &Session, packets: &[WirePacket], volatile: bool) -> SendOutcome {
-        if self.handshake.protocol == super::Protocol::V3
-            && packets.iter().any(WirePacket::is_binary)
+        // A broadcast's packets are hot in cache, the recipient's handshake is not: look at it last.
+        if packets.iter().any(WirePacket::is_binary)
+            && self.handshake.protocol == super::Protocol::V3
         {
-            // v3 clients read a type byte before binary data: these frames are theirs alone.
-            let typed: Vec<WirePacket> = packets
-                .iter()
-                .map(|p| {
-                    if p.is_binary() {
-                        super::v3::typed_binary(p)
-                    } else {
-                        p.clone()
-                    }
-                })
-                .collect();
-            return self.send_typed(&typed, volatile);
+            return self.send_v3_binary(packets, volatile);
         }
         self.send_typed(packets, volatile)
     }
 
+    /// v3 clients read a type byte before binary data: these frames are theirs alone. Old clients and
+    /// binary data only, so kept out of the broadcast path.
+    #[cold]
+    #[inline(never)]
+    fn send_v3_binary(self: &Session, packets: &[WirePacket], volatile: bool) -> SendOutcome {
+        let typed: Vec<WirePacket> = packets
+            .iter()
+            .map(|p| {
+                if p.is_binary() {
+                    super::v3::typed_binary(p)
+                } else {
+                    p.clone()
+                }
+            })
+            .collect();
+        self.send_typed(&typed, volatile)
+    }
+
+    /// Queues packets already in the form the client reads.
+    #[inline]
     fn send_typed(self: &Session, packets: &[WirePacket], volatile: bool) -> SendOutcome {
         let size: usize = packets.iter().map(WirePacket::len).sum();
         {

@@ -1,8 +1,8 @@
 //! What a server tells an observer of its sockets (the admin UI feed): sockets arriving and leaving,
 //! room changes and client events.
 //!
-//! A [`Monitor`] is called on the connection's task and in the middle of room edits, so it must only
-//! record or queue what it hears; it must never block, and never call back into the server.
+//! A [`Monitor`] is called on connection tasks and right after every room edit (with no lock held), so
+//! it must only record or queue what it hears: it must never block, and never call back into the server.
 
 use std::sync::Arc;
 
