@@ -7,13 +7,13 @@ use std::path::Path;
 
 /// Bottom to top; modules on one line form one layer and do not import each other.
 const LAYERS: &[&[&str]] = &[
-    &["sid", "http_util", "file_watch"],
+    &["sid", "http_util", "file_watch", "hex"],
     &["engineio"],
     &["codec"],
     &["adapter"],
     &["socketio"],
     &["plugin"],
-    &["contract"],
+    &["contract", "admin_ui"],
     &["tenant"],
     &["api", "metrics", "static_files", "status"],
     &["serve"],
