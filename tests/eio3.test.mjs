@@ -24,6 +24,11 @@ recovery-window-ms = 0
 [tenants.legacy-off]
 query = "legacy-off"
 allow-eio3 = false
+
+[tenants.strict]
+query = "strict"
+namespaces = ["/"]
+recovery-window-ms = 0
 `;
 
 const v2Clients = new Set();
@@ -138,6 +143,13 @@ describe("socket.io-client 2.x (Engine.IO v3)", () => {
     assert.deepEqual(await got, [42]);
     old.close();
     current.close();
+  });
+
+  test("a refused namespace reaches the v2 client as its error event (Socket.IO v2's ERROR packet)", async () => {
+    const refused = v2(`${server.url}/nope?tenant=strict`, { transports: ["websocket"] });
+    const [message] = await once(refused, "error", 5000);
+    assert.equal(message, "Invalid namespace");
+    assert.ok(!refused.connected);
   });
 
   test("a client that goes silent is dropped after pingInterval + pingTimeout", async () => {
