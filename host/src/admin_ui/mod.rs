@@ -28,6 +28,7 @@ pub struct AdminUi {
     auth: Authenticator,
     /// The tenant's server, known once built (its admin namespace is part of it).
     io: OnceLock<WeakSocketIo>,
+    /// Development mode: the monitor, and its receiving end until [`AdminUi::start`] takes it.
     feed: Option<(Arc<feed::Feed>, parking_lot::Mutex<Option<feed::Receiver>>)>,
 }
 
@@ -75,10 +76,5 @@ impl AdminUi {
 
     fn io(&self) -> Option<SocketIo> {
         self.io.get().and_then(WeakSocketIo::upgrade)
-    }
-
-    /// The namespace name, for tests and logs.
-    pub fn namespace(&self) -> &str {
-        &self.config.namespace
     }
 }
