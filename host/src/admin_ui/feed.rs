@@ -289,9 +289,5 @@ fn server_stats(
 
 /// A JavaScript `Date` as socket.io-parser sends one (ISO 8601, milliseconds, UTC).
 pub fn now() -> Value {
-    Value::String(
-        chrono::Utc::now()
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            .to_string(),
-    )
+    Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }

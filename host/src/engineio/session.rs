@@ -303,7 +303,8 @@ impl State {
         self.writing = false;
     }
 
-    /// Queues a frame that is already framed (a websocket control frame), behind what is queued.
+    /// Queues a packet the server makes itself (a websocket control frame, a ping or a pong), behind what
+    /// is queued, outside the send limits.
     pub(crate) fn push_frame(&mut self, frame: WirePacket) {
         self.queued_bytes += frame.len();
         self.queue.push_back(frame);
@@ -584,9 +585,7 @@ impl Session {
                         return;
                     }
                     state.last_pong = Instant::now();
-                    let pong = WirePacket::text(b'3', data.as_bytes());
-                    state.queued_bytes += pong.len();
-                    state.queue.push_back(pong);
+                    state.push_frame(WirePacket::text(b'3', data.as_bytes()));
                 }
                 self.writer.notify_one();
             }
@@ -628,8 +627,7 @@ impl Session {
                         return None;
                     }
                     state.ping_sent = Some(now);
-                    state.queue.push_back(ping_packet());
-                    state.queued_bytes += 3;
+                    state.push_frame(ping_packet());
                 }
                 self.writer.notify_one();
                 Some((now + config.ping_timeout, Step::Check))

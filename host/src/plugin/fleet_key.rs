@@ -5,8 +5,6 @@
 //! Signatures are HMAC-SHA256 (RFC 2104) over a versioned, newline-joined message; comparisons run in
 //! constant time.
 
-use sha2::{Digest, Sha256};
-
 /// A shared secret of the fleet's nodes.
 #[derive(Clone)]
 pub struct FleetKey(Vec<u8>);
@@ -35,7 +33,7 @@ impl FleetKey {
     /// Hex HMAC-SHA256 of `parts` joined by newlines (parts must not contain newlines themselves to be
     /// unambiguous; tenant ids, plugin names and hashes cannot).
     pub fn sign(&self, parts: &[&str]) -> String {
-        crate::hex::encode(&hmac_sha256(&self.0, parts.join("\n").as_bytes()))
+        crate::hex::encode(hmac_sha256(&self.0, parts.join("\n").as_bytes()).as_ref())
     }
 
     /// Whether `signature` is this key's signature of `parts`.
@@ -50,24 +48,8 @@ impl FleetKey {
     }
 }
 
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut block = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.map(|b| b ^ byte);
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
+fn hmac_sha256(key: &[u8], message: &[u8]) -> ring::hmac::Tag {
+    ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), message)
 }
 
 #[cfg(test)]
@@ -79,7 +61,7 @@ mod tests {
         // RFC 4231, test case 2.
         let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
         assert_eq!(
-            crate::hex::encode(&mac),
+            crate::hex::encode(mac.as_ref()),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         // Test case 6: a key longer than the block.
@@ -88,7 +70,7 @@ mod tests {
             b"Test Using Larger Than Block-Size Key - Hash Key First",
         );
         assert_eq!(
-            crate::hex::encode(&mac),
+            crate::hex::encode(mac.as_ref()),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
         );
     }

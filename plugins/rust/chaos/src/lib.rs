@@ -3,10 +3,10 @@
 //! stack cap stops it, `chaos:trap` panics, `chaos:churn` keeps 70 MiB (so the host throws the instance
 //! away after the call), `chaos:network` tries to open TCP and UDP sockets and refuses the join with
 //! what the sandbox answered (or allows it, should a socket open), and `chaos:refuse` is an ordinary
-//! refusal. Events named `loop`, `oom`, `stack`,
-//! `trap` and `churn` do the same in `transform_event`; any other room or event passes. The setting
-//! `label` is echoed in refusals, so a test can tell which version answered; the setting `start-spins`
-//! makes every instance spin that many iterations while it starts (a slow start function).
+//! refusal. Events named `loop`, `oom`, `stack`, `trap` and `churn` do the same in `transform_event`;
+//! any other room or event passes. The setting `label` is echoed in refusals, so a test can tell which
+//! version answered; the setting `start-spins` makes every instance spin that many iterations while it
+//! starts (a slow start function).
 
 use std::hint::black_box;
 
